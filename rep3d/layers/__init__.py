@@ -1,0 +1,20 @@
+"""Reusable building blocks: drop them into any 3-D network."""
+
+from rep3d.layers.conv import RepLKConv3d
+from rep3d.layers.depthwise import depthwise_conv3d, useful_kernel_size
+from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
+from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
+from rep3d.layers.norm import LayerNorm3d
+
+__all__ = [
+    "LayerNorm3d",
+    "MaskGenerator",
+    "ModulatedKernelParam",
+    "RepLKConv3d",
+    "crop_kernel",
+    "depthwise_conv3d",
+    "distance_prior",
+    "fold_batchnorm",
+    "pad_kernel",
+    "useful_kernel_size",
+]

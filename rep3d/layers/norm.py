@@ -1,0 +1,23 @@
+"""Normalisation layers for channels-first 5-D tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm3d(nn.LayerNorm):
+    """LayerNorm over the channel axis of a channels-first volume ``[B, C, D, H, W]``."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True) -> None:
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[1] != self.normalized_shape[0]:
+            raise ValueError(
+                f"LayerNorm3d expects [B, {self.normalized_shape[0]}, D, H, W], got shape {tuple(x.shape)}"
+            )
+        x = x.permute(0, 2, 3, 4, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 4, 1, 2, 3)
