@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 
 
-def kernel_size_3d(kernel_size: int | Sequence[int], *, name: str = "kernel_size", minimum: int = 3) -> tuple[int, int, int]:
+def kernel_size_3d(
+    kernel_size: int | Sequence[int], *, name: str = "kernel_size", minimum: int = 3
+) -> tuple[int, int, int]:
     """Normalise ``kernel_size`` to an odd ``(kd, kh, kw)`` triple, each ``>= minimum``.
 
     Raises ``TypeError`` for non-integers and ``ValueError`` for even or too-small sizes, naming what was given.

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rep3d.layers.checks import check_volume, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d
@@ -26,7 +27,8 @@ class RepLKConv3d(nn.Module):
 
     where ``M`` is the receptive-field mask (``modulation="lrbm"`` learnable, ``"fixed"`` the distance prior,
     ``None`` no mask) and the optional ``small_kernel`` branch is the CSLA / RepLKNet parallel small conv. With
-    ``norm=False`` there is no BatchNorm and the branches are summed as kernels.
+    ``norm=False`` there is no BatchNorm and the branches are summed as kernels; ``bias=True`` adds a learnable
+    per-channel bias after everything (as in 3D UX-Net's depthwise conv).
 
     :meth:`reparameterize` folds mask, BatchNorms and small branch into one depthwise conv with bias; the module
     then holds only ``weight`` ``[C, 1, k, k, k]`` and ``bias`` ``[C]`` and its state_dict loads into a module built
@@ -41,6 +43,7 @@ class RepLKConv3d(nn.Module):
         modulation: Modulation = "lrbm",
         small_kernel: int | None = None,
         norm: bool = True,
+        bias: bool = False,
         conv_backend: Backend = "auto",
         deploy: bool = False,
         beta: float = 1.0,
@@ -59,7 +62,7 @@ class RepLKConv3d(nn.Module):
         self.channels = channels
         self.kernel_size = kernel_size_3d(kernel_size)
         self.small_kernel = None if small_kernel is None else kernel_size_3d(small_kernel, name="small_kernel")
-        if self.small_kernel is not None and any(s >= k for s, k in zip(self.small_kernel, self.kernel_size, strict=True)):
+        if self.small_kernel is not None and any(s >= k for s, k in zip(self.small_kernel, self.kernel_size)):
             raise ValueError(
                 f"RepLKConv3d: small_kernel {small_kernel} must be smaller than kernel_size {kernel_size} on every axis"
             )
@@ -67,13 +70,14 @@ class RepLKConv3d(nn.Module):
         self.norm = norm
         self.conv_backend = conv_backend
         self.deploy = deploy
+        self.grad_checkpointing = False
 
         self.weight = nn.Parameter(torch.empty(channels, 1, *self.kernel_size))
         _init_kernel(self.weight)
         if deploy:
             self.bias = nn.Parameter(torch.zeros(channels))
             return
-        self.register_parameter("bias", None)
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.modulation = (
             ModulatedKernelParam(self.kernel_size, modulation, beta=beta, learnable_beta=learnable_beta,
                                  hidden_channels=mask_hidden_channels)
@@ -95,33 +99,41 @@ class RepLKConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_volume(x, self.channels, "RepLKConv3d")
         if self.deploy:
-            return depthwise_conv3d(x, self.weight, self.bias, backend=self.conv_backend)
+            return self._conv(x, self.weight, self.bias)
         weight = self.effective_kernel()
         if self.bn is None:
             if self.small_weight is not None:
                 weight = weight + pad_kernel(self.small_weight, self.kernel_size)
-            return depthwise_conv3d(x, weight, backend=self.conv_backend)
-        y = self.bn(depthwise_conv3d(x, weight, backend=self.conv_backend))
+            return self._conv(x, weight, self.bias)
+        y = self.bn(self._conv(x, weight))
         if self.small_weight is not None:
-            y = y + self.small_bn(depthwise_conv3d(x, self.small_weight, backend=self.conv_backend))
-        return y
+            y = y + self.small_bn(self._conv(x, self.small_weight))
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # Only the conv is recomputed: BatchNorm stays outside, so its running stats update once per step.
+            return checkpoint(depthwise_conv3d, x, weight, bias, backend=self.conv_backend, use_reentrant=False)
+        return depthwise_conv3d(x, weight, bias, backend=self.conv_backend)
 
     @torch.no_grad()
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The single ``(weight [C, 1, k, k, k], bias [C])`` equal to this module in eval mode."""
         if self.deploy:
             return self.weight.detach().clone(), self.bias.detach().clone()
-        weight, bias = self.effective_kernel(), None
+        weight = self.effective_kernel()
+        bias = torch.zeros(self.channels, dtype=weight.dtype, device=weight.device)
+        if self.bias is not None:
+            bias = bias + self.bias
         if self.bn is not None:
-            weight, bias = _fold(weight, self.bn)
+            weight, bn_bias = _fold(weight, self.bn)
+            bias = bias + bn_bias
         if self.small_weight is not None:
-            small, small_bias = self.small_weight, None
+            small = self.small_weight
             if self.small_bn is not None:
-                small, small_bias = _fold(small, self.small_bn)
+                small, bn_bias = _fold(small, self.small_bn)
+                bias = bias + bn_bias
             weight = weight + pad_kernel(small, self.kernel_size)
-            bias = small_bias if bias is None else (bias if small_bias is None else bias + small_bias)
-        if bias is None:
-            bias = torch.zeros(self.channels, dtype=weight.dtype, device=weight.device)
         return weight.detach().clone(), bias.detach().clone()
 
     @torch.no_grad()
@@ -143,6 +155,8 @@ class RepLKConv3d(nn.Module):
             parts.append("deploy=True")
         else:
             parts += [f"modulation={self.modulation_mode!r}", f"small_kernel={self.small_kernel}", f"norm={self.norm}"]
+            if self.bias is not None:
+                parts.append("bias=True")
         if self.conv_backend != "auto":
             parts.append(f"conv_backend={self.conv_backend!r}")
         return ", ".join(parts)

@@ -22,7 +22,7 @@ def fold_batchnorm(
     """Fold an eval-mode BatchNorm that follows a conv into the conv.
 
     ``BN(conv(x, W) + b) == conv(x, W') + b'`` with ``W' = W * s``, ``b' = (b - mean) * s + beta`` and
-    ``s = gamma / sqrt(var + eps)``. ``weight`` is ``[C_out, ...]``; returns ``(W', b')`` with ``b'`` of shape ``[C_out]``.
+    ``s = gamma / sqrt(var + eps)``. ``weight`` is ``[C_out, ...]``; returns ``(W', b')``, ``b'`` of shape ``[C_out]``.
     """
     scale = torch.rsqrt(running_var + eps)
     if gamma is not None:
