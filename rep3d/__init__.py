@@ -2,4 +2,7 @@
 
 __version__ = "0.1.0"
 
-from rep3d import layers  # noqa: E402,F401
+from rep3d import layers, models  # noqa: E402,F401
+from rep3d.models import create_model, list_models, model_info, reparameterize_model  # noqa: E402
+
+__all__ = ["create_model", "layers", "list_models", "model_info", "models", "reparameterize_model"]

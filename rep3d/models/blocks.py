@@ -1,0 +1,173 @@
+"""Network blocks shared by the Rep3D and 3D UX-Net families (blocks reusable, nets thin)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rep3d.layers import LayerNorm3d, RepLKConv3d
+from rep3d.layers.conv import Modulation
+from rep3d.layers.depthwise import Backend
+
+
+class RepLKBlock3d(nn.Module):
+    """Rep3D block: ``x + DropPath(GELU(RepLKConv3d(x)))``, ``[B, C, D, H, W] -> [B, C, D, H, W]``.
+
+    The conv is depthwise (no channel mixing inside a stage, as in the paper's 65.8M-parameter base model) and
+    carries its own BatchNorm; the residual keeps stacked blocks trainable and gives drop-path a meaning.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 21,
+        *,
+        modulation: Modulation = "lrbm",
+        small_kernel: int | None = None,
+        drop_path: float = 0.0,
+        conv_backend: Backend = "auto",
+        deploy: bool = False,
+        **conv_kwargs,
+    ) -> None:
+        super().__init__()
+        self.dwconv = RepLKConv3d(
+            channels, kernel_size, modulation=modulation, small_kernel=small_kernel, norm=True,
+            conv_backend=conv_backend, deploy=deploy, **conv_kwargs,
+        )
+        self.act = nn.GELU()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.act(self.dwconv(x)))
+
+
+class UXBlock3d(nn.Module):
+    """3D UX-Net block (ConvNeXt-style), ``[B, C, D, H, W] -> [B, C, D, H, W]``::
+
+        x + DropPath(gamma * pwconv2(GELU(pwconv1(LayerNorm(dwconv(x))))))
+
+    ``pwconv1``/``pwconv2`` are 1x1x1 convs with ``mlp_ratio`` expansion; ``mlp_groups="depthwise"`` uses 3D UX-Net's
+    depthwise-convolution scaling (groups = C, its 53M-parameter configuration), ``1`` a dense MLP. ``modulation``
+    applies the Rep3D mask to the depthwise kernel.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        *,
+        modulation: Modulation = None,
+        mlp_ratio: int = 4,
+        mlp_groups: str | int = "depthwise",
+        layer_scale_init_value: float = 1e-6,
+        drop_path: float = 0.0,
+        conv_backend: Backend = "auto",
+        deploy: bool = False,
+        **conv_kwargs,
+    ) -> None:
+        super().__init__()
+        groups = channels if mlp_groups == "depthwise" else int(mlp_groups)
+        self.dwconv = RepLKConv3d(
+            channels, kernel_size, modulation=modulation, norm=False, bias=True,
+            conv_backend=conv_backend, deploy=deploy, **conv_kwargs,
+        )
+        self.norm = LayerNorm3d(channels)
+        self.pwconv1 = nn.Conv3d(channels, mlp_ratio * channels, 1, groups=groups)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Conv3d(mlp_ratio * channels, channels, 1, groups=groups)
+        self.gamma = (
+            nn.Parameter(torch.full((channels,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        for conv in (self.pwconv1, self.pwconv2):
+            trunc_normal_(conv.weight, std=0.02)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1, 1)
+        return x + self.drop_path(y)
+
+
+class Downsample3d(nn.Sequential):
+    """LayerNorm + Conv3d(k2, stride 2): ``[B, C_in, D, H, W] -> [B, C_out, D/2, H/2, W/2]``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(LayerNorm3d(in_channels), nn.Conv3d(in_channels, out_channels, 2, stride=2))
+
+
+class Stem3d(nn.Sequential):
+    """Conv3d(k7, stride 2, pad 3) + LayerNorm: ``[B, C_in, D, H, W] -> [B, C_out, D/2, H/2, W/2]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2),
+            LayerNorm3d(out_channels),
+        )
+
+
+class UnetrDecoder3d(nn.Module):
+    """UNETR-style decoder over an input volume and four encoder features (MONAI blocks, residual, instance norm).
+
+    Features are ``[B, widths[i], S/2^(i+1), ...]`` for i = 0..3. Skips: a basic block on the raw input (-> widths[0])
+    and on features 0-2 (-> widths[i+1]), one to ``hidden_size`` on feature 3; up-blocks back to full resolution;
+    a 1x1x1 conv to ``num_classes`` logits ``[B, num_classes, D, H, W]``.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        widths: Sequence[int],
+        hidden_size: int,
+        num_classes: int,
+        norm_name: str | tuple = "instance",
+        res_block: bool = True,
+    ) -> None:
+        super().__init__()
+        w = list(widths)
+        if len(w) != 4:
+            raise ValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
+
+        def basic(cin: int, cout: int) -> UnetrBasicBlock:
+            return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)
+
+        def up(cin: int, cout: int) -> UnetrUpBlock:
+            return UnetrUpBlock(3, cin, cout, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name,
+                                res_block=res_block)
+
+        self.encoder1 = basic(in_chans, w[0])
+        self.encoder2 = basic(w[0], w[1])
+        self.encoder3 = basic(w[1], w[2])
+        self.encoder4 = basic(w[2], w[3])
+        self.encoder5 = basic(w[3], hidden_size)
+        self.decoder5 = up(hidden_size, w[3])
+        self.decoder4 = up(w[3], w[2])
+        self.decoder3 = up(w[2], w[1])
+        self.decoder2 = up(w[1], w[0])
+        self.decoder1 = basic(w[0], w[0])
+        self.out = UnetOutBlock(3, w[0], num_classes)
+        self.grad_checkpointing = False
+
+    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # instance norm keeps no running stats, so recomputing a whole block is exact
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        enc1 = self._run(self.encoder1, x)
+        enc2 = self._run(self.encoder2, features[0])
+        enc3 = self._run(self.encoder3, features[1])
+        enc4 = self._run(self.encoder4, features[2])
+        hidden = self._run(self.encoder5, features[3])
+        d = self._run(self.decoder5, hidden, enc4)
+        d = self._run(self.decoder4, d, enc3)
+        d = self._run(self.decoder3, d, enc2)
+        d = self._run(self.decoder2, d, enc1)
+        return self.out(self._run(self.decoder1, d))

@@ -1,0 +1,248 @@
+"""Rep3D and 3D UX-Net: a hierarchical large-kernel encoder plus a UNETR-style decoder (DESIGN §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rep3d.layers import LayerNorm3d
+from rep3d.layers.checks import check_volume
+from rep3d.layers.conv import Modulation
+from rep3d.layers.depthwise import Backend
+from rep3d.models.blocks import Downsample3d, RepLKBlock3d, Stem3d, UnetrDecoder3d, UXBlock3d
+
+BLOCKS = {"replk": RepLKBlock3d, "ux": UXBlock3d}
+
+
+class Rep3DEncoder(nn.Module):
+    """Hierarchical 3-D encoder: ``[B, in_chans, D, H, W]`` -> four features ``[B, widths[i], D/2^(i+1), ...]``.
+
+    Stem (conv k7 stride 2 + LayerNorm), stages of large-kernel blocks separated by LayerNorm + conv(k2, stride 2)
+    downsamplers; every stage output goes through its own LayerNorm (``norms.i``) to become an encoder feature.
+    ``block="replk"`` gives Rep3D's plain large-kernel blocks, ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        widths: Sequence[int] = (48, 96, 192, 384),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        kernel_size: int = 21,
+        *,
+        block: str = "replk",
+        modulation: Modulation = "lrbm",
+        small_kernel: int | None = None,
+        drop_path_rate: float = 0.0,
+        conv_backend: Backend = "auto",
+        deploy: bool = False,
+        stem_kernel_size: int = 7,
+        **block_kwargs,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 4 or len(depths) != 4:
+            raise ValueError(f"Rep3DEncoder needs 4 stages: got widths={tuple(widths)}, depths={tuple(depths)}")
+        if block not in BLOCKS:
+            raise ValueError(f"Rep3DEncoder: block must be one of {sorted(BLOCKS)}, got {block!r}")
+        if small_kernel is not None:
+            if block != "replk":
+                raise ValueError("Rep3DEncoder: small_kernel (CSLA branch) is only defined for block='replk'")
+            block_kwargs["small_kernel"] = small_kernel
+        self.in_chans = in_chans
+        self.widths = tuple(widths)
+        self.depths = tuple(depths)
+        self.stride = 2 ** len(widths)
+        self.downsample_layers = nn.ModuleList(
+            [Stem3d(in_chans, widths[0], stem_kernel_size)]
+            + [Downsample3d(widths[i - 1], widths[i]) for i in range(1, 4)]
+        )
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth decay
+        block_cls = BLOCKS[block]
+        self.stages = nn.ModuleList()
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            first = sum(depths[:i])
+            self.stages.append(nn.Sequential(*[
+                block_cls(width, kernel_size, modulation=modulation, drop_path=rates[first + j],
+                          conv_backend=conv_backend, deploy=deploy, **block_kwargs)
+                for j in range(depth)
+            ]))
+        self.norms = nn.ModuleList([LayerNorm3d(w) for w in widths])
+        self.feature_info = [
+            dict(num_chs=w, reduction=2 ** (i + 1), module=f"norms.{i}") for i, w in enumerate(widths)
+        ]
+        self.grad_checkpointing = False
+        self.downsample_layers.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward: the large-kernel convs (RepLK blocks) or whole blocks (UX blocks)."""
+        self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, RepLKBlock3d):
+                module.dwconv.grad_checkpointing = enable
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.stages[i]:
+            if self.grad_checkpointing and isinstance(blk, UXBlock3d) and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCDHW",
+        intermediates_only: bool = True,
+        stop_early: bool = True,
+    ) -> list[torch.Tensor]:
+        """Normalised stage outputs at ``indices`` (default all four), each ``[B, widths[i], ...]``.
+
+        ``norm`` and ``output_fmt`` exist for timm's feature wrapper: every stage output is normalised anyway and
+        features are always channels-first.
+        """
+        take = _resolve_indices(indices, len(self.stages))
+        check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        out = []
+        for i in range(len(self.stages)):
+            x = self._run_stage(i, self.downsample_layers[i](x))
+            if i in take:
+                out.append(self.norms[i](x))
+            if stop_early and i >= max(take):
+                break
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All four encoder features ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``."""
+        return self.forward_intermediates(x)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_features(x)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 4, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop stages after the last index taken (timm feature-extraction API); returns the kept indices."""
+        take = _resolve_indices(indices, len(self.stages))
+        last = max(take)
+        for i in range(last + 1, len(self.stages)):
+            self.stages[i] = nn.Identity()
+            self.downsample_layers[i] = nn.Identity()
+            self.norms[i] = nn.Identity()
+        return sorted(take)
+
+
+class Rep3D(nn.Module):
+    """Rep3D segmentation network: :class:`Rep3DEncoder` + :class:`UnetrDecoder3d`.
+
+    ``[B, in_chans, D, H, W] -> [B, num_classes, D, H, W]`` logits; D, H, W must be multiples of 16.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 16,
+        widths: Sequence[int] = (48, 96, 192, 384),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        kernel_size: int = 21,
+        *,
+        block: str = "replk",
+        modulation: Modulation = "lrbm",
+        small_kernel: int | None = None,
+        hidden_size: int = 768,
+        drop_path_rate: float = 0.0,
+        conv_backend: Backend = "auto",
+        deploy: bool = False,
+        norm_name: str = "instance",
+        **block_kwargs,
+    ) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.encoder = Rep3DEncoder(
+            in_chans, widths, depths, kernel_size, block=block, modulation=modulation, small_kernel=small_kernel,
+            drop_path_rate=drop_path_rate, conv_backend=conv_backend, deploy=deploy, **block_kwargs,
+        )
+        self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name)
+        self.stride = self.encoder.stride
+        self.feature_info = self.encoder.feature_info
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` that says how to fix a wrong channel count or a spatial size off the stride."""
+        check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        sizes = tuple(x.shape[2:])
+        if any(s % self.stride for s in sizes):
+            down = tuple(max(self.stride, s // self.stride * self.stride) for s in sizes)
+            up = tuple(-(-s // self.stride) * self.stride for s in sizes)
+            raise ValueError(
+                f"{type(self).__name__} needs every spatial size divisible by {self.stride}, got {sizes}; "
+                f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.decoder(x, self.encoder(x))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x)
+        return self.encoder.forward_features(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, **kwargs) -> list[torch.Tensor]:
+        self.check_input(x)
+        return self.encoder.forward_intermediates(x, indices, **kwargs)
+
+    def prune_intermediate_layers(self, indices=4, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        if prune_head and hasattr(self, "decoder"):
+            del self.decoder
+        return self.encoder.prune_intermediate_layers(indices, prune_norm, prune_head)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory: recompute large-kernel convs and decoder blocks in backward."""
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.decoder.out
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the 1x1x1 output conv by a freshly initialised one with ``num_classes`` outputs."""
+        from monai.networks.blocks import UnetOutBlock
+
+        out = self.decoder.out.conv.conv
+        self.decoder.out = UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
+        self.num_classes = num_classes
+
+
+class UXNet3D(Rep3D):
+    """3D UX-Net (k=7 ConvNeXt-style blocks); ``modulation="lrbm"`` applies the Rep3D mask to its kernels."""
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 16, widths=(48, 96, 192, 384), depths=(2, 2, 2, 2),
+                 kernel_size: int = 7, *, modulation: Modulation = None, **kwargs) -> None:
+        super().__init__(in_chans, num_classes, widths, depths, kernel_size, block="ux", modulation=modulation,
+                         **kwargs)
+
+
+def _resolve_indices(indices: int | Sequence[int] | None, n: int) -> list[int]:
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 1 <= indices <= n:
+            raise ValueError(f"indices={indices}: expected 1..{n} (take the last N stages) or a list of stage indices")
+        return list(range(n - indices, n))
+    out = [i % n if -n <= i < n else None for i in indices]
+    if None in out or not out:
+        raise ValueError(f"stage indices must be in [-{n}, {n - 1}], got {list(indices)}")
+    return sorted(set(out))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # stem and downsamplers only: RepLKConv3d, the mask generator and MONAI blocks keep their own initialisation
+    if isinstance(module, nn.Conv3d):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,187 @@
+"""Registered model names and their cfgs (configs as data; ``default_cfgs`` precedes the entrypoints, as timm needs).
+
+Family sizes (all: 4 stages, stride 16, UNETR decoder, 1 input channel by default):
+
+| name | widths | depths | kernel | decoder hidden | notes |
+|---|---|---|---|---|---|
+| rep3d_tiny | 16/32/64/128 | 1/1/1/1 | 21 | 256 | one 64³ training step ≈ 1 s on a 2-core CPU |
+| rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | half the base widths |
+| rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | the paper's model (65.8M params at 16 classes) |
+| rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | wider, deeper stage 3 |
+| uxnet3d_base | 48/96/192/384 | 2/2/2/2 | 7 | 768 | 3D UX-Net, ConvNeXt-style blocks |
+
+Suffixes: none = learnable mask (``lrbm``, the method), ``_fixed`` = distance prior only, ``_vanilla`` = plain large
+kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy; ``uxnet3d_base_lrbm`` = UX-Net + mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from rep3d.models.registry import build_model, default_cfgs, register
+from rep3d.models.rep3d_net import Rep3D, UXNet3D
+
+PAPER = dict(
+    paper_ids="arXiv:2505.19603",
+    paper_name="Rep3D: Re-parameterize Large 3D Kernels with Low-Rank Receptive Modeling for Medical Imaging",
+    license="apache-2.0",
+)
+UXNET_PAPER = dict(
+    paper_ids="arXiv:2209.15076",
+    paper_name="3D UX-Net: A Large Kernel Volumetric ConvNet Modernizing Hierarchical Transformer",
+    license="apache-2.0",
+)
+# 3-D metadata of the paper's AMOS-CT recipe (DESIGN §4): the defaults a base-size model is trained and run with.
+CT_RECIPE = dict(
+    roi_size=(96, 96, 96), spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0), orientation="RAS",
+    modality="CT",
+)
+
+
+def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), paper: dict = PAPER,
+         **kwargs: Any) -> dict[str, Any]:
+    # timm assumes 2-D: input_size is (C, H, W) of an axial slice; the 3-D ROI lives in rep3d's own key.
+    return {
+        "num_classes": num_classes, "input_size": (1, roi_size[1], roi_size[2]), "first_conv": None,
+        "classifier": "decoder.out.conv.conv", "mean": (0.0,), "std": (1.0,), "interpolation": "trilinear",
+        "crop_pct": 1.0, **paper, **CT_RECIPE, "roi_size": roi_size, **kwargs,
+    }
+
+
+default_cfgs = default_cfgs({
+    **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else (96, 96, 96))
+       for size in ("tiny", "small", "base", "large") for suffix in ("", "_fixed", "_vanilla", "_csla")},
+    "uxnet3d_base": _cfg(paper=UXNET_PAPER),
+    "uxnet3d_base_lrbm": _cfg(),
+})
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(widths=(16, 32, 64, 128), depths=(1, 1, 1, 1), hidden_size=256),
+    "small": dict(widths=(32, 64, 128, 256), depths=(2, 2, 2, 2), hidden_size=512),
+    "base": dict(widths=(48, 96, 192, 384), depths=(2, 2, 2, 2), hidden_size=768),
+    "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "": dict(modulation="lrbm"),
+    "_fixed": dict(modulation="fixed"),
+    "_vanilla": dict(modulation=None),
+    "_csla": dict(modulation=None, small_kernel=3),
+}
+
+
+def _create(cls: type[nn.Module], variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> nn.Module:
+    return build_model(cls, variant, pretrained, **{**defaults, **kwargs})
+
+
+def _rep3d(size: str, suffix: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    return _create(Rep3D, f"rep3d_{size}{suffix}", pretrained, {**SIZES[size], **VARIANTS[suffix]}, **kwargs)
+
+
+@register
+def rep3d_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D tiny (16/32/64/128, depth 1 per stage), learnable mask."""
+    return _rep3d("tiny", "", pretrained, **kwargs)
+
+
+@register
+def rep3d_tiny_fixed(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D tiny with the fixed distance prior as mask."""
+    return _rep3d("tiny", "_fixed", pretrained, **kwargs)
+
+
+@register
+def rep3d_tiny_vanilla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D tiny, plain large kernels."""
+    return _rep3d("tiny", "_vanilla", pretrained, **kwargs)
+
+
+@register
+def rep3d_tiny_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D tiny, large kernel + parallel 3³ branch (merged at deploy)."""
+    return _rep3d("tiny", "_csla", pretrained, **kwargs)
+
+
+@register
+def rep3d_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D small (32/64/128/256), learnable mask."""
+    return _rep3d("small", "", pretrained, **kwargs)
+
+
+@register
+def rep3d_small_fixed(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D small with the fixed distance prior."""
+    return _rep3d("small", "_fixed", pretrained, **kwargs)
+
+
+@register
+def rep3d_small_vanilla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D small, plain large kernels."""
+    return _rep3d("small", "_vanilla", pretrained, **kwargs)
+
+
+@register
+def rep3d_small_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D small, large kernel + parallel 3³ branch."""
+    return _rep3d("small", "_csla", pretrained, **kwargs)
+
+
+@register
+def rep3d_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D base, the paper's model (48/96/192/384, k = 21, decoder 768, learnable mask)."""
+    return _rep3d("base", "", pretrained, **kwargs)
+
+
+@register
+def rep3d_base_fixed(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D base with the fixed distance prior (RepUX-Net style)."""
+    return _rep3d("base", "_fixed", pretrained, **kwargs)
+
+
+@register
+def rep3d_base_vanilla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D base, plain 21³ kernels."""
+    return _rep3d("base", "_vanilla", pretrained, **kwargs)
+
+
+@register
+def rep3d_base_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D base, 21³ + parallel 3³ branch (RepLKNet style)."""
+    return _rep3d("base", "_csla", pretrained, **kwargs)
+
+
+@register
+def rep3d_large(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D large (64/128/256/512, depths 2/2/4/2, decoder 1024), learnable mask."""
+    return _rep3d("large", "", pretrained, **kwargs)
+
+
+@register
+def rep3d_large_fixed(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D large with the fixed distance prior."""
+    return _rep3d("large", "_fixed", pretrained, **kwargs)
+
+
+@register
+def rep3d_large_vanilla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D large, plain large kernels."""
+    return _rep3d("large", "_vanilla", pretrained, **kwargs)
+
+
+@register
+def rep3d_large_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Rep3D large, large kernel + parallel 3³ branch."""
+    return _rep3d("large", "_csla", pretrained, **kwargs)
+
+
+@register
+def uxnet3d_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """3D UX-Net base (k = 7 ConvNeXt-style blocks, depthwise-scaled MLP)."""
+    return _create(UXNet3D, "uxnet3d_base", pretrained, dict(SIZES["base"]), **kwargs)
+
+
+@register
+def uxnet3d_base_lrbm(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """3D UX-Net base with the Rep3D learnable mask on its 7³ depthwise kernels."""
+    return _create(UXNet3D, "uxnet3d_base_lrbm", pretrained, dict(SIZES["base"], modulation="lrbm"), **kwargs)
