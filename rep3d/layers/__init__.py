@@ -5,6 +5,7 @@ from rep3d.layers.depthwise import depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
 from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
 from rep3d.layers.norm import LayerNorm3d
+from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
     "LayerNorm3d",
@@ -12,9 +13,11 @@ __all__ = [
     "ModulatedKernelParam",
     "RepLKConv3d",
     "crop_kernel",
+    "csla_lr_field",
     "depthwise_conv3d",
     "distance_prior",
     "fold_batchnorm",
+    "mask_lr_field",
     "pad_kernel",
     "useful_kernel_size",
 ]

@@ -101,9 +101,16 @@ def _check_name(model_name: str) -> None:
         close = difflib.get_close_matches(arch, sorted(_NAMES), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(sorted(_NAMES))}"
         raise ValueError(f"unknown rep3d model {model_name!r}{hint} (rep3d.list_models() lists them all)")
-    if tag and get_pretrained_cfg(model_name, allow_unregistered=False) is None:
+    if tag and not _has_tag(model_name):
         tags = [n for n in timm.list_models(arch, include_tags=True) if "." in n]
         raise ValueError(f"{arch!r} has no pretrained tag {tag!r}; registered tags: {tags or 'none'}")
+
+
+def _has_tag(model_name: str) -> bool:
+    try:
+        return get_pretrained_cfg(model_name, allow_unregistered=False) is not None
+    except RuntimeError:  # timm raises for a tag its registry does not know
+        return False
 
 
 def create_model(

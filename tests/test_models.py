@@ -1,0 +1,162 @@
+"""Model zoo: registry parity with timm, shapes, deploy equivalence, features, input errors, parameter counts."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import rep3d
+from rep3d.models import Rep3D, Rep3DEncoder, is_deployed
+
+ALL = rep3d.list_models()
+
+
+def _small(name: str, **kwargs):
+    k = 3 if name.startswith("uxnet3d") else 5
+    return rep3d.create_model(name, kernel_size=k, **kwargs)
+
+
+def test_registry_lists_the_paper_variants():
+    for size in ("tiny", "small", "base", "large"):
+        for suffix in ("", "_fixed", "_vanilla", "_csla"):
+            assert f"rep3d_{size}{suffix}" in ALL
+    assert {"uxnet3d_base", "uxnet3d_base_lrbm"} <= set(ALL)
+    assert rep3d.list_models("rep3d_tiny*") == ["rep3d_tiny", "rep3d_tiny_csla", "rep3d_tiny_fixed",
+                                                "rep3d_tiny_vanilla"]
+
+
+def test_rep3d_base_has_the_papers_parameter_count():
+    with torch.device("meta"):  # no memory, no forward
+        model = rep3d.create_model("rep3d_base", num_classes=16, in_chans=1)
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - 65.8e6) <= 0.01 * 65.8e6, params
+    large_kernels = sum(m.weight.numel() for m in model.modules() if isinstance(m, rep3d.layers.RepLKConv3d))
+    assert abs(large_kernels - 13.3e6) <= 0.01 * 13.3e6
+
+
+def test_uxnet3d_base_has_its_papers_parameter_count():
+    with torch.device("meta"):
+        model = rep3d.create_model("uxnet3d_base", num_classes=16)
+    assert abs(sum(p.numel() for p in model.parameters()) - 53.0e6) <= 0.01 * 53.0e6
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_train_then_reparameterize_gives_equal_outputs(name):
+    torch.manual_seed(0)
+    model = _small(name, num_classes=3)
+    x = torch.randn(2, 1, 16, 32, 16)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        assert out.shape == (2, 3, 16, 32, 16)
+        out.square().mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        deployed = rep3d.reparameterize_model(model)
+        y_deploy = deployed(x)
+    assert is_deployed(deployed) and not is_deployed(model)
+    assert deployed.model_args["deploy"] is True
+    names = [n for n, _ in deployed.named_parameters()]
+    assert not any("modulation" in n or "small_" in n or ".bn." in n for n in names)
+    assert (y - y_deploy).abs().max() <= 1e-4 * y.abs().max()
+    # the deployed form is rebuildable from its args
+    rebuilt = rep3d.create_model(name, **{k: v for k, v in deployed.model_args.items() if k != "kernel_size"},
+                                 kernel_size=model.encoder.stages[0][0].dwconv.kernel_size[0]).eval()
+    rebuilt.load_state_dict(deployed.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), y_deploy)
+
+
+@pytest.mark.parametrize("name", ["rep3d_tiny", "rep3d_base_csla", "uxnet3d_base_lrbm"])
+def test_timm_create_model_builds_the_identical_model(name):
+    ours = rep3d.create_model(name, num_classes=5)
+    theirs = timm.create_model(name, num_classes=5)
+    assert type(ours) is type(theirs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert theirs.pretrained_cfg["roi_size"] == ours.pretrained_cfg["roi_size"]
+    assert name in timm.list_models("rep3d_*") + timm.list_models("uxnet3d_*")
+
+
+@pytest.mark.parametrize("name", ["rep3d_tiny", "rep3d_small_fixed", "uxnet3d_base"])
+def test_features_only_returns_the_encoder_maps(name):
+    model = timm.create_model(name, features_only=True, kernel_size=3, out_indices=(0, 2, 3))
+    feats = model(torch.randn(1, 1, 32, 32, 32))
+    widths = model.feature_info.channels()
+    assert [f.shape[1] for f in feats] == widths
+    assert [f.shape[2:] for f in feats] == [torch.Size([16] * 3), torch.Size([4] * 3), torch.Size([2] * 3)]
+    assert model.feature_info.reduction() == [2, 8, 16]
+    assert not any("decoder" in k for k in model.state_dict())
+
+
+def test_encoder_is_a_standalone_backbone():
+    enc = Rep3DEncoder(in_chans=2, widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), kernel_size=5)
+    feats = enc(torch.randn(1, 2, 32, 16, 32))
+    assert [tuple(f.shape) for f in feats] == [(1, 8, 16, 8, 16), (1, 16, 8, 4, 8), (1, 24, 4, 2, 4), (1, 32, 2, 1, 2)]
+    assert [f["reduction"] for f in enc.feature_info] == [2, 4, 8, 16]
+
+
+def test_spatial_size_off_the_stride_names_the_nearest_valid_sizes():
+    model = _small("rep3d_tiny")
+    with pytest.raises(ValueError, match=r"divisible by 16, got \(40, 32, 33\).*\(32, 32, 32\).*\(48, 32, 48\)"):
+        model(torch.randn(1, 1, 40, 32, 33))
+
+
+def test_wrong_channel_count_names_in_chans():
+    model = _small("rep3d_tiny", in_chans=2)
+    with pytest.raises(ValueError, match=r"in_chans=2.*input has 1"):
+        model(torch.randn(1, 1, 32, 32, 32))
+
+
+def test_unknown_model_name_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown rep3d model 'rep3d_bse'.*rep3d_base"):
+        rep3d.create_model("rep3d_bse")
+    with pytest.raises(ValueError, match=r"no pretrained tag 'amos'"):
+        rep3d.create_model("rep3d_base.amos")
+
+
+def test_grad_checkpointing_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = _small("rep3d_tiny", num_classes=2)
+    twin = copy.deepcopy(model)
+    twin.set_grad_checkpointing(True)
+    x = torch.randn(1, 1, 32, 32, 32)
+    y, y_ckpt = model(x), twin(x)
+    torch.testing.assert_close(y, y_ckpt)
+    y.square().mean().backward()
+    y_ckpt.square().mean().backward()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name, atol=1e-6, rtol=1e-4)
+
+
+def test_reset_classifier_changes_the_number_of_outputs():
+    model = _small("rep3d_tiny", num_classes=4)
+    model.reset_classifier(7)
+    assert model(torch.randn(1, 1, 32, 32, 32)).shape[1] == 7 and model.num_classes == 7
+
+
+def test_model_info_counts_params_and_macs_on_the_meta_device():
+    info = rep3d.model_info("rep3d_base")
+    assert info["params"] == pytest.approx(65.85e6, rel=1e-3)
+    assert info["deployed_params"] < info["params"]
+    # encoder large kernels ~130 GMAC; PyTorch counts transposed convs per input voxel (DESIGN's 757 per output)
+    assert 690e9 < info["macs"] < 760e9
+    assert info["roi_size"] == (96, 96, 96) and info["metadata"]["spacing"] == (1.5, 1.5, 2.0)
+
+
+def test_models_table_command_prints_every_model(capsys):
+    from rep3d.cli import main
+
+    assert main(["models", "rep3d_tiny*", "--table"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| rep3d_tiny") == 4 and "GMACs" in out
+
+
+def test_rep3d_class_defaults_are_the_paper_base():
+    model = Rep3D()
+    assert model.encoder.widths == (48, 96, 192, 384) and model.encoder.depths == (2, 2, 2, 2)
+    assert model.encoder.stages[0][0].dwconv.kernel_size == (21, 21, 21)
