@@ -105,19 +105,6 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def split_subjects(items: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
-    """Deterministic train/validation split of the labelled subjects (seeded by ``cfg.seed``)."""
-    n = len(items)
-    if n < 2:
-        raise ValueError(f"need at least 2 labelled subjects (1 train, 1 validation), the dataset has {n}")
-    n_val = cfg.num_val or max(1, round(0.2 * n))
-    if n_val >= n:
-        raise ValueError(f"num_val={n_val} leaves no training subject out of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    val = sorted(order[:n_val])
-    return [items[i] for i in range(n) if i not in val], [items[i] for i in val]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, volumes: list[dict[str, torch.Tensor]], cfg: TrainConfig, num_classes: int,
              device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[float]:
@@ -237,17 +224,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
 
     from rep3d.data.msd import load_msd_dataset
 
-    dataset = load_msd_dataset(cfg.data)
+    dataset = load_msd_dataset(cfg.data, num_val=cfg.num_val or None, seed=cfg.seed)
+    if not dataset.val:
+        raise ValueError(f"{cfg.data}: need at least 2 labelled training cases (1 for validation)")
     class_names = dataset.class_names
     num_classes = len(class_names)
-    train_items, val_items = split_subjects(dataset.training, cfg)
+    modality = ", ".join(dataset.modality[k] for k in sorted(dataset.modality))
+    synthetic = bool(dataset.meta.get("synthetic", False))
+    data_card = {"name": dataset.name, "description": dataset.meta.get("description", ""), "synthetic": synthetic,
+                 "num_train": len(dataset.train), "num_val": len(dataset.val),
+                 "num_test_labeled": len(dataset.test_labeled), "modality": modality}
 
     torch.manual_seed(cfg.seed)
-    model = rep3d.create_model(cfg.model, num_classes=num_classes, in_chans=dataset.num_channels, **cfg.model_args)
+    model = rep3d.create_model(cfg.model, num_classes=num_classes, in_chans=dataset.in_chans, **cfg.model_args)
     model.pretrained_cfg.update(
         roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
-        orientation=cfg.orientation, modality=dataset.modality, class_names=class_names, dataset=dataset.name,
-        synthetic=dataset.synthetic,
+        orientation=cfg.orientation, modality=modality, class_names=class_names, dataset=dataset.name,
+        synthetic=synthetic,
     )
     model.to(device)
     if cfg.grad_checkpointing:
@@ -273,8 +266,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     if ctx.is_main:
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    train_set = CachedVolumes(train_items, cfg)
-    val_volumes = [preprocessing(cfg)(dict(item)) for item in val_items] if ctx.is_main else []
+    train_set = CachedVolumes(dataset.train, cfg)
+    val_volumes = [preprocessing(cfg)(dict(item)) for item in dataset.val] if ctx.is_main else []
     sampler = StepSampler(len(train_set), cfg.iterations, start_step, cfg.seed, cfg.subjects_per_step, ctx.rank,
                           ctx.world_size)
     log = RunLog(state_dir, class_names, start_step, ctx.is_main)
@@ -290,7 +283,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
 
     def card(final: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
-            "recipe": cfg.to_dict(), "dataset": dataset.describe(), "steps": cfg.iterations,
+            "recipe": cfg.to_dict(), "dataset": data_card, "steps": cfg.iterations,
             "best_step": best["step"], "val_dice": dict(zip(class_names[1:], best["per_class"])),
             "val_mean_dice": best["dice"], "hardware": hardware_description(device),
             "world_size": ctx.world_size, "command": command, **(final or {}),
@@ -364,9 +357,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     summary: dict[str, Any] = {"steps": step, "wall_time_s": wall, "best": best, "rank_parameter_sha256": digests,
                                "hardware": hardware_description(device), "world_size": ctx.world_size}
     if ctx.is_main:
-        if dataset.test_with_labels:
+        if dataset.test_labeled:
             best_model = _load_best(out, device)
-            test_volumes = [preprocessing(cfg)(dict(item)) for item in dataset.test_with_labels]
+            test_volumes = [preprocessing(cfg)(dict(item)) for item in dataset.test_labeled]
             test = evaluate(best_model, test_volumes, cfg, num_classes, device, autocast_dtype)
             summary["test_dice"] = dict(zip(class_names[1:], test))
             summary["test_mean_dice"] = mean_dice(test)
