@@ -3,3 +3,16 @@
 __version__ = "0.1.0"
 
 from rep3d import layers  # noqa: E402,F401
+
+
+def __getattr__(name: str):
+    # lazy: importing rep3d must not pull in MONAI / nibabel
+    if name == "Predictor":
+        from rep3d.inference import Predictor
+
+        return Predictor
+    if name == "data":
+        import importlib
+
+        return importlib.import_module("rep3d.data")
+    raise AttributeError(f"module 'rep3d' has no attribute {name!r}")
