@@ -30,7 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["AUTO", "FALLBACK_WINDOWS", "InputError", "Prediction", "Predictor", "build_model", "output_stem"]
+__all__ = [
+    "AUTO",
+    "FALLBACK_WINDOWS",
+    "InputError",
+    "Prediction",
+    "Predictor",
+    "build_model",
+    "model_grid_affine",
+    "output_stem",
+]
 
 
 class _Auto:
@@ -156,6 +165,21 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
     return device
+
+
+def model_grid_affine(orientation: str, spacing: Sequence[float]) -> np.ndarray:
+    """Affine ``[4, 4]`` of an array whose axes already follow ``orientation`` (e.g. ``"RAS"``, ``"LPS"``)
+    with voxel size ``spacing``: the grid on which ``Orientation`` and ``Spacing`` change nothing."""
+    axis = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    codes = orientation.upper()
+    if len(codes) != 3 or sorted(axis[c][0] for c in codes if c in axis) != [0, 1, 2]:
+        raise ValueError(f"orientation must be 3 axis codes like 'RAS' or 'LPS', got {orientation!r}")
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for i, (code, step) in enumerate(zip(codes, spacing, strict=True)):
+        world, sign = axis[code]
+        affine[world, i] = sign * float(step)
+    return affine
 
 
 def _triple(name: str, value: Any, kind: type) -> tuple:
@@ -326,11 +350,7 @@ class Predictor:
             if affine is None and isinstance(data, MetaTensor):
                 affine = data.affine
             if affine is None:
-                affine = np.diag([*(self.spacing or (1.0, 1.0, 1.0)), 1.0])
-                if self.orientation not in (None, "RAS"):
-                    raise InputError(
-                        f"pass the affine of the array (model orientation is {self.orientation})"
-                    )
+                affine = model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0))
             affine = torch.as_tensor(np.asarray(affine, dtype=np.float64))
             if affine.shape != (4, 4):
                 raise InputError(f"affine must be 4x4, got shape {tuple(affine.shape)}")

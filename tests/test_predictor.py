@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rep3d
-from rep3d.inference import FALLBACK_ROI, InputError, Predictor, _lateral_permutation
+from rep3d.inference import FALLBACK_ROI, InputError, Predictor, _lateral_permutation, model_grid_affine
 from tests.standins import RGBOracle, SideOracle, ThresholdOracle, WindowMean
 
 
@@ -239,3 +239,15 @@ def test_large_volumes_stitch_on_cpu_when_the_device_is_short_of_memory(monkeypa
     assert p._stitch_device_for((512, 512, 400)).type == "cpu"
     p.stitch_device = "cpu"
     assert p._stitch_device_for((8, 8, 8)).type == "cpu"
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIR"])
+def test_an_array_without_affine_is_taken_as_already_on_the_model_grid(orientation):
+    affine = model_grid_affine(orientation, (1.5, 2.0, 2.5))
+    assert "".join(nib.aff2axcodes(affine)) == orientation
+    rng = np.random.default_rng(1)
+    image = np.where(rng.random((1, 12, 10, 9)) > 0.5, 1.0, 0.0).astype(np.float32)
+    p = Predictor(
+        ThresholdOracle(), roi_size=8, spacing=(1.5, 2.0, 2.5), orientation=orientation, intensity_window=None
+    )
+    assert np.array_equal(p(image).label, image[0] > 0.5)  # no resampling, nothing moved
