@@ -92,6 +92,7 @@ def save_overlay_png(
     class_names: Sequence[str] | None = None,
     alpha: float = 0.45,
     scale: float = 2.0,
+    title: str | None = None,
 ) -> Path:
     """Write a PNG of axial / coronal / sagittal slices: a row for the image, one with ``label`` overlaid and
     one with ``prediction`` overlaid (rows whose array is ``None`` are left out), plus a colour legend.
@@ -107,6 +108,7 @@ def save_overlay_png(
         class_names: names for the legend (index = label value); default ``class 1``, ``class 2``, ...
         alpha: opacity of the label colours.
         scale: pixels per (smallest) voxel edge.
+        title: text drawn after the first row's name (e.g. "synthetic phantom").
 
     Returns:
         the path written.
@@ -145,6 +147,9 @@ def save_overlay_png(
     draw = ImageDraw.Draw(canvas)
     for r, (row_name, lab) in enumerate(rows):
         y0 = r * row_h + pad
+        if r == 0:
+            row_name += "   axial | coronal | sagittal, patient's right on the left"
+            row_name += f"   [{title}]" if title else ""
         draw.text((pad, y0), row_name, fill=(255, 255, 255))
         x0 = pad
         lab_panels = _panels(lab, centre) if lab is not None else [None] * 3

@@ -387,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
     parser.add_argument(
-        "--preview", metavar="PNG", help="also write orthogonal slices of the first case with labels"
+        "--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -417,13 +417,17 @@ def run(args: argparse.Namespace) -> int:
         case = make_phantom(
             case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing
         )
-        save_overlay_png(
+        kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
+        centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
+        save_overlay_png(  # planes through the kidneys: the pair only context tells apart
             args.preview,
             case.image,
             case.label,
             window=DEFAULT_WINDOW,
             spacing=args.spacing,
+            centre=centre,
             class_names=PHANTOM_CLASSES,
+            title="SYNTHETIC phantom",
         )
         print(f"preview: {args.preview}")
     print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic) to {root}")
