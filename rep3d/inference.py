@@ -625,6 +625,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             factory = _load_factory(args.model_factory) if args.model_factory else build_model
             model = factory(args.model, args.checkpoint)
+        except Exception as err:  # noqa: BLE001 - report and stop: nothing can run without a model
+            report(args.model, f"cannot build the model: {type(err).__name__}: {err}")
+            return 1
+        try:
             predictor = Predictor(
                 model,
                 roi_size=tuple(args.roi_size) if args.roi_size else AUTO,
@@ -636,8 +640,8 @@ def run(args: argparse.Namespace) -> int:
                 tta=args.tta,
                 progress=not args.quiet,
             )
-        except Exception as err:  # noqa: BLE001 - report and stop: nothing can run without a model
-            report(args.model, f"cannot build the model: {type(err).__name__}: {err}")
+        except ValueError as err:
+            print(f"rep3d predict: error: {err}", file=sys.stderr)
             return 1
         outdir.mkdir(parents=True, exist_ok=True)
         for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=args.quiet):

@@ -169,6 +169,16 @@ def test_missing_inputs_and_model_failures_are_reported(tmp_path, monkeypatch, c
     assert "nope: cannot build the model: RuntimeError: unknown model 'nope'" in err
 
 
+def test_invalid_settings_stop_before_any_volume(tmp_path, oracle, capsys):
+    write_scan(tmp_path / "a.nii.gz")
+    assert (
+        predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "o"), "--overlap", "1.5", "--quiet"])
+        == 1
+    )
+    assert "overlap must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_duplicate_output_names_are_refused(tmp_path, oracle, capsys):
     (tmp_path / "x").mkdir()
     write_scan(tmp_path / "a.nii.gz")

@@ -61,7 +61,7 @@ def test_oblique_anisotropic_odd_input_comes_back_on_its_own_grid():
     assert np.allclose(out.probabilities.sum(0), 1.0, atol=1e-4)
 
 
-def test_axis_permutation_without_resampling_is_exact():
+def test_axis_permutation_without_resampling_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     image = np.where(rng.random((21, 18, 13)) > 0.5, 100.0, 0.0).astype(np.float32)
     affine = np.array([[0, -1.5, 0, 3], [0, 0, 2.0, 4], [-1.2, 0, 0, 5], [0, 0, 0, 1.0]])  # "PSL"-like axes
@@ -69,6 +69,9 @@ def test_axis_permutation_without_resampling_is_exact():
         image[None], affine
     )
     assert np.array_equal(out.label, image > 50)
+    saved = nib.load(out.save(tmp_path / "seg.nii.gz"))  # no source header: a fresh one with this affine
+    assert np.allclose(saved.affine, affine) and int(saved.header["sform_code"]) == 1
+    assert np.array_equal(np.asanyarray(saved.dataobj), out.label)
 
 
 def test_nifti_path_round_trip_keeps_shape_affine_and_header(tmp_path):
