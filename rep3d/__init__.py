@@ -5,4 +5,18 @@ __version__ = "0.1.0"
 from rep3d import layers, models  # noqa: E402,F401
 from rep3d.models import create_model, list_models, model_info, reparameterize_model  # noqa: E402
 
-__all__ = ["create_model", "layers", "list_models", "model_info", "models", "reparameterize_model"]
+__all__ = ["Predictor", "create_model", "data", "layers", "list_models", "model_info", "models",
+           "reparameterize_model"]
+
+
+def __getattr__(name: str):
+    # lazy: the predictor and data pipeline pull in MONAI's transforms and nibabel
+    if name == "Predictor":
+        from rep3d.inference import Predictor
+
+        return Predictor
+    if name == "data":
+        import importlib
+
+        return importlib.import_module("rep3d.data")
+    raise AttributeError(f"module 'rep3d' has no attribute {name!r}")

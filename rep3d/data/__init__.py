@@ -1,0 +1,19 @@
+"""Data: the synthetic phantom generator, MSD-layout datasets (write / read), and overlay figures."""
+
+from rep3d.data.figures import save_overlay_png
+from rep3d.data.msd import MSDDataset, MSDLayoutError, load_msd_dataset, save_nifti, write_msd_dataset
+from rep3d.data.phantom import DEFAULT_WINDOW, PHANTOM_CLASSES, PHANTOM_HU, Phantom, make_phantom
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "MSDDataset",
+    "MSDLayoutError",
+    "PHANTOM_CLASSES",
+    "PHANTOM_HU",
+    "Phantom",
+    "load_msd_dataset",
+    "make_phantom",
+    "save_nifti",
+    "save_overlay_png",
+    "write_msd_dataset",
+]

@@ -1,0 +1,300 @@
+"""Medical Segmentation Decathlon (MSD) layout: write synthetic phantom datasets, read any MSD dataset.
+
+Layout::
+
+    ROOT/dataset.json
+    ROOT/imagesTr/<case>.nii.gz   ROOT/labelsTr/<case>.nii.gz
+    ROOT/imagesTs/<case>.nii.gz   ROOT/labelsTs/<case>.nii.gz   (labelsTs: phantom datasets only)
+
+``dataset.json`` follows MSD (``name``, ``description``, ``tensorImageSize``, ``modality``, ``labels``,
+``numTraining``, ``numTest``, ``training`` as image/label pairs, ``test`` as plain image paths). Test labels,
+which MSD does not have, are listed under the extra key ``test_labeled`` (image/label pairs) that MSD tools
+ignore and ``monai.data.load_decathlon_datalist(..., data_list_key="test_labeled")`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rep3d.data.phantom import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    DEFAULT_WINDOW,
+    PHANTOM_CLASSES,
+    PHANTOM_HU,
+    case_seed,
+    make_phantom,
+)
+
+MSD_REQUIRED_KEYS = ("labels", "modality", "training")
+TEST_LABELED_KEY = "test_labeled"
+
+
+class MSDLayoutError(ValueError):
+    """A dataset folder or its ``dataset.json`` breaks the MSD layout; the message says what to fix."""
+
+
+def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``array [X, Y, Z]`` with ``affine`` as qform and sform (code 1); ``.nii`` or ``.nii.gz``."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def write_msd_dataset(
+    outdir: str | Path,
+    *,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Generate ``num_train`` + ``num_test`` synthetic phantoms (:func:`rep3d.data.make_phantom`) into
+    ``outdir`` in MSD layout, with labels for the test cases too. Images are stored as int16 HU (rounded),
+    labels as uint8.
+
+    Case ``i`` of a split always gets the same phantom for a given ``seed`` (see
+    :func:`rep3d.data.phantom.case_seed`), whatever ``num_train`` / ``num_test`` are.
+
+    Raises:
+        FileExistsError: ``outdir`` already holds a ``dataset.json`` and ``overwrite`` is false.
+        ValueError: negative or zero case counts.
+    """
+    if num_train < 0 or num_test < 0 or num_train + num_test == 0:
+        raise ValueError(
+            f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
+        )
+    root = Path(outdir)
+    if (root / "dataset.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"
+        )
+    dirs = {d: root / d for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for old in d.glob("phantom_*.nii.gz"):
+                old.unlink()
+
+    cases = [("train", i, f"phantom_{i:03d}") for i in range(num_train)]
+    cases += [("test", i, f"phantom_{num_train + i:03d}") for i in range(num_test)]
+    iterator: Any = cases
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(cases, desc="phantoms", unit="case")
+    training, test, test_labeled = [], [], []
+    for split, index, name in iterator:
+        case = make_phantom(case_seed(seed, split, index), shape, spacing)
+        image = np.clip(np.rint(case.image), -32768, 32767).astype(np.int16)
+        img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
+        save_nifti(dirs[img_dir] / f"{name}.nii.gz", image, case.affine)
+        save_nifti(dirs[lab_dir] / f"{name}.nii.gz", case.label, case.affine)
+        pair = {"image": f"./{img_dir}/{name}.nii.gz", "label": f"./{lab_dir}/{name}.nii.gz"}
+        if split == "train":
+            training.append(pair)
+        else:
+            test.append(pair["image"])
+            test_labeled.append(pair)
+
+    meta = {
+        "name": "rep3d-phantom",
+        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
+        "reference": "rep3d (synthetic)",
+        "licence": "CC0-1.0 (synthetic data)",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
+        TEST_LABELED_KEY: test_labeled,
+        "synthetic": True,
+        "phantom": {
+            "generator": "rep3d.data.make_phantom",
+            "seed": int(seed),
+            "shape": [int(s) for s in shape],
+            "spacing": [float(s) for s in spacing],
+            "orientation": "RAS",
+            "hu_means": PHANTOM_HU,
+            "intensity_window": list(DEFAULT_WINDOW),
+        },
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return root
+
+
+@dataclass
+class MSDDataset:
+    """File lists of an MSD dataset, with absolute paths. ``train`` / ``val`` / ``test_labeled``: ``[{"image",
+    "label"}]``; ``test``: ``[{"image"}]``; ``labels``: ``{int: name}``; ``modality``: ``{int: name}``."""
+
+    root: Path
+    name: str
+    labels: dict[int, str]
+    modality: dict[int, str]
+    train: list[dict[str, str]]
+    val: list[dict[str, str]]
+    test: list[dict[str, str]]
+    test_labeled: list[dict[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.labels[k] for k in sorted(self.labels)]
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.modality)
+
+
+def _resolve(root: Path, entry: Any, where: str) -> str:
+    if not isinstance(entry, str) or not entry:
+        raise MSDLayoutError(f"{where}: expected a relative file path string, got {entry!r}")
+    path = Path(entry)
+    return str(path if path.is_absolute() else (root / path).resolve())
+
+
+def _int_keyed(table: Any, key: str, json_path: Path) -> dict[int, str]:
+    if not isinstance(table, dict) or not table:
+        raise MSDLayoutError(
+            f'{json_path}: \'{key}\' must be a non-empty object like {{"0": "background", ...}}'
+        )
+    try:
+        out = {int(k): str(v) for k, v in table.items()}
+    except ValueError as err:
+        raise MSDLayoutError(
+            f"{json_path}: '{key}' keys must be integers as strings, got {list(table)}"
+        ) from err
+    if sorted(out) != list(range(len(out))):
+        raise MSDLayoutError(
+            f"{json_path}: '{key}' keys must be 0..{len(out) - 1} without gaps, got {sorted(out)}"
+        )
+    return out
+
+
+def load_msd_dataset(
+    root: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    num_val: int | None = None,
+    seed: int = 0,
+    check_files: bool = True,
+) -> MSDDataset:
+    """Read ``root/dataset.json`` and return validated train / val / test file lists (absolute paths).
+
+    The validation cases are a seeded random subset of ``training`` (``num_val`` cases, or
+    ``round(val_fraction * numTraining)``, at least 1 when there are >= 2 training cases).
+
+    Raises:
+        MSDLayoutError: missing folder / ``dataset.json``, malformed JSON, missing keys, labels not
+            ``0..K-1``, ``numTraining`` disagreeing with the list, or (``check_files``) files that do not
+            exist -- listing them.
+    """
+    root = Path(root).expanduser()
+    json_path = root / "dataset.json"
+    if not root.is_dir():
+        raise MSDLayoutError(
+            f"dataset folder {root} does not exist (generate one with `rep3d phantom {root}`)"
+        )
+    if not json_path.is_file():
+        raise MSDLayoutError(
+            f"{root} has no dataset.json; an MSD dataset needs dataset.json, imagesTr/, labelsTr/"
+        )
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MSDLayoutError(f"{json_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise MSDLayoutError(f"{json_path} must hold a JSON object, got {type(meta).__name__}")
+    missing = [k for k in MSD_REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise MSDLayoutError(f"{json_path} lacks required MSD key(s) {missing}")
+    labels = _int_keyed(meta["labels"], "labels", json_path)
+    modality = _int_keyed(meta["modality"], "modality", json_path)
+
+    training = meta["training"]
+    if not isinstance(training, list) or not training:
+        raise MSDLayoutError(
+            f"{json_path}: 'training' must be a non-empty list of {{'image', 'label'}} entries"
+        )
+    pairs = []
+    for n, entry in enumerate(training):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MSDLayoutError(
+                f"{json_path}: training[{n}] must be {{'image': ..., 'label': ...}}, got {entry!r}"
+            )
+        where = f"{json_path}: training[{n}]"
+        pairs.append(
+            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
+        )
+    if "numTraining" in meta and meta["numTraining"] != len(pairs):
+        raise MSDLayoutError(
+            f"{json_path}: numTraining is {meta['numTraining']} but 'training' lists {len(pairs)}"
+        )
+
+    test = []
+    for n, entry in enumerate(meta.get("test", []) or []):
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        test.append({"image": _resolve(root, image, f"{json_path}: test[{n}]")})
+    test_labeled = []
+    for n, entry in enumerate(meta.get(TEST_LABELED_KEY, []) or []):
+        where = f"{json_path}: {TEST_LABELED_KEY}[{n}]"
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MSDLayoutError(f"{where} must be {{'image': ..., 'label': ...}}, got {entry!r}")
+        test_labeled.append(
+            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
+        )
+
+    if check_files:
+        listed = [p for d in pairs + test + test_labeled for p in d.values()]
+        absent = sorted({p for p in listed if not Path(p).is_file()})
+        if absent:
+            shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            raise MSDLayoutError(f"{json_path} lists {len(absent)} file(s) that do not exist: {shown}")
+
+    if num_val is None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        num_val = (
+            max(1, int(math.floor(val_fraction * len(pairs) + 0.5)))
+            if len(pairs) >= 2 and val_fraction
+            else 0
+        )
+    if not 0 <= num_val < len(pairs):
+        raise ValueError(
+            f"num_val must be in [0, {len(pairs) - 1}] for {len(pairs)} training cases, got {num_val}"
+        )
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val_idx = set(order[len(pairs) - num_val :].tolist())
+    return MSDDataset(
+        root=root.resolve(),
+        name=str(meta.get("name", root.name)),
+        labels=labels,
+        modality=modality,
+        train=[p for i, p in enumerate(pairs) if i not in val_idx],
+        val=[p for i, p in enumerate(pairs) if i in val_idx],
+        test=test,
+        test_labeled=test_labeled,
+        meta=meta,
+    )

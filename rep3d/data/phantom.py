@@ -1,0 +1,440 @@
+"""Synthetic CT-like abdominal phantoms (DESIGN §8) and the ``rep3d phantom`` sub-command.
+
+Everything here is **synthetic**: no patient data, no anatomy beyond cartoon geometry. The phantom is
+built so that one pair of classes -- the right and left kidney -- is drawn from one shape/intensity
+distribution that is symmetric under left-right mirroring: a kidney seen on its own carries no information
+about its side. Telling them apart needs context (which side of the spine, liver or spleen next to it), i.e.
+a wide receptive field.
+
+Axis convention (the same as nibabel and MONAI's ``LoadImage`` for NIfTI, minus the channel axis): arrays
+are indexed ``[X, Y, Z]`` = ``[i, j, k]`` and the returned affine maps ``(i, j, k, 1)`` to RAS+ world
+millimetres: +X towards the patient's right, +Y anterior, +Z superior. So the right kidney has world
+``x > 0`` and array index ``i > X/2``; the liver sits at high ``i``, the spleen at low ``i``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+PHANTOM_CLASSES: tuple[str, ...] = (
+    "background",
+    "liver",
+    "spleen",
+    "right_kidney",
+    "left_kidney",
+    "aorta",
+    "pancreas",
+    "stomach",
+    "bladder",
+)
+"""Label value -> class name (index = label value)."""
+
+PHANTOM_HU: dict[str, float] = {
+    # organs (labelled); mean HU before the per-volume jitter of +-``ORGAN_HU_JITTER``
+    "liver": 60.0,
+    "spleen": 45.0,
+    "right_kidney": 150.0,
+    "left_kidney": 150.0,
+    "aorta": 200.0,
+    "pancreas": 100.0,
+    "stomach": 20.0,
+    "bladder": 5.0,
+    # background tissues (label 0)
+    "air": -1000.0,
+    "subcutaneous_fat": -100.0,
+    "visceral_fat": -70.0,
+    "muscle": 45.0,
+    "bowel": 30.0,
+    "bone_cortex": 700.0,
+    "bone_marrow": 250.0,
+}
+"""Mean Hounsfield units per tissue, before partial-volume blur and noise."""
+
+ORGAN_HU_JITTER = 5.0
+"""Standard deviation (HU) of the per-volume, per-organ shift of the organ mean."""
+
+DEFAULT_SHAPE = (96, 96, 80)
+DEFAULT_SPACING = (2.0, 2.0, 2.5)
+DEFAULT_WINDOW = (-125.0, 275.0)
+"""The CT window of the paper's recipe (DESIGN §4); use it to display or normalise phantoms."""
+
+
+class Phantom(NamedTuple):
+    """One synthetic volume. ``image``: float32 HU ``[X, Y, Z]``; ``label``: uint8 ``[X, Y, Z]`` with values
+    indexing :data:`PHANTOM_CLASSES`; ``affine``: float64 ``[4, 4]`` voxel -> RAS+ mm."""
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------
+# geometry helpers (all vectorised numpy; float32 grids)
+
+
+def _rotation(rng: np.random.Generator, max_deg: Sequence[float]) -> np.ndarray:
+    """Random rotation R = Rz @ Ry @ Rx with angles uniform in +-max_deg (degrees) about x, y, z."""
+    ax, ay, az = (math.radians(rng.uniform(-m, m)) for m in max_deg)
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(ax),
+        math.sin(ax),
+        math.cos(ay),
+        math.sin(ay),
+        math.cos(az),
+        math.sin(az),
+    )
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _modes(rng: np.random.Generator, count: int, amplitude: float, freq: tuple[float, float]) -> list[tuple]:
+    """``count`` random sinusoidal displacement modes: (wave vector [3], phase, amplitude vector [3])."""
+    out = []
+    for _ in range(count):
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        k = direction * rng.uniform(*freq)
+        out.append((k, rng.uniform(0, 2 * math.pi), rng.normal(size=3) * amplitude / math.sqrt(count)))
+    return out
+
+
+def _warp(v: list[np.ndarray], modes: list[tuple]) -> list[np.ndarray]:
+    """Smooth displacement ``v + sum_m a_m sin(k_m . v + phi_m)`` of coordinates ``v = [vx, vy, vz]``."""
+    out = [c.copy() for c in v]
+    for k, phase, amp in modes:
+        s = np.sin(
+            np.float32(k[0]) * v[0] + np.float32(k[1]) * v[1] + np.float32(k[2]) * v[2] + np.float32(phase)
+        )
+        for axis in range(3):
+            out[axis] += np.float32(amp[axis]) * s
+    return out
+
+
+class _Body:
+    """Normalised body-frame coordinates ``u`` (body half-widths = 1, half FOV in z = 1) on the voxel grid."""
+
+    def __init__(self, shape, affine, centre, theta, half_axes, warp_modes):
+        self.shape = shape
+        self.affine = affine
+        self.centre = np.asarray(centre, dtype=np.float64)
+        self.theta = theta
+        self.half_axes = np.asarray(half_axes, dtype=np.float64)
+        c, s = math.cos(theta), math.sin(theta)
+        self.rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])  # body -> world
+        idx = [np.arange(n, dtype=np.float32) for n in shape]
+        spacing = np.diag(affine)[:3]
+        world = [
+            (idx[a] * np.float32(spacing[a]) + np.float32(affine[a, 3] - self.centre[a])) for a in range(3)
+        ]
+        wx, wy, wz = np.meshgrid(*world, indexing="ij", sparse=True)
+        rt = self.rot.T.astype(np.float32)
+        ux = (rt[0, 0] * wx + rt[0, 1] * wy) / np.float32(self.half_axes[0])
+        uy = (rt[1, 0] * wx + rt[1, 1] * wy) / np.float32(self.half_axes[1])
+        uz = np.broadcast_to(wz / np.float32(self.half_axes[2]), shape)
+        ux, uy = np.broadcast_to(ux, shape), np.broadcast_to(uy, shape)
+        self.u = _warp([ux, uy, np.ascontiguousarray(uz)], warp_modes)
+
+    def box(
+        self, centre_u: Sequence[float], radius_u: float, margin: float = 1.35
+    ) -> tuple[slice, slice, slice]:
+        """Index-space bounding box of a ball of ``radius_u`` (body units) around ``centre_u``."""
+        world = self.centre + self.rot @ (np.asarray(centre_u) * self.half_axes)
+        spacing = np.diag(self.affine)[:3]
+        index = (world - self.affine[:3, 3]) / spacing
+        r_mm = (
+            radius_u * margin * np.array([self.half_axes[:2].max()] * 2 + [self.half_axes[2]])
+            + 0.1 * self.half_axes
+        )
+        r_idx = r_mm / spacing
+        return tuple(
+            slice(
+                int(max(0, math.floor(index[a] - r_idx[a]))),
+                int(min(self.shape[a], math.ceil(index[a] + r_idx[a]) + 1)),
+            )
+            for a in range(3)
+        )
+
+    def sub(self, box) -> list[np.ndarray]:
+        return [c[box] for c in self.u]
+
+
+def _ellipsoid(u, centre, half_axes, rot, modes, exponent: float = 2.0) -> np.ndarray:
+    """Implicit function (< 1 inside) of a deformed (super-)ellipsoid in body units."""
+    d = [u[a] - np.float32(centre[a]) for a in range(3)]
+    rt = rot.T.astype(np.float32)
+    v = [(rt[a, 0] * d[0] + rt[a, 1] * d[1] + rt[a, 2] * d[2]) / np.float32(half_axes[a]) for a in range(3)]
+    v = _warp(v, modes)
+    if exponent == 2.0:
+        return v[0] ** 2 + v[1] ** 2 + v[2] ** 2
+    e = np.float32(exponent)
+    return np.abs(v[0]) ** e + np.abs(v[1]) ** e + np.abs(v[2]) ** e
+
+
+def _paint(label, hu, box, inside, value_label, value_hu) -> None:
+    if value_label is not None:
+        label[box][inside] = value_label
+    hu[box][inside] = value_hu
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS+ affine ``[4, 4]`` with voxel ``spacing`` (mm) and the volume centre at world (0, 0, 0)."""
+    aff = np.diag([*map(float, spacing), 1.0])
+    aff[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2 * np.asarray(spacing, dtype=np.float64)
+    return aff
+
+
+def _gaussian_blur(x: np.ndarray, sigma_vox: float) -> np.ndarray:
+    """Separable Gaussian blur (edge-replicated), sigma in voxels; deterministic pure numpy."""
+    if sigma_vox <= 0:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma_vox)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_vox) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    for axis in range(x.ndim):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (radius, radius)
+        xp = np.pad(x, pad, mode="edge")
+        out = np.zeros_like(x)
+        n = x.shape[axis]
+        for t, w in enumerate(taps):
+            out += w * np.take(xp, np.arange(t, t + n), axis=axis)
+        x = out
+    return x
+
+
+def make_phantom(
+    seed: int | Sequence[int] | np.random.SeedSequence,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    *,
+    noise_std: float | None = None,
+    blur_sigma: float = 0.6,
+    bowel_loops: int = 5,
+) -> Phantom:
+    """Generate one synthetic CT-like abdomen: image (HU) + label map (:data:`PHANTOM_CLASSES`) + RAS affine.
+
+    Args:
+        seed: anything ``numpy.random.default_rng`` accepts; the result is a pure function of it (and the
+            other arguments), identical across processes and runs.
+        shape: ``(X, Y, Z)`` voxels. The anatomy is defined relative to the field of view, so any shape works;
+            keep it >= 32 per axis for recognisable organs.
+        spacing: voxel size in mm along X, Y, Z.
+        noise_std: white-noise standard deviation in HU; ``None`` draws it uniformly from [10, 20].
+        blur_sigma: partial-volume blur (Gaussian sigma in voxels) applied to the HU map before the noise.
+        bowel_loops: number of unlabelled soft-tissue blobs (clutter) in the lower abdomen.
+
+    Returns:
+        :class:`Phantom` ``(image float32 [X, Y, Z] HU, label uint8 [X, Y, Z], affine float64 [4, 4])``.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
+    rng = np.random.default_rng(seed)
+    affine = phantom_affine(shape, spacing)
+    fov_half = np.asarray(shape) * np.asarray(spacing) / 2
+
+    # ---- body pose and size (random), global smooth warp
+    half_axes = (fov_half[0] * rng.uniform(0.78, 0.88), fov_half[1] * rng.uniform(0.62, 0.74), fov_half[2])
+    centre = (
+        fov_half[0] * rng.uniform(-0.04, 0.04),
+        fov_half[1] * rng.uniform(-0.04, 0.04),
+        fov_half[2] * rng.uniform(-0.05, 0.05),
+    )
+    theta = math.radians(rng.uniform(-8, 8))
+    body = _Body(shape, affine, centre, theta, half_axes, _modes(rng, 4, 0.035, (1.0, 2.5)))
+    ux, uy, uz = body.u
+
+    label = np.zeros(shape, dtype=np.uint8)
+    hu = np.full(shape, PHANTOM_HU["air"], dtype=np.float32)
+
+    # ---- body wall: fat, muscle, rib cage (a bone ring with intercostal gaps), visceral fat inside
+    r = np.sqrt(ux**2 + uy**2)
+    fat_out, muscle_out, rib_out = 1.0, rng.uniform(0.84, 0.89), rng.uniform(0.76, 0.80)
+    rib_in = rib_out - rng.uniform(0.035, 0.05)
+    rib_top = rng.uniform(-0.25, 0.0)
+    rib_period, rib_phase = rng.uniform(0.09, 0.12), rng.uniform(0, 2 * math.pi)
+    hu[r < fat_out] = PHANTOM_HU["subcutaneous_fat"]
+    hu[r < muscle_out] = PHANTOM_HU["muscle"]
+    hu[r < rib_out] = PHANTOM_HU["visceral_fat"]
+    ribs = (
+        (r >= rib_in)
+        & (r < rib_out)
+        & (uz > rib_top)
+        & (np.sin(2 * math.pi * uz / rib_period + rib_phase) > -0.2)
+    )
+    hu[ribs] = PHANTOM_HU["bone_cortex"]
+    cavity = r < rib_in  # organs are clipped to the abdominal cavity
+
+    # ---- spine: vertebral body (cortex ring, marrow) at the back, constant along z
+    spine_c = (rng.uniform(-0.02, 0.02), rng.uniform(-0.66, -0.60))
+    spine_r = (rng.uniform(0.13, 0.16), rng.uniform(0.17, 0.21))
+    rs = np.sqrt(((ux - spine_c[0]) / spine_r[0]) ** 2 + ((uy - spine_c[1]) / spine_r[1]) ** 2)
+    hu[rs < 1.0] = PHANTOM_HU["bone_cortex"]
+    hu[rs < 0.75] = PHANTOM_HU["bone_marrow"]
+    del r, rs, ribs
+
+    def organ_hu(name: str) -> float:
+        return PHANTOM_HU[name] + rng.normal(0.0, ORGAN_HU_JITTER)
+
+    def jitter(vec, amount):
+        return np.asarray(vec, dtype=np.float64) + rng.uniform(-amount, amount, size=3)
+
+    def scale(vec, amount=0.15):
+        return np.asarray(vec, dtype=np.float64) * rng.uniform(1 - amount, 1 + amount, size=3)
+
+    def ellipsoid(name, centre_u, half_u, max_rot, warp_amp=0.12, exponent=2.0, value=None):
+        c, h = jitter(centre_u, 0.04), scale(half_u)
+        rot, modes = _rotation(rng, max_rot), _modes(rng, 3, warp_amp, (1.0, 3.0))
+        box = body.box(c, float(h.max()))
+        inside = (_ellipsoid(body.sub(box), c, h, rot, modes, exponent) < 1.0) & cavity[box]
+        lab = PHANTOM_CLASSES.index(name) if name in PHANTOM_CLASSES else None
+        _paint(label, hu, box, inside, lab, organ_hu(name) if value is None else value)
+
+    # ---- unlabelled clutter first: bowel loops (organs painted later overwrite them)
+    for _ in range(bowel_loops):
+        c = (rng.uniform(-0.35, 0.35), rng.uniform(0.05, 0.45), rng.uniform(-0.45, 0.05))
+        ellipsoid(
+            "bowel", c, (0.12, 0.12, 0.10), (30, 30, 30), 0.15, value=PHANTOM_HU["bowel"] + rng.normal(0, 5)
+        )
+
+    # ---- organs, painted in priority order (later overwrite earlier where they touch)
+    ellipsoid("stomach", (-0.28, 0.32, 0.50), (0.28, 0.24, 0.26), (15, 15, 20))
+    ellipsoid("spleen", (-0.50, -0.15, 0.50), (0.16, 0.28, 0.26), (10, 10, 20))
+
+    # pancreas: a curved tube running across the body, thicker at the head (patient's right)
+    x_tail, x_head = -0.42 + rng.uniform(-0.04, 0.04), 0.18 + rng.uniform(-0.04, 0.04)
+    y0, z0 = rng.uniform(-0.04, 0.04), rng.uniform(-0.02, 0.06)
+    ay, az, wy, wz = rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05), rng.uniform(3, 6), rng.uniform(3, 6)
+    r_tail, r_head = rng.uniform(0.09, 0.11), rng.uniform(0.13, 0.15)
+    box = body.box(((x_tail + x_head) / 2, y0, z0), (x_head - x_tail) / 2 + r_head)
+    sx, sy, sz = body.sub(box)
+    t = np.clip((sx - x_tail) / (x_head - x_tail), 0, 1)
+    rad = (r_tail + (r_head - r_tail) * t).astype(np.float32)
+    fy = (sy - (y0 + ay * np.sin(wy * sx))) / rad
+    fz = (sz - (z0 + az * np.sin(wz * sx))) / (rad * np.float32(1.3 * body.half_axes[1] / body.half_axes[2]))
+    ends = np.maximum(0, (x_tail - sx) / rad) ** 2 + np.maximum(0, (sx - x_head) / rad) ** 2
+    inside = (fy**2 + fz**2 + ends < 1.0) & cavity[box]
+    _paint(label, hu, box, inside, PHANTOM_CLASSES.index("pancreas"), organ_hu("pancreas"))
+
+    ellipsoid("liver", (0.38, 0.05, 0.45), (0.42, 0.50, 0.40), (10, 10, 15), 0.12, exponent=2.6)
+
+    # kidneys: ONE distribution, mirrored in x -> locally indistinguishable, differ only by side
+    for name, side in (("right_kidney", 1.0), ("left_kidney", -1.0)):
+        ellipsoid(name, (side * 0.42, -0.32, -0.05), (0.19, 0.20, 0.30), (12, 12, 12), 0.10)
+    ellipsoid("bladder", (0.0, 0.25, -0.72), (0.28, 0.27, 0.20), (5, 5, 10), 0.10)
+
+    # aorta: a wavy tube along z, left-anterior of the spine, ending above the pelvis with a rounded cap
+    x0, y0 = rng.uniform(-0.12, -0.06), rng.uniform(-0.34, -0.28)
+    z_end = rng.uniform(-0.60, -0.50)
+    box = body.box((x0, y0, 0.2), 1.25)
+    sx, sy, sz = body.sub(box)
+    r0 = rng.uniform(0.10, 0.12)
+    rx = r0 * body.half_axes[1] / body.half_axes[0]  # round in mm
+    cx = x0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
+    cy = y0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
+    cap = np.maximum(0, (z_end - sz) / (r0 * body.half_axes[1] / body.half_axes[2])) ** 2
+    inside = (((sx - cx) / rx) ** 2 + ((sy - cy) / r0) ** 2 + cap < 1.0) & cavity[box]
+    _paint(label, hu, box, inside, PHANTOM_CLASSES.index("aorta"), organ_hu("aorta"))
+
+    # ---- partial-volume blur, then noise
+    image = _gaussian_blur(hu, blur_sigma)
+    sigma = rng.uniform(10.0, 20.0) if noise_std is None else float(noise_std)
+    image += rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
+    return Phantom(image.astype(np.float32, copy=False), label, affine)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ``rep3d phantom`` sub-command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "outdir", help="output folder (MSD layout: imagesTr/ labelsTr/ imagesTs/ labelsTs/ dataset.json)"
+    )
+    parser.add_argument("--num-train", type=int, default=24, help="training cases (default 24)")
+    parser.add_argument("--num-test", type=int, default=8, help="test cases, written with labels (default 8)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="master seed; each case derives its own (default 0)"
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=DEFAULT_SHAPE,
+        metavar=("X", "Y", "Z"),
+        help=f"volume shape in voxels (default {DEFAULT_SHAPE})",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=DEFAULT_SPACING,
+        metavar=("SX", "SY", "SZ"),
+        help=f"voxel spacing in mm (default {DEFAULT_SPACING})",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
+    parser.add_argument(
+        "--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from rep3d.data.msd import write_msd_dataset
+
+    try:
+        root = write_msd_dataset(
+            args.outdir,
+            num_train=args.num_train,
+            num_test=args.num_test,
+            seed=args.seed,
+            shape=args.shape,
+            spacing=args.spacing,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (FileExistsError, ValueError) as err:
+        print(f"rep3d phantom: error: {err}", file=sys.stderr)
+        return 1
+    if args.preview:
+        from rep3d.data.figures import save_overlay_png
+
+        case = make_phantom(
+            case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing
+        )
+        kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
+        centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
+        save_overlay_png(  # planes through the kidneys: the pair only context tells apart
+            args.preview,
+            case.image,
+            case.label,
+            window=DEFAULT_WINDOW,
+            spacing=args.spacing,
+            centre=centre,
+            class_names=PHANTOM_CLASSES,
+            title="SYNTHETIC phantom",
+        )
+        print(f"preview: {args.preview}")
+    print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic) to {root}")
+    return 0
+
+
+def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """Seed of case ``index`` of ``split`` ("train" / "test"): independent of how many cases are written, so
+    adding training cases never changes the test set."""
+    return np.random.SeedSequence([int(seed), {"train": 0, "test": 1}[split], int(index)])
