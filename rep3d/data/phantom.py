@@ -435,6 +435,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """Seed of case ``index`` of ``split`` ("train" / "test"): independent of how many cases are written, so
-    adding training cases never changes the test set."""
-    return np.random.SeedSequence([int(seed), {"train": 0, "test": 1}[split], int(index)])
+    """Seed of case ``index`` of ``split`` ("train" / "test" / "demo"): independent of how many cases are written,
+    so adding training cases never changes the test set, and the demo's phantom is in neither."""
+    return np.random.SeedSequence([int(seed), {"train": 0, "test": 1, "demo": 2}[split], int(index)])

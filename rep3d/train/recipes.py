@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
+from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
+
 
 @dataclass
 class TrainConfig:
@@ -84,7 +87,7 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "kits": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
     "msd_pancreas": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
     "msd_hepatic_vessel": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(0.0, 230.0)),
-    "phantom": dict(spacing=(2.0, 2.0, 2.5), intensity_window=(-200.0, 300.0)),
+    "phantom": dict(spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW),
 }
 
 
