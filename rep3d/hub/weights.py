@@ -82,49 +82,61 @@ def _all_tensors(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def read_weights(path: str | Path, name: str, where: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a weight file without executing code: ``(state_dict, safetensors metadata)``; raises
-    :class:`Rep3DWeightsError` (``corrupt`` / ``unsafe`` / ``not_found``)."""
+def read_weights(path: str | Path, name: str, where: str | None = None,
+                 ignored: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a weight file without executing code: ``(state_dict, safetensors metadata)``.
+
+    Wrappers (``state_dict`` / ``model`` / ``net``) are unwrapped and ``module.`` prefixes stripped; the entries left
+    out are appended to ``ignored``. Raises :class:`Rep3DWeightsError` (``corrupt`` / ``unsafe`` / ``not_found``).
+    """
     path = Path(path)
     where = where or str(path)
     if not path.is_file():
         raise Rep3DWeightsError(name, where, "the file does not exist", "check the path", reason="not_found")
+    metadata: dict = {}
     if path.suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path, name, where), {}
-    from safetensors import SafetensorError, safe_open
+        obj = _read_pickle(path, name, where)
+    else:
+        from safetensors import SafetensorError, safe_open
 
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                obj = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise Rep3DWeightsError(
+                name, where, f"not a valid safetensors file ({type(err).__name__}: {err}); it is truncated or corrupt",
+                "download it again (a corrupt Hub download is removed from the cache), or re-export it with "
+                "rep3d.save_pretrained", reason="corrupt",
+            ) from err
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise Rep3DWeightsError(
-            name, where, f"not a valid safetensors file ({type(err).__name__}: {err}); it is truncated or corrupt",
-            "download it again (a corrupt Hub download is removed from the cache), or re-export it with "
-            "rep3d.save_pretrained", reason="corrupt",
-        ) from err
+        state, left_out = unwrap_state_dict(obj)
+    except TypeError as err:
+        raise Rep3DWeightsError(name, where, str(err), "save model.state_dict() (or a dict holding it under "
+                                "'state_dict' / 'model')", reason="corrupt") from err
+    if ignored is not None:
+        ignored.extend(left_out)
     return state, metadata
 
 
-def _read_pickle(path: Path, name: str, where: str) -> dict[str, torch.Tensor]:
+def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
+        if detail is None:  # not a refusal of a Python object: garbage or a damaged pickle
+            raise Rep3DWeightsError(name, where, "not a readable PyTorch checkpoint (corrupt or truncated pickle "
+                                    "stream, or not a checkpoint at all)", "download or export it again",
+                                    reason="corrupt") from err
         raise Rep3DWeightsError(
             name, where, "the checkpoint holds pickled Python objects besides tensors, and rep3d never executes "
-            f"pickled code (torch.load(weights_only=True) refused: {str(err).splitlines()[0]})",
+            f"pickled code (torch.load(weights_only=True) refused: {detail})",
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise Rep3DWeightsError(name, where, f"cannot read the checkpoint ({type(err).__name__}: {err}); it is "
                                 "truncated or corrupt", "download or export it again", reason="corrupt") from err
-    try:
-        state, _ = unwrap_state_dict(obj)
-    except TypeError as err:
-        raise Rep3DWeightsError(name, where, str(err), "save model.state_dict() (or a dict holding it under "
-                                "'state_dict' / 'model')", reason="corrupt") from err
-    return state
 
 
 def verify_sha256(path: Path, expected: str, name: str, where: str) -> None:
