@@ -463,6 +463,7 @@ def test_publish_serve_and_create_hf_hub_model_gives_identical_outputs(hub, repo
     model = rep3d.create_model(f"hf-hub:{repo_id}", pretrained=True, cache_dir=cache).eval()
     assert rep3d.models.is_deployed(model) is deploy and model.model_args.get("deploy", False) is deploy
     assert same_state(model, source) and model.pretrained_cfg["class_names"] == ["bg", "l", "r"]
+    assert model.pretrained_cfg["roi_size"] == (64, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(volume()), source(volume()))
     hub.reset_requests()

@@ -213,7 +213,7 @@ def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint
     section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
     weights = section.get("weights") if isinstance(section.get("weights"), dict) else {}
     cfg = {
-        **(config.get("pretrained_cfg") or {}), **(section.get("metadata") or {}),
+        **(config.get("pretrained_cfg") or {}), **metadata_from_json(section.get("metadata") or {}),
         "architecture": arch, "source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
         "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256"),
     }
@@ -224,6 +224,14 @@ def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
     return model
+
+
+TUPLE_KEYS = ("roi_size", "spacing", "intensity_window")
+
+
+def metadata_from_json(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """3-D metadata read from config.json, with the triplets as tuples (as registered cfgs have them)."""
+    return {k: tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v for k, v in meta.items()}
 
 
 def read_config(path: Path, name: str, where: str) -> dict[str, Any]:

@@ -372,7 +372,9 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
     state = adapt_state_dict(model, state, cfg, name, source.where, metadata)
     _load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        for key, value in (sidecar.get("metadata") or {}).items():
+        from rep3d.hub.publish import metadata_from_json
+
+        for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
             model.pretrained_cfg.setdefault(key, value)
         model.pretrained_cfg["weights_source"] = source.where
     return model
