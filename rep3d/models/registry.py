@@ -14,6 +14,7 @@ from typing import Any
 import timm
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet
 from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg, split_model_name_tag
@@ -23,9 +24,14 @@ _TIMM_KEYS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _NAMES: set[str] = set()
 VOLUME_METADATA: dict[str, dict[str, Any]] = {}
 """rep3d's own cfg keys per ``arch`` / ``arch.tag``: roi_size, spacing, intensity_window, orientation, modality,
-class_names, sha256, hf_revision, dataset, metrics, synthetic."""
+class_names, dataset, metrics, synthetic, and the weight-source keys bundled, sha256, hf_revision."""
 
 MODEL_ARG_KEYS = ("in_chans", "num_classes")
+BUNDLED_PREFIX = "rep3d-bundled:"
+"""timm ``file`` value of a tag whose weights ship in ``rep3d/weights/`` (set from its ``bundled`` key): it makes timm
+count the tag as having weights; rep3d resolves it to the installed file."""
+_SOURCE_KEYS = ("file", "url", "hf_hub_id", "bundled")  # an overlay naming one replaces the registered source
+_SOURCE_BOUND_KEYS = ("bundled", "sha256", "hf_revision", "hf_hub_filename")  # describe one registered weight file
 
 
 def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -35,10 +41,15 @@ def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def default_cfgs(cfgs: dict[str, dict[str, Any]]) -> dict:
-    """Split combined cfg dicts into timm's default cfgs (returned) and rep3d's :data:`VOLUME_METADATA`."""
+    """Split combined cfg dicts into timm's default cfgs (returned) and rep3d's :data:`VOLUME_METADATA`.
+
+    A cfg with ``bundled="NAME.safetensors"`` (a file in ``rep3d/weights/``) gets ``file=BUNDLED_PREFIX + NAME``.
+    """
     timm_cfgs = {}
     for name, cfg in cfgs.items():
         timm_cfgs[name] = {k: v for k, v in cfg.items() if k in _TIMM_KEYS}
+        if cfg.get("bundled") and not cfg.get("file"):
+            timm_cfgs[name]["file"] = BUNDLED_PREFIX + cfg["bundled"]
         VOLUME_METADATA[name.rstrip("*")] = {k: v for k, v in cfg.items() if k not in _TIMM_KEYS}
     return generate_default_cfgs(timm_cfgs)
 
@@ -50,27 +61,61 @@ def volume_metadata(architecture: str, tag: str | None) -> dict[str, Any]:
     return meta
 
 
+def _split_cfg(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """A cfg dict -> (timm keys, rep3d keys); anything else (None, a tag string, a PretrainedCfg) passes through."""
+    if not isinstance(cfg, dict):
+        return cfg, {}
+    return {k: v for k, v in cfg.items() if k in _TIMM_KEYS}, {k: v for k, v in cfg.items() if k not in _TIMM_KEYS}
+
+
+def resolve_cfg(variant: str, pretrained_cfg: Any = None, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full cfg (timm keys + rep3d keys) of ``variant`` with ``pretrained_cfg`` / ``overlay`` applied.
+
+    rep3d keys may be given in either dict. An overlay that names a weight source (``file``, ``hf_hub_id``,
+    ``bundled``, ...) replaces the registered source entirely: the registered ``bundled``, ``sha256`` and
+    ``hf_revision`` (which describe the registered file) are dropped unless the overlay gives them too. A
+    ``pretrained_cfg`` dict replaces the registered cfg, source keys included.
+    """
+    base, base_extra = _split_cfg(pretrained_cfg)
+    timm_overlay, overlay_extra = _split_cfg(overlay)
+    cfg = resolve_pretrained_cfg(variant, base, timm_overlay).to_dict()
+    meta = volume_metadata(variant, cfg.get("tag"))
+    overlay_all = {**(timm_overlay or {}), **overlay_extra}
+    if isinstance(base, dict) or any(overlay_all.get(k) for k in _SOURCE_KEYS):
+        for key in _SOURCE_BOUND_KEYS:
+            meta.pop(key, None)
+    if any(overlay_all.get(k) for k in _SOURCE_KEYS):
+        for key in _SOURCE_KEYS + _SOURCE_BOUND_KEYS:
+            if key not in overlay_all:
+                cfg.pop(key, None)
+                base_extra.pop(key, None)
+    cfg.update({**meta, **base_extra, **overlay_extra})
+    return cfg
+
+
 def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build ``model_cls`` for a registered ``variant``; load weights ourselves (local file, bundled, Hub).
 
     Accepts timm's factory kwargs (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ``features_only``,
-    ``out_indices``) besides the model's own.
+    ``out_indices``, ``pretrained_strict``) besides the model's own; both cfg dicts may carry rep3d keys. With
+    ``pretrained=True`` a cfg without any weight source fails before the model is built.
     """
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     kwargs.pop("feature_cls", None)
+    kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
-    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    cfg = resolve_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
+    if pretrained:
+        from rep3d.hub.download import check_weights_available
+
+        check_weights_available(cfg)
     model_args = dict(kwargs)
-    model = build_model_with_cfg(
-        model_cls, variant, pretrained=False, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay,
-        **kwargs,
-    )
+    timm_cfg, extra = _split_cfg(cfg)
+    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
     cfg = model.pretrained_cfg
-    for key, value in volume_metadata(variant, cfg.get("tag")).items():
-        cfg.setdefault(key, value)
+    cfg.update(extra)
     model_args.update({k: getattr(model, k) for k in MODEL_ARG_KEYS})
     model.model_args = model_args
     if pretrained:

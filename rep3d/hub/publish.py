@@ -1,0 +1,324 @@
+"""Publishing rep3d weights: ``save_pretrained`` (config.json + model.safetensors + README.md), ``push_to_hub``, and
+building a model from a published folder / Hub repository (``create_model("hf-hub:org/name[@revision]")``).
+
+``config.json`` follows timm's Hub format (``architecture``, ``num_classes``, ``label_names``, ``model_args``,
+``pretrained_cfg`` with timm keys only), so ``timm.create_model("hf-hub:...")`` builds the model too once rep3d is
+imported, plus a ``rep3d`` section::
+
+    "rep3d": {"version": ..., "form": "train" | "deploy",
+              "weights": {"file": "model.safetensors", "format": "safetensors", "sha256": ...},
+              "metadata": {roi_size, spacing, intensity_window, orientation, modality, class_names, dataset,
+                           metrics, command, synthetic, origin, ...}}
+
+``model_args.deploy`` is ``true`` for a deployed (reparameterized) model, so a rebuild makes the deployed form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rep3d.hub.download import CONFIG_NAME, DEFAULT_FILENAME, hub_download, hub_where, split_hub_id
+from rep3d.hub.errors import Rep3DWeightsError
+from rep3d.hub.weights import load_checkpoint, sha256_file
+
+CARD_NAME = "README.md"
+_SOURCE_META = ("bundled", "sha256", "hf_revision", "weights_source")
+_TIMM_DROP = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "label_names",
+              "label_descriptions")
+
+
+def _timm_keys() -> set[str]:
+    from rep3d.models.registry import _TIMM_KEYS
+
+    return _TIMM_KEYS
+
+
+def _jsonable(value: Any, key: str) -> Any:
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [_jsonable(v, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{key}.{k}") for k, v in value.items()}
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"save_pretrained: {key}={value!r} is not JSON-serialisable; pass a plain value") from err
+    return value
+
+
+def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` content for ``model`` (without the weights' sha256, added when the file is written)."""
+    from rep3d import __version__
+    from rep3d.models.deploy import is_deployed
+
+    cfg = getattr(model, "pretrained_cfg", None)
+    args = getattr(model, "model_args", None)
+    if not isinstance(cfg, dict) or not cfg.get("architecture") or not isinstance(args, dict):
+        raise ValueError(
+            f"save_pretrained needs a model built by rep3d.create_model (with .pretrained_cfg and .model_args); got "
+            f"{type(model).__name__}" + (" (a features_only wrapper: save the full model)" if hasattr(model, "model")
+                                         else "")
+        )
+    deployed = is_deployed(model)
+    model_args = {**args, "in_chans": model.in_chans, "num_classes": model.num_classes}
+    if deployed:
+        model_args["deploy"] = True
+    timm_cfg = {k: v for k, v in cfg.items() if k in _timm_keys() and k not in _TIMM_DROP and v is not None}
+    timm_cfg.pop("architecture", None)
+    timm_cfg["num_classes"] = model.num_classes
+    input_size = tuple(timm_cfg.get("input_size") or (model.in_chans, 96, 96))
+    timm_cfg["input_size"] = (model.in_chans, *input_size[1:])
+    meta = {k: v for k, v in cfg.items() if k not in _timm_keys() and k not in _SOURCE_META and v is not None}
+    if cfg.get("tag"):
+        meta.setdefault("origin", f"{cfg['architecture']}.{cfg['tag']}")
+    for key, value in (metadata or {}).items():
+        if value is None:
+            continue
+        if key in ("license", "description"):  # timm keys
+            timm_cfg[key] = value
+        else:
+            meta[key] = value
+    config: dict[str, Any] = {"architecture": cfg["architecture"], "num_classes": model.num_classes}
+    class_names = meta.get("class_names")
+    if class_names and len(class_names) == model.num_classes:
+        config["label_names"] = list(class_names)
+    config["model_args"] = model_args
+    config["pretrained_cfg"] = timm_cfg
+    config["rep3d"] = {
+        "version": __version__,
+        "form": "deploy" if deployed else "train",
+        "weights": {"file": DEFAULT_FILENAME, "format": "safetensors"},
+        "metadata": meta,
+    }
+    return {key: _jsonable(value, key) for key, value in config.items()}
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    command: str | None = None,
+    dataset: str | None = None,
+    description: str | None = None,
+    license: str | None = None,  # noqa: A002 - the Hub's own metadata key
+    repo_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card for ``model`` into ``directory``.
+
+    Works for train-form and deployed models (``config.json`` says which). ``metrics`` (e.g. ``{"mean_dice": 0.91}``),
+    the ``command`` that produced them, ``dataset``, ``description``, ``license`` and other ``metadata`` go into the
+    config and the card. Files are staged in a temporary folder and moved into place complete: a failure leaves
+    ``directory`` as it was. Returns ``directory``. Loading it back (``pretrained_cfg_overlay=dict(file=directory)``
+    or ``create_model("hf-hub:...")`` once pushed) is bit-exact.
+    """
+    from safetensors.torch import save_file
+
+    from rep3d import __version__
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
+    extra = {**(metadata or {}), "metrics": dict(metrics) if metrics else None, "command": command,
+             "dataset": dataset, "description": description, "license": license}
+    config = model_config(model, extra)
+    form = config["rep3d"]["form"]
+    tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+               for k, v in model.state_dict().items()}
+    file_meta = {"format": "pt", "rep3d_architecture": config["architecture"], "rep3d_form": form,
+                 "rep3d_version": __version__}
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    try:
+        save_file(tensors, str(staging / DEFAULT_FILENAME), metadata=file_meta)
+        config["rep3d"]["weights"]["sha256"] = sha256_file(staging / DEFAULT_FILENAME)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id))
+        if directory.exists():
+            for name in (DEFAULT_FILENAME, CONFIG_NAME, CARD_NAME):
+                os.replace(staging / name, directory / name)
+        else:
+            os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+    api: Any | None = None,
+    **save_kwargs: Any,
+) -> Any:
+    """:func:`save_pretrained` into a temporary folder and upload it to ``repo_id`` (created if missing).
+
+    ``save_kwargs`` go to :func:`save_pretrained` (metrics, command, dataset, ...). ``api`` defaults to
+    ``huggingface_hub.HfApi(token=token)``. Returns the ``CommitInfo`` of ``upload_folder``; pin its ``oid`` as the
+    ``hf_revision`` of a registered tag.
+    """
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="rep3d-push-") as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", repo_id=repo_id, **save_kwargs)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        form = json.loads((folder / CONFIG_NAME).read_text())["rep3d"]["form"]
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload {model.pretrained_cfg['architecture']} ({form} form) with rep3d",
+        )
+
+
+def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint_path: str | Path | None = None,
+                          cache_dir: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build the model published at ``"org/name[@revision]"`` from its ``config.json``; with ``pretrained=True`` load
+    its ``model.safetensors`` (same commit as the config, sha256-checked, strict). ``kwargs`` override model args."""
+    import timm
+
+    from rep3d.models.registry import is_model
+
+    name = f"hf-hub:{model_id}"
+    repo_id, revision = split_hub_id(model_id)
+    revision = revision or "main"
+    path = Path(hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, name=name))
+    where = hub_where(repo_id, CONFIG_NAME, revision)
+    config = read_config(path, name, where)
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not is_model(arch):
+        raise Rep3DWeightsError(
+            name, where, f"config.json names architecture {arch!r}, which is not a rep3d model",
+            "check the repository; a timm model loads with timm.create_model('hf-hub:...')", reason="config",
+        )
+    commit = path.parent.name if re.fullmatch(r"[0-9a-f]{40}", path.parent.name) else revision
+    section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
+    weights = section.get("weights") if isinstance(section.get("weights"), dict) else {}
+    cfg = {
+        **(config.get("pretrained_cfg") or {}), **metadata_from_json(section.get("metadata") or {}),
+        "architecture": arch, "source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
+        "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256"),
+    }
+    if config.get("label_names"):
+        cfg["label_names"] = config["label_names"]
+    model_args = {**(config.get("model_args") or {}), **kwargs}
+    model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=cfg, cache_dir=cache_dir, **model_args)
+    if checkpoint_path:
+        load_checkpoint(model, checkpoint_path)
+    return model
+
+
+TUPLE_KEYS = ("roi_size", "spacing", "intensity_window")
+
+
+def metadata_from_json(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """3-D metadata read from config.json, with the triplets as tuples (as registered cfgs have them)."""
+    return {k: tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v for k, v in meta.items()}
+
+
+def read_config(path: Path, name: str, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise Rep3DWeightsError(name, where, f"config.json is not valid JSON ({err})",
+                                "re-publish the folder with rep3d.save_pretrained / push_to_hub",
+                                reason="config") from err
+    if not isinstance(config, dict):
+        raise Rep3DWeightsError(name, where, "config.json is not a JSON object", "re-publish the folder",
+                                reason="config")
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------- model card
+
+def _fmt_triplet(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, (list, tuple)):
+        return " × ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + unit
+    return f"{value}{unit}"
+
+
+def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
+    """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
+    from huggingface_hub import ModelCardData
+
+    meta = config["rep3d"]["metadata"]
+    arch, form = config["architecture"], config["rep3d"]["form"]
+    synthetic = bool(meta.get("synthetic"))
+    license_id = config["pretrained_cfg"].get("license") or "other"
+    tags = ["rep3d", "image-segmentation", "medical-imaging", "3d", "volumetric", "large-kernel-convolution"]
+    if synthetic:
+        tags.append("synthetic-data")
+    card_data = ModelCardData(
+        license=license_id, library_name="rep3d", pipeline_tag="image-segmentation", tags=tags,
+        datasets=[meta["dataset"]] if meta.get("dataset") else None,
+        metrics=["dice"] if meta.get("metrics") else None,
+    )
+    title = repo_id or meta.get("origin") or arch
+    params = sum(p.numel() for p in model.parameters())
+    lines = [f"---\n{card_data.to_yaml()}\n---", "", f"# {title}", ""]
+    if synthetic:
+        lines += ["> **Synthetic.** These weights were trained on synthetic phantom data, not on patient scans: "
+                  "they demonstrate the pipeline and are not a clinical model.", ""]
+    lines += [config["pretrained_cfg"].get("description") or (
+        f"`{arch}` from [rep3d](https://arxiv.org/abs/2505.19603): a 3-D segmentation network with large "
+        "re-parameterized depthwise kernels and a UNETR-style decoder."), ""]
+    lines += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{arch}` |",
+              f"| form | {'deploy (mask, BatchNorm and branches folded into one conv per block)' if form == 'deploy' else 'train (re-parameterizable; fold with `rep3d.reparameterize_model`)'} |",  # noqa: E501
+              f"| parameters | {params:,} |", f"| input channels | {model.in_chans} |",
+              f"| classes | {model.num_classes} |", f"| model args | `{json.dumps(config['model_args'])}` |", ""]
+    names = meta.get("class_names")
+    if names:
+        lines += ["## Classes", "", "| index | name |", "|---|---|"]
+        lines += [f"| {i} | {n} |" for i, n in enumerate(names)] + [""]
+    window = meta.get("intensity_window")
+    lines += ["## Input the weights expect", "", "| | |", "|---|---|",
+              f"| ROI (sliding-window patch) | {_fmt_triplet(meta.get('roi_size'))} |",
+              f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
+              f"| orientation | {meta.get('orientation', 'unknown')} |",
+              f"| modality | {meta.get('modality', 'unknown')} |",
+              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |", ""]
+    lines += ["## Evaluation", ""]
+    metrics = meta.get("metrics")
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [""] + ([f"Data: {meta['dataset']}" + (" (synthetic)" if synthetic else ""), ""]
+                         if meta.get("dataset") else [])
+        if meta.get("command"):
+            lines += ["Produced by:", "", "```bash", str(meta["command"]), "```", ""]
+        else:
+            lines += ["The command that produced these numbers was not recorded.", ""]
+    else:
+        lines += ["No evaluation results are recorded for these weights.", ""]
+    ref = f"hf-hub:{repo_id}" if repo_id else "hf-hub:ORG/NAME"
+    lines += ["## Usage", "", "```python", "import rep3d", "",
+              f'model = rep3d.create_model("{ref}", pretrained=True).eval()',
+              "# input: [B, in_chans, D, H, W], each spatial size a multiple of 16; output: logits per class", "```",
+              ""]
+    lines += ["## Paper and license", ""]
+    paper = meta.get("paper_name") or model.pretrained_cfg.get("paper_name")
+    paper_ids = model.pretrained_cfg.get("paper_ids")
+    if paper:
+        lines += [f"- {paper}" + (f" ({paper_ids})" if paper_ids else "")]
+    lines += [f"- license of these weights: {license_id}", f"- saved with rep3d {config['rep3d']['version']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,324 @@
+"""Import official Rep3D / 3D UX-Net checkpoints (``rep3d import-official CKPT -o OUTDIR``).
+
+The published code's ``state_dict`` layout is mapped onto rep3d's models; every key is either mapped or reported
+(dropped deliberately, with the reason, or not understood). Checkpoints are read without executing pickled code:
+safetensors, or ``torch.load(weights_only=True)``; ``state_dict`` / ``model`` / ``net`` wrappers and a ``module.``
+prefix are accepted.
+
+Official layout -> rep3d:
+
+=====================================================  ============================================================
+``rep3d.downsample_layers.*`` / ``uxnet_3d.*``         ``encoder.downsample_layers.*`` (stem conv + LayerNorm, ...)
+``rep3d.stages.<i>.<j>.dwconv.weight``                 ``encoder.stages.<i>.<j>.dwconv.weight``
+``rep3d.stages.<i>.<j>.norm.*`` (BatchNorm3d)          ``encoder.stages.<i>.<j>.dwconv.bn.*``
+``rep3d.stages.<i>.<j>.prior_map``                     dropped: the distance prior, a constant
+``rep3d.stages.<i>.<j>.prior_conv*`` / ``norm_w*``     dropped: the mask generator (see below)
+``uxnet_3d.stages.<i>.<j>.{dwconv,norm,pwconv1,pwconv2,gamma}``  same names under ``encoder.`` (a ``Linear`` pwconv
+                                                       becomes a 1x1x1 conv)
+``rep3d.norm<i>`` / ``uxnet_3d.norm<i>``               ``encoder.norms.<i>``
+``encoder1..5``, ``decoder1..5``, ``out.conv.conv``    ``decoder.encoder1..5``, ``decoder.decoder1..5``, ``decoder.out``
+=====================================================  ============================================================
+
+Which form the official Rep3D kernels belong in. The official block assigns ``dwconv.weight = W * M`` inside its
+forward (DESIGN §5, bug 3), so a saved ``dwconv.weight`` already carries the mask; and its mask generator's output is
+a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels into a masked model
+(``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the *unmodulated* form:
+``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded
+(``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
+reported as dropped with this reason.
+
+Not a bit-faithful reproduction of the official Rep3D network: its block is ``GELU(BN(conv(x)))`` without a residual
+connection, rep3d's is ``x + GELU(BN(conv(x)))``; the same weights give different outputs, so fine-tune imported
+Rep3D weights before evaluating them. 3D UX-Net blocks match the official ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rep3d.hub.errors import Rep3DWeightsError
+from rep3d.hub.weights import _load_exact, read_weights, sha256_file
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = {"rep3d": "Rep3D", "uxnet_3d": "3D UX-Net"}
+MASK_REASON = ("official mask generator, not needed: its LayerNorm over a single channel makes its output a constant, "
+               "and the official forward stores W * M into dwconv.weight, so the saved kernel already carries the mask "
+               "(imported into the unmodulated form)")
+PRIOR_REASON = "official distance-prior buffer: a constant, already applied to the saved dwconv.weight"
+NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual; rep3d's RepLKBlock3d "
+                    "computes x + GELU(BN(conv(x))): the imported network is not output-identical to the official "
+                    "one, fine-tune it before evaluating")
+DECODER_KEY = re.compile(r"^(encoder[1-5]|decoder[1-5]|out)\.(.+)$")
+
+
+@dataclass
+class ImportReport:
+    """What :func:`load_official_checkpoint` did with every key of the checkpoint."""
+
+    source: str
+    family: str
+    architecture: str
+    model_args: dict[str, Any]
+    form: str
+    mapped: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor of the checkpoint was mapped or deliberately dropped."""
+        return not self.unmapped
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.model_args.items())
+        lines = [
+            f"official {self.family} checkpoint: {self.source}",
+            f"imported into: {self.architecture}({args}), {self.form} form",
+            f"mapped: {len(self.mapped)} tensors",
+            f"dropped deliberately: {len(self.dropped)} tensors",
+        ]
+        groups = Counter((_pattern(k), reason) for k, reason in self.dropped.items())
+        lines += [f"  {pattern} (x{count}): {reason}" for (pattern, reason), count in sorted(groups.items())]
+        lines.append(f"not understood (unmapped): {len(self.unmapped)}" + (":" if self.unmapped else ""))
+        lines += [f"  {k}" for k in self.unmapped]
+        if self.ignored:
+            lines.append("ignored checkpoint entries: " + ", ".join(self.ignored))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _pattern(key: str) -> str:
+    """``rep3d.stages.0.1.prior_conv2.bias`` -> ``rep3d.stages.<i>.<j>.prior_conv*.*`` (report grouping)."""
+    key = re.sub(r"\.\d+\.\d+\.", ".<i>.<j>.", key)
+    key = re.sub(r"(prior_conv|norm_w)2?\.(weight|bias)$", r"\1*.*", key)
+    return key
+
+
+# ------------------------------------------------------------------------------------------------------------ mapping
+
+def map_key(key: str, family: str) -> tuple[str | None, str | None]:
+    """``(rep3d key, None)`` for a mapped official key, ``(None, reason)`` for a deliberately dropped one,
+    ``(None, None)`` for a key this importer does not understand."""
+    if (m := DECODER_KEY.match(key)) is not None:
+        return f"decoder.{m[1]}.{m[2]}", None
+    prefix = family + "."
+    if not key.startswith(prefix):
+        return None, None
+    rest = key[len(prefix):]
+    if rest.startswith("downsample_layers."):
+        return f"encoder.{rest}", None
+    if (m := re.fullmatch(r"norm([0-3])\.(weight|bias)", rest)) is not None:
+        return f"encoder.norms.{m[1]}.{m[2]}", None
+    m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(.+)", rest)
+    if m is None:
+        return None, None
+    block, leaf = f"encoder.stages.{m[1]}.{m[2]}", m[3]
+    if family == "rep3d":
+        if leaf == "dwconv.weight":
+            return f"{block}.dwconv.weight", None
+        if (n := re.fullmatch(r"norm\.(weight|bias|running_mean|running_var|num_batches_tracked)", leaf)) is not None:
+            return f"{block}.dwconv.bn.{n[1]}", None
+        if leaf == "prior_map":
+            return None, PRIOR_REASON
+        if re.fullmatch(r"(prior_conv2?|norm_w2?)\.(weight|bias)", leaf):
+            return None, MASK_REASON
+        return None, None
+    if re.fullmatch(r"(dwconv|norm|pwconv1|pwconv2)\.(weight|bias)|gamma", leaf):
+        return f"{block}.{leaf}", None
+    return None, None
+
+
+def _family(state: dict[str, torch.Tensor], name: str, where: str) -> str:
+    found = sorted({k.split(".", 1)[0] for k in state} & set(FAMILIES))
+    if len(found) != 1:
+        roots = sorted({k.split(".", 1)[0] for k in state})
+        raise Rep3DWeightsError(
+            name, where, "not an official Rep3D / 3D UX-Net checkpoint: expected encoder keys under exactly one of "
+            f"'rep3d.' or 'uxnet_3d.', found top-level names {roots[:12]}",
+            "pass the official checkpoint (REP3D / UXNET model state_dict); a rep3d checkpoint loads with "
+            "rep3d.create_model(..., checkpoint_path=...)", reason="architecture",
+        )
+    return found[0]
+
+
+def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "official checkpoint",
+                     where: str = "checkpoint") -> dict[str, Any]:
+    """Sizes from tensor shapes: ``in_chans``, ``num_classes``, ``widths``, ``depths``, ``kernel_size``,
+    ``hidden_size`` (and UX-Net's ``mlp_ratio`` / ``mlp_groups`` / ``layer_scale_init_value``)."""
+    enc = family
+
+    def get(key: str) -> torch.Tensor:
+        if key not in state:
+            raise Rep3DWeightsError(name, where, f"incomplete official checkpoint: {key} is missing",
+                                    "pass the full model state_dict (encoder and decoder)", reason="keys")
+        return state[key]
+
+    stem = get(f"{enc}.downsample_layers.0.0.weight")
+    widths = [stem.shape[0]] + [get(f"{enc}.downsample_layers.{i}.1.weight").shape[0] for i in (1, 2, 3)]
+    depths = [len({int(m[1]) for k in state if (m := re.match(rf"{enc}\.stages\.{i}\.(\d+)\.", k))}) for i in range(4)]
+    if not all(depths):
+        raise Rep3DWeightsError(name, where, f"incomplete official checkpoint: stage depths {depths}",
+                                "pass the full model state_dict", reason="keys")
+    args: dict[str, Any] = {
+        "in_chans": stem.shape[1], "num_classes": get("out.conv.conv.weight").shape[0], "widths": widths,
+        "depths": depths, "kernel_size": get(f"{enc}.stages.0.0.dwconv.weight").shape[-1],
+        "hidden_size": get("encoder5.layer.conv1.conv.weight").shape[0],
+    }
+    if family == "uxnet_3d":
+        pw1 = get(f"{enc}.stages.0.0.pwconv1.weight")
+        args["mlp_ratio"] = pw1.shape[0] // widths[0]
+        args["mlp_groups"] = "depthwise" if pw1.ndim == 5 and pw1.shape[1] == 1 and widths[0] > 1 else 1
+        if f"{enc}.stages.0.0.gamma" not in state:
+            args["layer_scale_init_value"] = 0.0
+    return args
+
+
+def _default_architecture(family: str, args: dict[str, Any]) -> str:
+    if family == "uxnet_3d":
+        return "uxnet3d_base"
+    from rep3d.models.zoo import SIZES
+
+    for size, spec in SIZES.items():
+        if (list(spec["widths"]), list(spec["depths"]), spec["hidden_size"]) == (
+                args["widths"], args["depths"], args["hidden_size"]):
+            return f"rep3d_{size}_vanilla"
+    return "rep3d_base_vanilla"  # any size: widths / depths / hidden_size are passed explicitly
+
+
+def _check_unmodulated(model: nn.Module, architecture: str, family: str, name: str, where: str) -> None:
+    from rep3d.layers import RepLKConv3d
+
+    convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
+    if any(m.modulation_mode is not None or m.small_kernel is not None for m in convs):
+        plain = "uxnet3d_base" if family == "uxnet_3d" else re.sub(r"(_fixed|_csla|_vanilla)?$", "_vanilla",
+                                                                   architecture, count=1)
+        raise Rep3DWeightsError(
+            name, where, f"{architecture!r} applies a mask or a parallel small kernel to its large kernels, but the "
+            "official kernels are plain (Rep3D's already carry their mask: the official forward stores W * M into "
+            "dwconv.weight); loading them there would change what they compute",
+            f"use model_name={plain!r} (or leave model_name unset)", reason="form",
+        )
+
+
+def load_official_checkpoint(
+    path: str | Path,
+    model_name: str | None = None,
+    *,
+    form: Literal["train", "deploy"] = "train",
+    strict: bool = True,
+    report: bool = True,
+    **model_kwargs: Any,
+) -> tuple[nn.Module, ImportReport]:
+    """Build a rep3d model from an official Rep3D / 3D UX-Net checkpoint; returns ``(model, report)``.
+
+    ``model_name`` defaults to the unmodulated model of the checkpoint's size (``rep3d_<size>_vanilla``, or
+    ``rep3d_base_vanilla`` with explicit sizes; ``uxnet3d_base`` for UX-Net), inferred from tensor shapes; a named
+    model must be unmodulated. ``form="deploy"`` folds the result. ``strict`` (default) raises on keys this importer
+    does not understand and on model parameters left without a value; ``report=True`` also logs the report
+    (logger ``rep3d.official``). ``model_kwargs`` override the inferred constructor arguments.
+    """
+    from rep3d.models.deploy import reparameterize_model
+    from rep3d.models.registry import create_model, is_model
+
+    if form not in ("train", "deploy"):
+        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+    path = Path(path)
+    name, where = f"official checkpoint {path.name}", str(path)
+    ignored: list[str] = []
+    state, _ = read_weights(path, name, where, ignored=ignored)
+    family = _family(state, name, where)
+    inferred = infer_model_args(state, family, name, where)
+    if model_name is None:
+        architecture, args = _default_architecture(family, inferred), {**inferred, **model_kwargs}
+    else:
+        if not is_model(model_name) or ("uxnet" in model_name) != (family == "uxnet_3d"):
+            raise Rep3DWeightsError(
+                name, where, f"model_name={model_name!r} is not a rep3d {FAMILIES[family]} model",
+                "leave model_name unset to infer it, or name a " + ("uxnet3d_* model" if family == "uxnet_3d"
+                                                                     else "rep3d_*_vanilla model"),
+                reason="architecture",
+            )
+        architecture = model_name
+        args = {k: inferred[k] for k in ("in_chans", "num_classes", "kernel_size")} | model_kwargs
+    model = create_model(architecture, **args)
+    _check_unmodulated(model, architecture, family, name, where)
+    result = ImportReport(source=f"{path} (sha256 {sha256_file(path)[:16]}...)", family=FAMILIES[family],
+                          architecture=architecture, model_args=args, form=form, ignored=ignored)
+    mapped_state: dict[str, torch.Tensor] = {}
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        target, reason = map_key(key, family)
+        if target is None:
+            if reason:
+                result.dropped[key] = reason
+            else:
+                result.unmapped.append(key)
+            continue
+        if tensor.ndim == 2 and target in expected and expected[target].ndim == 5:  # Linear pwconv -> 1x1x1 conv
+            tensor = tensor[:, :, None, None, None]
+        mapped_state[target] = tensor
+        result.mapped[key] = target
+    if family == "rep3d":
+        result.notes.append(NO_RESIDUAL_NOTE)
+    if result.unmapped and strict:
+        raise Rep3DWeightsError(
+            name, where, f"{len(result.unmapped)} tensors of the checkpoint are not understood by this importer "
+            f"({', '.join(result.unmapped[:6])}{', ...' if len(result.unmapped) > 6 else ''})",
+            "check that this is an official Rep3D / 3D UX-Net checkpoint; strict=False (CLI --no-strict) imports "
+            "the rest and reports these", reason="keys",
+        )
+    _load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
+    if form == "deploy":
+        model = reparameterize_model(model)
+    model.pretrained_cfg["origin"] = f"official {FAMILIES[family]} checkpoint {path.name}"
+    if report:
+        logger.info("%s", result)
+    return model, result
+
+
+# ---------------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="official checkpoint (.pth via torch.load(weights_only=True), "
+                        "or .safetensors)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="folder to write (config.json, model.safetensors, README.md; see rep3d.save_pretrained)")
+    parser.add_argument("--model", default=None, help="rep3d model name (default: inferred from tensor shapes)")
+    parser.add_argument("--form", choices=("train", "deploy"), default="train",
+                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded")
+    parser.add_argument("--no-strict", dest="strict", action="store_false",
+                        help="import even if some tensors are not understood (they are reported)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rep3d.hub import save_pretrained
+
+    try:
+        model, result = load_official_checkpoint(args.checkpoint, args.model, form=args.form, strict=args.strict,
+                                                 report=False)
+    except Rep3DWeightsError as err:
+        print(f"rep3d import-official: {err}", file=sys.stderr)
+        return 1
+    description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "
+                   f"`{args.checkpoint.name}`. " + (NO_RESIDUAL_NOTE[0].upper() + NO_RESIDUAL_NOTE[1:] + ". "
+                                                    if result.family == "Rep3D" else "")
+                   + "The input table below is the paper's AMOS-CT recipe (rep3d's default for this architecture): "
+                   "confirm it matches the data the checkpoint was trained on.")
+    save_pretrained(model, args.output, description=description, license="other",
+                    command=f"rep3d import-official {args.checkpoint.name} -o {args.output.name} --form {args.form}")
+    print(result)
+    print(f"wrote {args.output}")
+    return 0
