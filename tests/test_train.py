@@ -65,7 +65,8 @@ def test_training_writes_a_publishable_run_folder(phantom_data, tmp_path):
     card = (run / "README.md").read_text()
     assert "SYNTHETIC" in card.upper() and "left_kidney" in card and "phantom" in card
     config = json.loads((run / "config.json").read_text())
-    assert config["pretrained_cfg"]["class_names"][4] == "left_kidney"
+    assert config["rep3d"]["metadata"]["class_names"][4] == "left_kidney"
+    assert config["rep3d"]["metadata"]["training"]["iterations"] == 6
 
 
 def _run_and_kill(cmd: list[str], out: Path, sig: int, after_step: int) -> int:

@@ -193,8 +193,6 @@ def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint
                           cache_dir: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """Build the model published at ``"org/name[@revision]"`` from its ``config.json``; with ``pretrained=True`` load
     its ``model.safetensors`` (same commit as the config, sha256-checked, strict). ``kwargs`` override model args."""
-    import timm
-
     from rep3d.models.registry import is_model
 
     name = f"hf-hub:{model_id}"
@@ -210,17 +208,48 @@ def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint
             "check the repository; a timm model loads with timm.create_model('hf-hub:...')", reason="config",
         )
     commit = path.parent.name if re.fullmatch(r"[0-9a-f]{40}", path.parent.name) else revision
+    weights = _weights_section(config)
+    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
+              "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256")}
+    return _model_from_config(config, source, pretrained, checkpoint_path, cache_dir=cache_dir, **kwargs)
+
+
+def create_model_from_folder(folder: str | Path, pretrained: bool = False, *,
+                             checkpoint_path: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build the model :func:`save_pretrained` wrote into ``folder`` (``create_model("local-dir:FOLDER")``); with
+    ``pretrained=True`` load its weights (sha256-checked, strict). ``kwargs`` override model args."""
+    from rep3d.models.registry import is_model
+
+    folder = Path(folder)
+    name = f"local-dir:{folder}"
+    config = read_config(folder / CONFIG_NAME, name, str(folder / CONFIG_NAME))
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not is_model(arch):
+        raise Rep3DWeightsError(name, str(folder), f"config.json names architecture {arch!r}, which is not a rep3d "
+                                "model", "point at a folder written by rep3d.save_pretrained", reason="config")
+    weights = _weights_section(config)
+    source = {"source": "local-dir", "file": str(folder / weights.get("file", DEFAULT_FILENAME)),
+              "sha256": weights.get("sha256")}
+    return _model_from_config(config, source, pretrained, checkpoint_path, **kwargs)
+
+
+def _weights_section(config: Mapping[str, Any]) -> dict[str, Any]:
     section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
-    weights = section.get("weights") if isinstance(section.get("weights"), dict) else {}
-    cfg = {
-        **(config.get("pretrained_cfg") or {}), **metadata_from_json(section.get("metadata") or {}),
-        "architecture": arch, "source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
-        "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256"),
-    }
+    return section.get("weights") if isinstance(section.get("weights"), dict) else {}
+
+
+def _model_from_config(config: Mapping[str, Any], source: dict[str, Any], pretrained: bool,
+                       checkpoint_path: str | Path | None, **kwargs: Any) -> nn.Module:
+    """Build ``config["architecture"]`` with its model args and 3-D metadata, weights from ``source``."""
+    import timm
+
+    section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
+    cfg = {**(config.get("pretrained_cfg") or {}), **metadata_from_json(section.get("metadata") or {}),
+           "architecture": config["architecture"], **source}
     if config.get("label_names"):
         cfg["label_names"] = config["label_names"]
     model_args = {**(config.get("model_args") or {}), **kwargs}
-    model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=cfg, cache_dir=cache_dir, **model_args)
+    model = timm.create_model(config["architecture"], pretrained=pretrained, pretrained_cfg=cfg, **model_args)
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
     return model
@@ -310,6 +339,14 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
             lines += ["The command that produced these numbers was not recorded.", ""]
     else:
         lines += ["No evaluation results are recorded for these weights.", ""]
+    training = meta.get("training")
+    if isinstance(training, Mapping):
+        lines += ["## Training", "", "| | |", "|---|---|"]
+        lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in training.items() if k != "config"]
+        if training.get("config"):
+            lines += ["", "<details><summary>full training configuration</summary>", "", "```json",
+                      json.dumps(training["config"], indent=2), "```", "", "</details>"]
+        lines += [""]
     ref = f"hf-hub:{repo_id}" if repo_id else "hf-hub:ORG/NAME"
     lines += ["## Usage", "", "```python", "import rep3d", "",
               f'model = rep3d.create_model("{ref}", pretrained=True).eval()',

@@ -165,14 +165,19 @@ def create_model(
     checkpoint_path: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Create a registered model (``"rep3d_base"``, ``"rep3d_tiny.phantom"``) or one published on the Hub
-    (``"hf-hub:org/name[@revision]"``).
+    """Create a registered model (``"rep3d_base"``, ``"rep3d_tiny.phantom"``), one published on the Hub
+    (``"hf-hub:org/name[@revision]"``) or one saved by :func:`rep3d.save_pretrained` (``"local-dir:PATH"``).
 
     ``pretrained=True`` loads the tag's weights (an explicit ``pretrained_cfg_overlay=dict(file=...)``, the file bundled
     with rep3d, or the Hugging Face Hub, in that order) and fails with a clear error where none exist.
     ``checkpoint_path`` loads a local checkpoint after creation (strict). Other kwargs go to the model constructor
     (``num_classes``, ``in_chans``, ``kernel_size``, ``conv_backend``, ``deploy``, ...).
     """
+    if model_name.startswith("local-dir:"):
+        from rep3d.hub.publish import create_model_from_folder
+
+        return create_model_from_folder(model_name[len("local-dir:"):], pretrained=pretrained,
+                                        checkpoint_path=checkpoint_path, **kwargs)
     if model_name.startswith("hf-hub:"):
         from rep3d.hub import create_model_from_hub
 

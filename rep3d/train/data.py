@@ -25,7 +25,7 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
     return T.Compose([
         T.LoadImaged(keys, image_only=True),
         T.EnsureChannelFirstd(keys),
-        T.Orientationd(keys, axcodes=cfg.orientation),
+        T.Orientationd(keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys, pixdim=cfg.spacing, mode=modes),
         T.ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
         T.CropForegroundd(keys, source_key="image", allow_smaller=True),

@@ -231,9 +231,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     num_classes = len(class_names)
     modality = ", ".join(dataset.modality[k] for k in sorted(dataset.modality))
     synthetic = bool(dataset.meta.get("synthetic", False))
-    data_card = {"name": dataset.name, "description": dataset.meta.get("description", ""), "synthetic": synthetic,
-                 "num_train": len(dataset.train), "num_val": len(dataset.val),
-                 "num_test_labeled": len(dataset.test_labeled), "modality": modality}
+    description = dataset.meta.get("description", "")
 
     torch.manual_seed(cfg.seed)
     model = rep3d.create_model(cfg.model, num_classes=num_classes, in_chans=dataset.in_chans, **cfg.model_args)
@@ -245,8 +243,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     model.to(device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if ctx.enabled else model
+    net: nn.Module = model
+    if ctx.enabled:
+        if device.type == "cuda":  # BatchNorm statistics over the global batch (2 crops per GPU are too few)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -281,13 +282,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
             }, last_path)
         ctx.barrier()
 
-    def card(final: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "recipe": cfg.to_dict(), "dataset": data_card, "steps": cfg.iterations,
-            "best_step": best["step"], "val_dice": dict(zip(class_names[1:], best["per_class"])),
-            "val_mean_dice": best["dice"], "hardware": hardware_description(device),
-            "world_size": ctx.world_size, "command": command, **(final or {}),
+    def publish(target: nn.Module, wall: float, test: list[float] | None = None) -> None:
+        """Write the publishable folder: best weights, config and a model card with recipe and Dice."""
+        metrics: dict[str, Any] = {"val_mean_dice": best["dice"]}
+        metrics.update({f"val_dice/{n}": d for n, d in zip(class_names[1:], best["per_class"])})
+        if test is not None:
+            metrics["test_mean_dice"] = mean_dice(test)
+            metrics.update({f"test_dice/{n}": d for n, d in zip(class_names[1:], test)})
+        training = {
+            "recipe": cfg.recipe, "iterations": cfg.iterations, "best_step": best["step"],
+            "wall_time_s": round(wall, 1), "hardware": hardware_description(device), "world_size": ctx.world_size,
+            "num_train": len(dataset.train), "num_val": len(dataset.val),
+            "num_test": len(dataset.test_labeled) if test is not None else 0, "config": cfg.to_dict(),
         }
+        rep3d.save_pretrained(target, out, metrics=metrics, command=command, dataset=dataset.name,
+                              description=description or None, metadata={"training": training})
 
     t0 = time.perf_counter()
     samples = cfg.subjects_per_step * cfg.crops_per_subject * ctx.world_size
@@ -331,7 +340,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
                     bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
                     if row["val_mean_dice"] > best["dice"]:
                         best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
-                        rep3d.save_pretrained(model, out, card=card())
+                        publish(model, wall_before + time.perf_counter() - t0)
                 ctx.barrier()
             log.write(step, **row)
             wall = wall_before + time.perf_counter() - t0
@@ -349,6 +358,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     log.close()
     wall = wall_before + time.perf_counter() - t0
 
+    if ctx.enabled:
+        # DDP syncs gradients and broadcasts rank 0's buffers before each forward; the last forward's BatchNorm
+        # update is local, so hand every rank rank 0's final buffers (the ones rank 0 saved).
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
     digests = [parameter_digest(model)]
     if ctx.enabled:
         gathered: list[Any] = [None] * ctx.world_size
@@ -364,10 +378,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
             summary["test_dice"] = dict(zip(class_names[1:], test))
             summary["test_mean_dice"] = mean_dice(test)
             summary["num_test"] = len(test_volumes)
-            rep3d.save_pretrained(best_model, out, card=card({"test_dice": summary["test_dice"],
-                                                              "test_mean_dice": summary["test_mean_dice"],
-                                                              "num_test": len(test_volumes),
-                                                              "wall_time_s": wall}))
+            publish(best_model, wall, test)
         (state_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     ctx.barrier()
     if ctx.enabled:
@@ -376,9 +387,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
 
 
 def _load_best(out: Path, device: torch.device) -> nn.Module:
-    from rep3d.hub import load_pretrained_folder
-
-    return load_pretrained_folder(out).to(device).eval()
+    return rep3d.create_model(f"local-dir:{out}", pretrained=True).to(device).eval()
 
 
 def main_guard(fn, *args, **kwargs) -> int:
