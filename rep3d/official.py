@@ -27,9 +27,9 @@ a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading 
 (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
 reported as dropped with this reason.
 
-Not a bit-faithful reproduction of the official Rep3D network: its block is ``GELU(BN(conv(x)))`` without a residual
-connection, rep3d's is ``x + GELU(BN(conv(x)))``; the same weights give different outputs, so fine-tune imported
-Rep3D weights before evaluating them. 3D UX-Net blocks match the official ones.
+The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection (rep3d's default block adds one), so
+imported Rep3D models are built with ``residual=False``: the same function as the official network. 3D UX-Net blocks
+match the official ones as they are.
 """
 
 from __future__ import annotations
@@ -56,9 +56,8 @@ MASK_REASON = ("official mask generator, not needed: its LayerNorm over a single
                "and the official forward stores W * M into dwconv.weight, so the saved kernel already carries the mask "
                "(imported into the unmodulated form)")
 PRIOR_REASON = "official distance-prior buffer: a constant, already applied to the saved dwconv.weight"
-NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual; rep3d's RepLKBlock3d "
-                    "computes x + GELU(BN(conv(x))): the imported network is not output-identical to the official "
-                    "one, fine-tune it before evaluating")
+NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual: the model is built with "
+                    "residual=False to compute the same function")
 DECODER_KEY = re.compile(r"^(encoder[1-5]|decoder[1-5]|out)\.(.+)$")
 
 
@@ -183,6 +182,8 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         args["mlp_groups"] = "depthwise" if pw1.ndim == 5 and pw1.shape[1] == 1 and widths[0] > 1 else 1
         if f"{enc}.stages.0.0.gamma" not in state:
             args["layer_scale_init_value"] = 0.0
+    else:
+        args["residual"] = False  # the official block is GELU(BN(conv(x)))
     return args
 
 
@@ -252,7 +253,8 @@ def load_official_checkpoint(
                 reason="architecture",
             )
         architecture = model_name
-        args = {k: inferred[k] for k in ("in_chans", "num_classes", "kernel_size")} | model_kwargs
+        keep = ("in_chans", "num_classes", "kernel_size", "residual")
+        args = {k: inferred[k] for k in keep if k in inferred} | model_kwargs
     model = create_model(architecture, **args)
     _check_unmodulated(model, architecture, family, name, where)
     result = ImportReport(source=f"{path} (sha256 {sha256_file(path)[:16]}...)", family=FAMILIES[family],
@@ -313,10 +315,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rep3d import-official: {err}", file=sys.stderr)
         return 1
     description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "
-                   f"`{args.checkpoint.name}`. " + (NO_RESIDUAL_NOTE[0].upper() + NO_RESIDUAL_NOTE[1:] + ". "
-                                                    if result.family == "Rep3D" else "")
-                   + "The input table below is the paper's AMOS-CT recipe (rep3d's default for this architecture): "
-                   "confirm it matches the data the checkpoint was trained on.")
+                   f"`{args.checkpoint.name}`. The input table below is the paper's AMOS-CT recipe (rep3d's default "
+                   "for this architecture): confirm it matches the data the checkpoint was trained on.")
     save_pretrained(model, args.output, description=description, license="other",
                     command=f"rep3d import-official {args.checkpoint.name} -o {args.output.name} --form {args.form}")
     print(result)

@@ -155,7 +155,7 @@ def test_official_rep3d_layout_maps_every_key_or_reports_why_it_is_dropped(tmp_p
     assert not rep3d.models.is_deployed(model) and "residual" in str(report) and "dropped deliberately" in str(report)
 
 
-def test_imported_rep3d_block_is_the_official_block_plus_the_residual(tmp_path):
+def test_imported_rep3d_block_computes_the_official_block(tmp_path):
     sd = official_state("rep3d", **SMALL)
     torch.save(sd, tmp_path / "ckpt.pth")
     model, report = load_official_checkpoint(tmp_path / "ckpt.pth")
@@ -168,7 +168,7 @@ def test_imported_rep3d_block_is_the_official_block_plus_the_residual(tmp_path):
                                    sd[p + "norm.bias"], eps=1e-5))
     with torch.no_grad():
         ours = model.encoder.stages[1][1](x)
-    torch.testing.assert_close(ours - x, official, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("pwconv", ["grouped", "dense", "linear"])

@@ -19,7 +19,9 @@ class RepLKBlock3d(nn.Module):
     """Rep3D block: ``x + DropPath(GELU(RepLKConv3d(x)))``, ``[B, C, D, H, W] -> [B, C, D, H, W]``.
 
     The conv is depthwise (no channel mixing inside a stage, as in the paper's 65.8M-parameter base model) and
-    carries its own BatchNorm; the residual keeps stacked blocks trainable and gives drop-path a meaning.
+    carries its own BatchNorm. rep3d adds the residual by default: it keeps stacked blocks trainable and gives
+    drop-path a meaning. ``residual=False`` gives the official code's plain ``GELU(BN(conv(x)))`` block (used when
+    importing official checkpoints).
     """
 
     def __init__(
@@ -30,11 +32,15 @@ class RepLKBlock3d(nn.Module):
         modulation: Modulation = "lrbm",
         small_kernel: int | None = None,
         drop_path: float = 0.0,
+        residual: bool = True,
         conv_backend: Backend = "auto",
         deploy: bool = False,
         **conv_kwargs,
     ) -> None:
         super().__init__()
+        if drop_path > 0 and not residual:
+            raise ValueError("RepLKBlock3d: drop_path needs residual=True (it drops the residual branch)")
+        self.residual = residual
         self.dwconv = RepLKConv3d(
             channels, kernel_size, modulation=modulation, small_kernel=small_kernel, norm=True,
             conv_backend=conv_backend, deploy=deploy, **conv_kwargs,
@@ -43,7 +49,8 @@ class RepLKBlock3d(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.act(self.dwconv(x)))
+        y = self.act(self.dwconv(x))
+        return x + self.drop_path(y) if self.residual else y
 
 
 class UXBlock3d(nn.Module):
