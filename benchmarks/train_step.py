@@ -1,0 +1,98 @@
+"""One training step of a model: wall time and peak memory, with and without gradient checkpointing.
+
+Each configuration runs in a fresh subprocess so its peak resident memory (CPU: ``ru_maxrss``) or peak CUDA allocation
+is its own. Prints a markdown table (medians over ``--repeats`` steps after one warm-up step); ``--json FILE`` saves it.
+
+    python benchmarks/train_step.py --model rep3d_tiny --roi 64 --batch 2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
+    import resource
+
+    import torch
+    from monai.losses import DiceCELoss
+
+    import rep3d
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = rep3d.create_model(args.model, num_classes=args.classes).to(device).train()
+    model.set_grad_checkpointing(checkpointing)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    x = torch.randn(args.batch, 1, args.roi, args.roi, args.roi, device=device)
+    y = torch.randint(0, args.classes, (args.batch, 1, args.roi, args.roi, args.roi), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up: allocator, FFT plans, optimizer state
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"model": args.model, "grad_checkpointing": checkpointing, "roi": args.roi, "batch": args.batch,
+            "threads": args.threads, "device": args.device, "median_step_s": statistics.median(times),
+            "peak_bytes": peak, "peak_measure": "cuda max_memory_allocated" if device.type == "cuda" else "ru_maxrss",
+            "rss_before_steps_bytes": rss_before * 1024, "torch": torch.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="rep3d_tiny")
+    parser.add_argument("--roi", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2, help="crops per step (the recipe uses 2)")
+    parser.add_argument("--classes", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--_child", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(one_config(args, args._child == "on")))
+        return
+    rows = []
+    for mode in ("off", "on"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", mode]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"{args.model}, one training step (DiceCE + AdamW), batch {args.batch} × {args.roi}³, {args.device}, "
+          f"{args.threads} threads, fp32, torch {base['torch']}; median of {args.repeats} steps")
+    print("| grad checkpointing | step (s) | peak memory (MiB) | vs off |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {'on' if r['grad_checkpointing'] else 'off'} | {r['median_step_s']:.2f} | "
+              f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / base['peak_bytes']:.2f}× memory, "
+              f"{r['median_step_s'] / base['median_step_s']:.2f}× time |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
