@@ -15,6 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
