@@ -138,7 +138,7 @@ def volume(channels=1):
 
 
 def test_official_rep3d_layout_maps_every_key_or_reports_why_it_is_dropped(tmp_path):
-    sd = official_state("rep3d", widths=(16, 32, 64, 128), depths=(1, 1, 1, 1), hidden_size=256, kernel_size=5)
+    sd = official_state("rep3d", widths=(12, 24, 48, 96), depths=(1, 1, 1, 1), hidden_size=192, kernel_size=5)
     torch.save({"epoch": 7, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "best.pth")
     model, report = load_official_checkpoint(tmp_path / "best.pth")
     assert report.architecture == "rep3d_tiny_vanilla" and report.complete and report.unmapped == []

@@ -4,7 +4,7 @@ Family sizes (all: 4 stages, stride 16, UNETR decoder, 1 input channel by defaul
 
 | name | widths | depths | kernel | decoder hidden | notes |
 |---|---|---|---|---|---|
-| rep3d_tiny | 16/32/64/128 | 1/1/1/1 | 21 | 256 | one 64³ training step ≈ 1 s on a 2-core CPU |
+| rep3d_tiny | 12/24/48/96 | 1/1/1/1 | 21 | 192 | one 2 × 64³ training step ≈ 1 s on a 2-core CPU |
 | rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | half the base widths |
 | rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | the paper's model (65.8M params at 16 classes) |
 | rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | wider, deeper stage 3 |
@@ -58,7 +58,7 @@ default_cfgs = default_cfgs({
 })
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(widths=(16, 32, 64, 128), depths=(1, 1, 1, 1), hidden_size=256),
+    "tiny": dict(widths=(12, 24, 48, 96), depths=(1, 1, 1, 1), hidden_size=192),
     "small": dict(widths=(32, 64, 128, 256), depths=(2, 2, 2, 2), hidden_size=512),
     "base": dict(widths=(48, 96, 192, 384), depths=(2, 2, 2, 2), hidden_size=768),
     "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
@@ -81,7 +81,7 @@ def _rep3d(size: str, suffix: str, pretrained: bool, **kwargs: Any) -> nn.Module
 
 @register
 def rep3d_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Rep3D tiny (16/32/64/128, depth 1 per stage), learnable mask."""
+    """Rep3D tiny (12/24/48/96, depth 1 per stage, decoder 192), learnable mask."""
     return _rep3d("tiny", "", pretrained, **kwargs)
 
 
