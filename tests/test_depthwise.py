@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from rep3d.layers import (
     RepLKConv3d,
+    choose_backend,
     depthwise_conv3d,
     fft_conv,
     fft_lengths,
@@ -132,6 +133,21 @@ def test_fft_channel_groups_give_the_same_result_as_one_group(monkeypatch):
         assert _rel(a, b) < 1e-13
 
 
+@pytest.mark.parametrize("save", [True, False])
+def test_fft_saved_and_recomputed_spectra_give_the_same_gradients(monkeypatch, save):
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 7, 5, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    ref = torch.autograd.grad(_native(x, w), (x, w), g)
+    monkeypatch.setattr(fft_conv, "SAVE_SPECTRA", save)
+    got = torch.autograd.grad(depthwise_conv3d(x, w, backend="fft"), (x, w), g)
+    for a, b in zip(got, ref, strict=True):
+        assert _rel(a, b) < 1e-12
+    small = (x[:1, :2], w[:2])
+    assert torch.autograd.gradgradcheck(lambda x, w: depthwise_conv3d(x, w, backend="fft"), small)
+
+
 # Half precision. Reference: float64 conv of the *same* rounded inputs, so what is measured is the engine's
 # own error. Stated tolerance (max abs error / max |reference|): bf16 <= 1e-2, fp16 <= 2e-3, for outputs and
 # all gradients; measured 2-5e-3 (bf16) and 2-6e-4 (fp16), i.e. the rounding of the result to 8 / 11 bits.
@@ -198,7 +214,27 @@ def test_kernel_is_cropped_to_what_can_touch_the_input():
         assert _rel(depthwise_conv3d(x, w, backend=backend), _native(x, w)) < 1e-12
 
 
-# ---- auto
+# ---- the auto rule (pure function of shapes; the timings that justify it are in benchmarks/README.md)
+
+
+def _pick(shape, k, requires_grad, device="cpu", dtype=torch.float32):
+    spatial = shape[2:]
+    return choose_backend(shape, useful_kernel_size((k,) * 3, spatial), device, dtype, requires_grad)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_auto_picks_fft_for_large_maps_with_large_kernels(requires_grad):
+    for shape in [(1, 48, 48, 48, 48), (2, 96, 24, 24, 24), (1, 48, 64, 64, 64), (1, 96, 32, 32, 32)]:
+        assert _pick(shape, 21, requires_grad) == "fft"
+        assert _pick(shape, 21, requires_grad, device="cuda") == "fft"
+
+
+def test_auto_picks_direct_for_tiny_maps_and_small_kernels_in_inference():
+    assert _pick((1, 384, 6, 6, 6), 21, False) == "direct"
+    assert _pick((1, 64, 2, 2, 2), 21, False) == "direct"
+    for k in (3, 5, 7):
+        assert _pick((1, 48, 48, 48, 48), k, False) == "direct"
+        assert _pick((2, 96, 24, 24, 24), k, True) == "direct"
 
 
 def test_auto_result_equals_both_backends():

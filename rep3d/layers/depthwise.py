@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rep3d.layers.checks import check_float, check_volume, kernel_size_3d
-from rep3d.layers.fft_conv import fft_depthwise_conv3d, fft_lengths
+from rep3d.layers.fft_conv import _keep_spectra, fft_depthwise_conv3d, fft_lengths
 from rep3d.layers.fusion import crop_kernel
 
 Backend = Literal["auto", "direct", "fft"]
@@ -162,23 +162,54 @@ def _pad_inside_conv(device_type: str, spatial: Sequence[int], kernel_size: Sequ
 # automatic choice
 
 
-def work_ratio(x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool) -> float:
-    """Direct-conv multiply-adds over FFT work (``N log2 N`` per transform), both for the whole call.
+# Cost model behind "auto": each engine's time is estimated as a non-negative linear combination of a few work
+# terms (cost_features), least-squares fitted to the relative error of CPU measurements (2 threads, float32,
+# torch 2.14) by ``benchmarks/calibrate_auto.py --fit benchmarks/results/calibrate_cpu*.json``; the data and
+# how well the rule does on it are in benchmarks/README.md ("The auto rule"). Units: milliseconds.
+_BIG_BYTES = 16 * 2**20  # above this a float32 [B, C, *S] tensor costs the direct path more per element
+COST_MODEL: dict[bool, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # requires_grad: (direct coefficients, fft coefficients), in the order of cost_features
+    False: ((1.101e-06, 8.634e-08, 7.540e-10, 2.131e-06, 1.079e-08, 4.636e-04), (2.301e-06, 4.132e-03)),
+    True: ((3.544e-06, 2.469e-07, 8.300e-09, 4.403e-06, 2.385e-07, 1.589e-03), (2.581e-06, 7.820e-03)),
+}
 
-    Direct: ``B * S^3 * K^3`` per channel for the forward, three times that with gradients (``grad_x`` and
-    ``grad_w`` are convolutions of the same size). FFT: ``2B + 1`` transforms of ``L^3`` per channel forward
-    (input, kernel, inverse), ``5B + 3`` with gradients (the backward recomputes input and kernel spectra).
+
+def cost_features(
+    x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool
+) -> tuple[list[float], list[float]]:
+    """Work terms of the two engines for one call: ``(direct, fft)`` regressors of :data:`COST_MODEL`.
+
+    Direct (``V = B*C*S^3`` outputs): ``V``, ``V*K^2``, ``V*K^3`` (memory, kernel rows, multiply-adds; the
+    mix captures oneDNN's higher efficiency at large K), ``G = V * log2(4V / 16 MiB)`` and ``G*K^2`` for
+    tensors above 16 MiB (page faults and cache misses grow with size), and ``B*C`` per-map overhead.
+    FFT: transform elements ``C * n_transforms * L^3`` (``2B + 1`` forward; with gradients ``4B + 2`` when
+    the spectra are kept, else ``5B + 3``) and ``C`` per-channel overhead.
     """
-    batch = x_shape[0]
+    batch, channels = x_shape[0], x_shape[1]
     spatial = tuple(x_shape[2:])
-    n = math.prod(fft_lengths(spatial, kernel_size))
-    fft_work = n * math.log2(max(n, 2)) * ((5 * batch + 3) if requires_grad else (2 * batch + 1))
-    direct_work = batch * math.prod(spatial) * math.prod(kernel_size) * (3 if requires_grad else 1)
-    return direct_work / fft_work
+    vol = batch * channels * math.prod(spatial)
+    taps = math.prod(kernel_size)
+    area = taps ** (2 / 3)
+    big = vol * max(0.0, math.log2(4 * vol / _BIG_BYTES))
+    direct = [vol, vol * area, vol * taps, big, big * area, batch * channels]
+    lengths = fft_lengths(spatial, kernel_size)
+    if not requires_grad:
+        transforms = 2 * batch + 1
+    elif _keep_spectra(batch, channels, lengths, 4):
+        transforms = 4 * batch + 2
+    else:
+        transforms = 5 * batch + 3
+    return direct, [channels * transforms * math.prod(lengths), channels]
 
 
-# fft is picked when work_ratio exceeds this; placeholder until calibrated
-THRESHOLDS = {("cpu", False): 1.0, ("cpu", True): 1.0, ("cuda", False): 1.0, ("cuda", True): 1.0}
+def estimate_ms(x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool) -> dict[str, float]:
+    """The model's time per engine on the calibrated CPU, ``{"direct": ms, "fft": ms}``."""
+    direct, fft = cost_features(x_shape, kernel_size, requires_grad)
+    cd, cf = COST_MODEL[requires_grad]
+    return {
+        "direct": sum(a * b for a, b in zip(cd, direct, strict=True)),
+        "fft": sum(a * b for a, b in zip(cf, fft, strict=True)),
+    }
 
 
 def choose_backend(
@@ -196,7 +227,11 @@ def choose_backend(
         device_type: ``x.device.type``.
         dtype: ``x.dtype``.
         requires_grad: whether a backward will follow (the engines' backward costs differ a lot).
+
+    Returns the engine with the lower :func:`estimate_ms`. The model is fitted on CPU float32; other dtypes
+    and CUDA use it as it is (on CUDA there is no fast cuDNN depthwise 3-D path either, PyTorch issue 37406;
+    ``benchmarks/gpu_check.py`` reports how close ``auto`` gets to the best engine there).
     """
-    del dtype
-    key = (device_type if device_type == "cpu" else "cuda", requires_grad)
-    return "fft" if work_ratio(x_shape, kernel_size, requires_grad) > THRESHOLDS[key] else "direct"
+    del device_type, dtype
+    est = estimate_ms(x_shape, kernel_size, requires_grad)
+    return "fft" if est["fft"] < est["direct"] else "direct"
