@@ -1,7 +1,8 @@
 """Reusable building blocks: drop them into any 3-D network."""
 
 from rep3d.layers.conv import RepLKConv3d
-from rep3d.layers.depthwise import depthwise_conv3d, useful_kernel_size
+from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
+from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
 from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
 from rep3d.layers.norm import LayerNorm3d
@@ -12,10 +13,13 @@ __all__ = [
     "MaskGenerator",
     "ModulatedKernelParam",
     "RepLKConv3d",
+    "choose_backend",
     "crop_kernel",
     "csla_lr_field",
     "depthwise_conv3d",
     "distance_prior",
+    "fast_fft_length",
+    "fft_lengths",
     "fold_batchnorm",
     "mask_lr_field",
     "pad_kernel",

@@ -1,25 +1,38 @@
 """Exact "same" depthwise 3-D convolution with a choice of engine.
 
 Every large-kernel conv in rep3d goes through :func:`depthwise_conv3d`, so that a faster engine benefits all
-layers and models at once.
+layers and models at once. Two exact engines:
+
+* ``"direct"``: native ``conv3d`` on the kernel cropped to what can ever touch the input
+  (``min(K, 2S - 1)``), with a backward made of native *forward* convolutions. PyTorch's own depthwise 3-D
+  backward is extremely slow on CPU (minutes for a 21^3 kernel, seconds even for 3^3); its forwards are fast.
+* ``"fft"``: FFT convolution of minimal exact length (see :mod:`rep3d.layers.fft_conv`).
+
+``"auto"`` asks :func:`choose_backend`, a measured rule (``benchmarks/calibrate_auto.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from rep3d.layers.checks import check_float, check_volume, kernel_size_3d
+from rep3d.layers.fft_conv import _keep_spectra, fft_depthwise_conv3d, fft_lengths
 from rep3d.layers.fusion import crop_kernel
 
 Backend = Literal["auto", "direct", "fft"]
 BACKENDS = ("auto", "direct", "fft")
 
 
-def useful_kernel_size(kernel_size: tuple[int, int, int], spatial: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Largest kernel that can ever overlap a ``spatial``-sized input under "same" padding: ``min(K, 2S - 1)``.
+def useful_kernel_size(
+    kernel_size: tuple[int, int, int], spatial: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """Largest kernel that can overlap a ``spatial``-sized input under "same" padding: ``min(K, 2S - 1)``.
 
     Offsets farther than ``S - 1`` from the centre only ever meet zero padding, so cropping them is exact.
     """
@@ -33,19 +46,38 @@ def depthwise_conv3d(
     *,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Depthwise convolution, stride 1, "same" zero padding.
+    """Depthwise convolution, stride 1, "same" zero padding, exact on every backend.
 
     Args:
-        x: ``[B, C, D, H, W]`` input.
-        weight: ``[C, 1, kd, kh, kw]`` kernel, odd size on every axis.
+        x: ``[B, C, D, H, W]`` input, float16/bfloat16/float32/float64, any spatial size (also smaller
+            than the kernel).
+        weight: ``[C, 1, kd, kh, kw]`` kernel, odd size on every axis; cast to the compute dtype.
         bias: optional ``[C]``.
-        backend: ``"direct"`` (native conv on the exactly-cropped kernel), ``"fft"`` or ``"auto"``.
+        backend: ``"direct"`` (native conv on the exactly-cropped kernel), ``"fft"`` or ``"auto"``
+            (:func:`choose_backend`).
 
     Returns:
-        ``[B, C, D, H, W]`` in the dtype of ``x``.
+        ``[B, C, D, H, W]`` in the dtype of ``x``. The FFT path computes float16/bfloat16 inputs in float32.
+        Autocast is switched off inside: the dtype of ``x`` decides the precision, as for autocast's float32
+        ops (a sum over 21^3 taps is where low precision hurts).
     """
     _check_args(x, weight, bias, backend)
-    return _direct(x, weight, bias)
+    ksize = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
+    if ksize != tuple(weight.shape[2:]):
+        weight = crop_kernel(weight, ksize)
+    if backend == "auto":
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        backend = choose_backend(tuple(x.shape), ksize, x.device.type, x.dtype, needs_grad)
+    with _no_autocast(x.device.type):
+        if backend == "fft":
+            compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+            y = fft_depthwise_conv3d(
+                x.to(compute), weight.to(compute), None if bias is None else bias.to(compute)
+            )
+            return y.to(x.dtype)
+        return _DirectDepthwise.apply(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> None:
@@ -54,7 +86,9 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
     check_float(weight, who, "weight")
     if weight.ndim != 5 or weight.shape[1] != 1:
-        raise ValueError(f"{who}: weight must be [C, 1, kd, kh, kw] (depthwise), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"{who}: weight must be [C, 1, kd, kh, kw] (depthwise), got shape {tuple(weight.shape)}"
+        )
     kernel_size_3d(tuple(weight.shape[2:]), name="weight kernel size", minimum=1)
     check_volume(x, weight.shape[0], who)
     if bias is not None:
@@ -63,9 +97,141 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             raise ValueError(f"{who}: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
 
 
-def _direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    k = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
-    if k != tuple(weight.shape[2:]):
-        weight = crop_kernel(weight, k)
-    return F.conv3d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
-                    padding=tuple(s // 2 for s in k), groups=x.shape[1])
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _DirectDepthwise(torch.autograd.Function):
+    """Native depthwise conv whose backward is made of native *forward* convs (exact, same math as autograd).
+
+    ``grad_x`` is the same conv with the flipped kernel; ``grad_w`` is ``x`` correlated with ``grad_y``,
+    written as a depthwise conv over ``B * C`` groups whose "kernel" is ``grad_y`` and whose output is
+    ``K``-sized.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        pad = tuple(k // 2 for k in weight.shape[2:])
+        ctx.save_for_backward(x, weight)
+        return F.conv3d(x, weight, bias, padding=pad, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        batch, channels = x.shape[:2]
+        pad = tuple(k // 2 for k in weight.shape[2:])
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = F.conv3d(grad_y, weight.flip(2, 3, 4), padding=pad, groups=channels)
+        if need_w:
+            spatial = tuple(x.shape[2:])
+            inputs = x.reshape(1, batch * channels, *spatial)
+            if _pad_inside_conv(x.device.type, spatial, tuple(weight.shape[2:])):
+                conv_pad = pad
+            else:
+                inputs, conv_pad = F.pad(inputs, [p for q in reversed(pad) for p in (q, q)]), 0
+            per_sample = F.conv3d(
+                inputs,
+                grad_y.reshape(batch * channels, 1, *spatial),
+                padding=conv_pad,
+                groups=batch * channels,
+            )
+            grad_w = per_sample.reshape(batch, channels, 1, *weight.shape[2:]).sum(0)
+        if need_b:
+            grad_b = grad_y.sum((0, 2, 3, 4))
+        return grad_x, grad_w, grad_b
+
+
+# oneDNN (CPU) JIT-compiles a padded conv whose kernel is as large as its input -- the grad_w conv above,
+# kernel S, output K -- into code that grows like prod(S * K): measured one-time 0.5 s / 0.36 GB at S=12,
+# K=21, but 10 s / 5.6 GB at S=24, K=21 (an OOM with 48 channels), kept in oneDNN's primitive cache.
+# Padding the input explicitly avoids that but runs 1.3-4x slower, so it is used only above S*K = 260.
+_ONEDNN_PAD_LIMIT = 260**3
+
+
+def _pad_inside_conv(device_type: str, spatial: Sequence[int], kernel_size: Sequence[int]) -> bool:
+    if device_type != "cpu":
+        return True
+    return math.prod(s * k for s, k in zip(spatial, kernel_size, strict=True)) <= _ONEDNN_PAD_LIMIT
+
+
+# ----------------------------------------------------------------------------------------------------------
+# automatic choice
+
+
+# Cost model behind "auto": each engine's time is estimated as a non-negative linear combination of a few work
+# terms (cost_features), least-squares fitted to the relative error of CPU measurements (2 threads, float32,
+# torch 2.14) by ``benchmarks/calibrate_auto.py --fit benchmarks/results/calibrate_cpu*.json``; the data and
+# how well the rule does on it are in benchmarks/README.md ("The auto rule"). Units: milliseconds.
+_BIG_BYTES = 16 * 2**20  # above this a float32 [B, C, *S] tensor costs the direct path more per element
+COST_MODEL: dict[bool, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # requires_grad: (direct coefficients, fft coefficients), in the order of cost_features
+    False: ((1.101e-06, 8.634e-08, 7.540e-10, 2.131e-06, 1.079e-08, 4.636e-04), (2.301e-06, 4.132e-03)),
+    True: ((3.544e-06, 2.469e-07, 8.300e-09, 4.403e-06, 2.385e-07, 1.589e-03), (2.581e-06, 7.820e-03)),
+}
+
+
+def cost_features(
+    x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool
+) -> tuple[list[float], list[float]]:
+    """Work terms of the two engines for one call: ``(direct, fft)`` regressors of :data:`COST_MODEL`.
+
+    Direct (``V = B*C*S^3`` outputs): ``V``, ``V*K^2``, ``V*K^3`` (memory, kernel rows, multiply-adds; the
+    mix captures oneDNN's higher efficiency at large K), ``G = V * log2(4V / 16 MiB)`` and ``G*K^2`` for
+    tensors above 16 MiB (page faults and cache misses grow with size), and ``B*C`` per-map overhead.
+    FFT: transform elements ``C * n_transforms * L^3`` (``2B + 1`` forward; with gradients ``4B + 2`` when
+    the spectra are kept, else ``5B + 3``) and ``C`` per-channel overhead.
+    """
+    batch, channels = x_shape[0], x_shape[1]
+    spatial = tuple(x_shape[2:])
+    vol = batch * channels * math.prod(spatial)
+    taps = math.prod(kernel_size)
+    area = taps ** (2 / 3)
+    big = vol * max(0.0, math.log2(4 * vol / _BIG_BYTES))
+    direct = [vol, vol * area, vol * taps, big, big * area, batch * channels]
+    lengths = fft_lengths(spatial, kernel_size)
+    if not requires_grad:
+        transforms = 2 * batch + 1
+    elif _keep_spectra(batch, channels, lengths, 4):
+        transforms = 4 * batch + 2
+    else:
+        transforms = 5 * batch + 3
+    return direct, [channels * transforms * math.prod(lengths), channels]
+
+
+def estimate_ms(x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool) -> dict[str, float]:
+    """The model's time per engine on the calibrated CPU, ``{"direct": ms, "fft": ms}``."""
+    direct, fft = cost_features(x_shape, kernel_size, requires_grad)
+    cd, cf = COST_MODEL[requires_grad]
+    return {
+        "direct": sum(a * b for a, b in zip(cd, direct, strict=True)),
+        "fft": sum(a * b for a, b in zip(cf, fft, strict=True)),
+    }
+
+
+def choose_backend(
+    x_shape: Sequence[int],
+    kernel_size: Sequence[int],
+    device_type: str,
+    dtype: torch.dtype,
+    requires_grad: bool,
+) -> Literal["direct", "fft"]:
+    """Pick the faster exact engine for a "same" depthwise conv (a pure function of shapes, no timing).
+
+    Args:
+        x_shape: ``(B, C, D, H, W)``.
+        kernel_size: ``(kd, kh, kw)`` *after* cropping with :func:`useful_kernel_size`.
+        device_type: ``x.device.type``.
+        dtype: ``x.dtype``.
+        requires_grad: whether a backward will follow (the engines' backward costs differ a lot).
+
+    Returns the engine with the lower :func:`estimate_ms`. The model is fitted on CPU float32; other dtypes
+    and CUDA use it as it is (on CUDA there is no fast cuDNN depthwise 3-D path either, PyTorch issue 37406;
+    ``benchmarks/gpu_check.py`` reports how close ``auto`` gets to the best engine there).
+    """
+    del device_type, dtype
+    est = estimate_ms(x_shape, kernel_size, requires_grad)
+    return "fft" if est["fft"] < est["direct"] else "direct"
