@@ -240,7 +240,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
         orientation=cfg.orientation, modality=modality, class_names=class_names, dataset=dataset.name,
         synthetic=synthetic,
     )
-    model.to(device)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     net: nn.Module = model
@@ -307,7 +308,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     with _StopFlag() as stop:
         for batch in train_loader(train_set, sampler, cfg.workers):
             t_step = time.perf_counter()
-            image, label = batch["image"].to(device), batch["label"].to(device)
+            image = batch["image"].to(device, memory_format=memory_format)
+            label = batch["label"].to(device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = loss_fn(net(image), label)
             if ctx.any(not torch.isfinite(loss).item(), device):
