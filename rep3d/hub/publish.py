@@ -115,6 +115,7 @@ def save_pretrained(
     license: str | None = None,  # noqa: A002 - the Hub's own metadata key
     repo_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card for ``model`` into ``directory``.
 
@@ -122,7 +123,8 @@ def save_pretrained(
     the ``command`` that produced them, ``dataset``, ``description``, ``license`` and other ``metadata`` go into the
     config and the card. Files are staged in a temporary folder and moved into place complete: a failure leaves
     ``directory`` as it was. Returns ``directory``. Loading it back (``pretrained_cfg_overlay=dict(file=directory)``
-    or ``create_model("hf-hub:...")`` once pushed) is bit-exact.
+    or ``create_model("hf-hub:...")`` once pushed) is bit-exact. ``dtype`` (e.g. ``torch.float16``) stores floating
+    tensors in that precision to halve the file; they load into a float32 model exactly up to that rounding.
     """
     from safetensors.torch import save_file
 
@@ -137,6 +139,9 @@ def save_pretrained(
     form = config["rep3d"]["form"]
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        config["rep3d"]["weights"]["dtype"] = str(dtype).removeprefix("torch.")
     file_meta = {"format": "pt", "rep3d_architecture": config["architecture"], "rep3d_form": form,
                  "rep3d_version": __version__}
     parent = directory.parent
