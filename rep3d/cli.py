@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rep3d.inference", "segment NIfTI volumes with a model"),
     "phantom": ("rep3d.data.phantom", "write a synthetic CT phantom dataset in MSD layout"),
     "train": ("rep3d.train", "train a model on an MSD-layout dataset"),
+    "evaluate": ("rep3d.evaluate", "per-class Dice of a model on the labelled cases of an MSD dataset"),
     "models": ("rep3d.models.table", "list registered models with params and MACs"),
     "import-official": ("rep3d.official", "convert an official Rep3D / 3D UX-Net checkpoint"),
 }

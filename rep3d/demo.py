@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     window = tuple(cfg.get("intensity_window") or (-125.0, 275.0))
     save_overlay_png(out / "demo.png", phantom.image, phantom.label, prediction.label, window,
                      spacing=np.abs(np.diag(phantom.affine)[:3]), class_names=names,
-                     title=f"SYNTHETIC phantom — {args.model} — mean Dice {mean_dice(dice):.3f}")
+                     title=f"SYNTHETIC phantom - {args.model} - mean Dice {mean_dice(dice):.3f}")
     print(f"wrote {out}/phantom_image.nii.gz, phantom_label.nii.gz, prediction.nii.gz, demo.png "
           f"({seconds:.1f} s for generation + segmentation)")
     return 0

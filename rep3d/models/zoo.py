@@ -20,6 +20,9 @@ from typing import Any
 
 from torch import nn
 
+from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
+from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
+from rep3d.data.phantom import PHANTOM_CLASSES
 from rep3d.models.registry import build_model, default_cfgs, register
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
 
@@ -50,7 +53,20 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), p
     }
 
 
+# Weights trained by rep3d on its SYNTHETIC phantoms (rep3d/weights/rep3d_tiny_phantom.md has the card):
+#   rep3d phantom data/phantom --num-train 40 --num-test 10 --seed 0
+#   rep3d train --data data/phantom --out runs/tiny_phantom --recipe phantom
+#   python -m rep3d.hub.bundle runs/tiny_phantom rep3d_tiny_phantom
+PHANTOM_WEIGHTS = _cfg(
+    num_classes=len(PHANTOM_CLASSES), roi_size=(64, 64, 64), spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW,
+    class_names=list(PHANTOM_CLASSES), dataset="rep3d-phantom", synthetic=True,
+    description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
+    bundled="rep3d_tiny_phantom.safetensors",
+    sha256="6039f7d038f06af8c41e88aeb5eb8431b9def4dc28663b6108d5e9577056f268",
+)
+
 default_cfgs = default_cfgs({
+    "rep3d_tiny.phantom": PHANTOM_WEIGHTS,
     **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else (96, 96, 96))
        for size in ("tiny", "small", "base", "large") for suffix in ("", "_fixed", "_vanilla", "_csla")},
     "uxnet3d_base": _cfg(paper=UXNET_PAPER),
