@@ -267,7 +267,8 @@ def test_registered_weight_tags_are_pinned_hashed_and_present():
 
     for tag in rep3d.list_models(pretrained=True):
         cfg = timm.models.get_pretrained_cfg(tag).to_dict()
-        meta = registry.volume_metadata(*tag.split(".", 1))
+        arch, _, name = tag.partition(".")  # an untagged name stands for its default tag
+        meta = registry.volume_metadata(arch, name or cfg.get("tag"))
         assert meta.get("sha256"), f"{tag}: registered weights need a sha256"
         if meta.get("bundled"):
             assert (bundled_weights_dir() / meta["bundled"]).is_file(), tag
@@ -303,7 +304,7 @@ def test_explicit_file_wins_over_bundled_and_hub(hub, tmp_path, monkeypatch):
     save_pretrained(source, tmp_path / "mine")
     monkeypatch.setenv(rep3d.hub.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
     cfg = dict(bundled="absent.safetensors", hf_hub_id="rep3d-test/absent", sha256="0" * 64)
-    registered = dict(architecture="rep3d_tiny", input_size=(1, 64, 64), num_classes=16, **cfg)
+    registered = dict(architecture="rep3d_tiny", input_size=(1, 64, 64), num_classes=source.num_classes, **cfg)
     model = tiny(pretrained=True, pretrained_cfg=registered,
                  pretrained_cfg_overlay=dict(file=str(tmp_path / "mine" / "model.safetensors")))
     assert same_state(model, source) and hub.requests == []  # registered sha256 described the replaced file

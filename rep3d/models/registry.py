@@ -212,7 +212,7 @@ def model_info(model_name: str, **kwargs: Any) -> dict[str, Any]:
         "roi_size": roi,
         "in_chans": model.in_chans,
         "num_classes": model.num_classes,
-        "pretrained_tags": [n for n in list_models(split_model_name_tag(model_name)[0], pretrained=True)],
+        "pretrained_tags": [n for n in list_models(split_model_name_tag(model_name)[0], pretrained=True) if "." in n],
         "metadata": {k: v for k, v in cfg.items() if k in volume_metadata(cfg.get("architecture", ""), None)
                      or k in ("license", "paper_ids", "paper_name")},
     }
