@@ -31,11 +31,12 @@ def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = rep3d.create_model(args.model, num_classes=args.classes).to(device).train()
+    fmt = torch.channels_last_3d if args.channels_last else torch.contiguous_format
+    model = rep3d.create_model(args.model, num_classes=args.classes).to(device, memory_format=fmt).train()
     model.set_grad_checkpointing(checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    x = torch.randn(args.batch, 1, args.roi, args.roi, args.roi, device=device)
+    x = torch.randn(args.batch, 1, args.roi, args.roi, args.roi, device=device).to(memory_format=fmt)
     y = torch.randint(0, args.classes, (args.batch, 1, args.roi, args.roi, args.roi), device=device)
 
     def step() -> None:
@@ -58,7 +59,8 @@ def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"model": args.model, "grad_checkpointing": checkpointing, "roi": args.roi, "batch": args.batch,
-            "threads": args.threads, "device": args.device, "median_step_s": statistics.median(times),
+            "threads": args.threads, "device": args.device, "channels_last": args.channels_last,
+            "median_step_s": statistics.median(times),
             "peak_bytes": peak, "peak_measure": "cuda max_memory_allocated" if device.type == "cuda" else "ru_maxrss",
             "rss_before_steps_bytes": rss_before * 1024, "torch": torch.__version__}
 
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--contiguous", dest="channels_last", action="store_false",
+                        help="NCDHW activations instead of channels_last_3d (what rep3d train uses)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--_child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,8 +88,9 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base = rows[0]
+    layout = "channels_last_3d" if args.channels_last else "contiguous"
     print(f"{args.model}, one training step (DiceCE + AdamW), batch {args.batch} × {args.roi}³, {args.device}, "
-          f"{args.threads} threads, fp32, torch {base['torch']}; median of {args.repeats} steps")
+          f"{args.threads} threads, fp32 {layout}, torch {base['torch']}; median of {args.repeats} steps")
     print("| grad checkpointing | step (s) | peak memory (MiB) | vs off |")
     print("|---|---:|---:|---:|")
     for r in rows:
