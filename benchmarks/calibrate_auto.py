@@ -116,6 +116,22 @@ def _nnls(a: np.ndarray, y: np.ndarray) -> list[float]:
         active.pop(int(np.argmin(c)))
 
 
+def _as_calibration_row(r: dict) -> dict | None:
+    """Rows of this script as they are; conv_backends.py rows (stage shapes) converted if both engines ran."""
+    if "grad" in r:
+        return r
+    if not {"direct", "fft"} <= set(r["ms"]):
+        return None
+    return dict(
+        spatial=r["spatial"],
+        kernel=r["cropped_kernel"],
+        channels=r["channels"],
+        batch=r["batch"],
+        grad=r["pass"] == "fwd+bwd",
+        ms={"direct": r["ms"]["direct"], "fft": r["ms"]["fft"]},
+    )
+
+
 def _shape(r: dict) -> tuple[int, ...]:
     return (r["batch"], r["channels"], r["spatial"], r["spatial"], r["spatial"])
 
@@ -173,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.fit:
-        rows = [r for f in args.fit for r in json.loads(f.read_text())["rows"]]
+        rows = [_as_calibration_row(r) for f in args.fit for r in json.loads(f.read_text())["rows"]]
+        rows = [r for r in rows if r is not None]
         model = fit(rows)
         print("COST_MODEL = {")
         for grad, (cd, cf) in model.items():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rep3d.layers import (
     RepLKConv3d,
     choose_backend,
+    depthwise,
     depthwise_conv3d,
     fft_conv,
     fft_lengths,
@@ -117,6 +118,34 @@ def test_float32_matches_float64_reference_within_1e_5(backend):
     w = torch.randn(3, 1, 21, 21, 21)
     ref = _native(x.double(), w.double())
     assert _rel(depthwise_conv3d(x, w, backend=backend), ref) < 1e-5
+
+
+@pytest.mark.parametrize("slab_voxels", [1, 30, 60])
+@pytest.mark.parametrize(
+    ("spatial", "kernel"), [((7, 5, 6), (5, 3, 5)), ((4, 3, 5), (9, 5, 7)), ((9, 2, 3), (3, 3, 3))]
+)
+def test_direct_kernel_gradient_summed_over_depth_slabs_matches_native(monkeypatch, slab_voxels, spatial, kernel):
+    # large maps sum grad_w over depth slabs (float32 accuracy); tiny limits force edge, middle and ragged slabs
+    monkeypatch.setattr(depthwise, "_GRAD_W_SLAB_VOXELS", slab_voxels)
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, *spatial, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, *kernel, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, *spatial, dtype=torch.float64)
+    want = torch.autograd.grad(_native(x, w), (x, w), g)
+    got = torch.autograd.grad(depthwise_conv3d(x, w, backend="direct"), (x, w), g)
+    for a, b in zip(got, want, strict=True):
+        assert _rel(a, b) < 1e-12
+
+
+def test_direct_kernel_gradient_of_a_large_map_is_float32_accurate():
+    # 40^3 voxels per map: one float32 sum per tap drifted to ~1e-5; the slabs keep it at the forward's level
+    torch.manual_seed(6)
+    x = torch.randn(1, 2, 40, 40, 40)
+    w = torch.randn(2, 1, 5, 5, 5, requires_grad=True)
+    g = torch.randn_like(x)
+    (gw,) = torch.autograd.grad(depthwise_conv3d(x, w, backend="direct"), (w,), g)
+    (want,) = torch.autograd.grad(_native(x.double(), w.double()), (w,), g.double())
+    assert _rel(gw, want) < 3e-6
 
 
 def test_fft_channel_groups_give_the_same_result_as_one_group(monkeypatch):

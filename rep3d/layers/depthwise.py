@@ -127,22 +127,51 @@ class _DirectDepthwise(torch.autograd.Function):
         if need_x:
             grad_x = F.conv3d(grad_y, weight.flip(2, 3, 4), padding=pad, groups=channels)
         if need_w:
-            spatial = tuple(x.shape[2:])
-            inputs = x.reshape(1, batch * channels, *spatial)
-            if _pad_inside_conv(x.device.type, spatial, tuple(weight.shape[2:])):
-                conv_pad = pad
-            else:
-                inputs, conv_pad = F.pad(inputs, [p for q in reversed(pad) for p in (q, q)]), 0
-            per_sample = F.conv3d(
-                inputs,
-                grad_y.reshape(batch * channels, 1, *spatial),
-                padding=conv_pad,
-                groups=batch * channels,
-            )
-            grad_w = per_sample.reshape(batch, channels, 1, *weight.shape[2:]).sum(0)
+            grad_w = _direct_grad_weight(x, grad_y, tuple(weight.shape[2:]))
         if need_b:
             grad_b = grad_y.sum((0, 2, 3, 4))
         return grad_x, grad_w, grad_b
+
+
+# Each grad_w tap sums x * grad_y over the whole volume; a float32 sum over 10^5 products per tap drifts to a
+# relative error of ~1e-5 (measured 1.9e-5 at 64^3). Summing depth slabs of at most this many voxels per map
+# separately and then adding the partial kernels keeps it at the forward's level (same multiply-adds).
+_GRAD_W_SLAB_VOXELS = 2**14
+
+
+def _direct_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tuple[int, ...]) -> torch.Tensor:
+    """``grad_w [C, 1, *K]`` of a "same" depthwise conv: ``x`` correlated with ``grad_y``, as native convs.
+
+    ``x`` and ``grad_y`` are ``[B, C, D, H, W]``. The correlation is a depthwise conv over ``B * C`` groups
+    whose "kernel" is a depth slab of ``grad_y`` and whose output is ``K``-sized, summed over slabs and batch.
+    """
+    batch, channels, depth, *plane = x.shape
+    pad_d, pad_h, pad_w = (k // 2 for k in kernel_size)
+    rows = max(1, min(depth, _GRAD_W_SLAB_VOXELS // math.prod(plane)))
+    if rows == depth:  # one slab: the whole volume, symmetric padding
+        inputs = x.reshape(1, batch * channels, *x.shape[2:])
+        if _pad_inside_conv(x.device.type, tuple(x.shape[2:]), kernel_size):
+            conv_pad: tuple[int, ...] | int = (pad_d, pad_h, pad_w)
+        else:
+            inputs, conv_pad = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h, pad_d, pad_d)), 0
+        per_sample = F.conv3d(inputs, grad_y.reshape(batch * channels, 1, *x.shape[2:]), padding=conv_pad,
+                              groups=batch * channels)
+        return per_sample.reshape(batch, channels, 1, *kernel_size).sum(0)
+    grad_w = None
+    for start in range(0, depth, rows):
+        stop = min(depth, start + rows)
+        lo, hi = start - pad_d, stop + pad_d  # x rows that meet grad_y rows [start, stop)
+        xs = F.pad(x[:, :, max(lo, 0) : min(hi, depth)], (0, 0, 0, 0, max(0, -lo), max(0, hi - depth)))
+        xs = xs.reshape(1, batch * channels, *xs.shape[2:])
+        gs = grad_y[:, :, start:stop].reshape(batch * channels, 1, stop - start, *plane)
+        if _pad_inside_conv(x.device.type, (stop - start, *plane), kernel_size):
+            conv_pad = (0, pad_h, pad_w)
+        else:
+            xs, conv_pad = F.pad(xs, (pad_w, pad_w, pad_h, pad_h)), 0
+        part = F.conv3d(xs, gs, padding=conv_pad, groups=batch * channels)
+        part = part.reshape(batch, channels, 1, *kernel_size).sum(0)
+        grad_w = part if grad_w is None else grad_w + part
+    return grad_w
 
 
 # oneDNN (CPU) JIT-compiles a padded conv whose kernel is as large as its input -- the grad_w conv above,
@@ -164,13 +193,20 @@ def _pad_inside_conv(device_type: str, spatial: Sequence[int], kernel_size: Sequ
 
 # Cost model behind "auto": each engine's time is estimated as a non-negative linear combination of a few work
 # terms (cost_features), least-squares fitted to the relative error of CPU measurements (2 threads, float32,
-# torch 2.14) by ``benchmarks/calibrate_auto.py --fit benchmarks/results/calibrate_cpu*.json``; the data and
+# torch 2.14) by ``benchmarks/calibrate_auto.py --fit`` on the calibration grids and the stage table; the data and
 # how well the rule does on it are in benchmarks/README.md ("The auto rule"). Units: milliseconds.
 _BIG_BYTES = 16 * 2**20  # above this a float32 [B, C, *S] tensor costs the direct path more per element
+_L2_BYTES = 2**20
 COST_MODEL: dict[bool, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # requires_grad: (direct coefficients, fft coefficients), in the order of cost_features
-    False: ((1.101e-06, 8.634e-08, 7.540e-10, 2.131e-06, 1.079e-08, 4.636e-04), (2.301e-06, 4.132e-03)),
-    True: ((3.544e-06, 2.469e-07, 8.300e-09, 4.403e-06, 2.385e-07, 1.589e-03), (2.581e-06, 7.820e-03)),
+    False: (
+        (1.045e-06, 9.097e-08, 0.000e00, 1.869e-06, 3.578e-08, 6.000e-10, 4.740e-04),
+        (2.317e-06, 4.133e-03),
+    ),
+    True: (
+        (3.290e-06, 2.614e-07, 4.557e-09, 5.783e-06, 2.353e-08, 4.788e-09, 1.672e-03),
+        (2.542e-06, 8.112e-03),
+    ),
 }
 
 
@@ -181,7 +217,8 @@ def cost_features(
 
     Direct (``V = B*C*S^3`` outputs): ``V``, ``V*K^2``, ``V*K^3`` (memory, kernel rows, multiply-adds; the
     mix captures oneDNN's higher efficiency at large K), ``G = V * log2(4V / 16 MiB)`` and ``G*K^2`` for
-    tensors above 16 MiB (page faults and cache misses grow with size), and ``B*C`` per-map overhead.
+    tensors above 16 MiB (page faults and cache misses grow with size), ``V*K^3 * log2(P / 1 MiB)`` once
+    the padded input ``P`` of a 16-channel block exceeds the L2 cache, and ``B*C`` per-map overhead.
     FFT: transform elements ``C * n_transforms * L^3`` (``2B + 1`` forward; with gradients ``4B + 2`` when
     the spectra are kept, else ``5B + 3``) and ``C`` per-channel overhead.
     """
@@ -191,7 +228,11 @@ def cost_features(
     taps = math.prod(kernel_size)
     area = taps ** (2 / 3)
     big = vol * max(0.0, math.log2(4 * vol / _BIG_BYTES))
-    direct = [vol, vol * area, vol * taps, big, big * area, batch * channels]
+    # oneDNN works on blocks of 16 channels (one AVX-512 register): once a block's padded input outgrows the
+    # ~1 MiB L2 cache, its multiply-adds slow down
+    block = 16 * 4 * math.prod(s + k - 1 for s, k in zip(spatial, kernel_size, strict=True))
+    spill = vol * taps * max(0.0, math.log2(block / _L2_BYTES))
+    direct = [vol, vol * area, vol * taps, big, big * area, spill, batch * channels]
     lengths = fft_lengths(spatial, kernel_size)
     if not requires_grad:
         transforms = 2 * batch + 1
