@@ -43,7 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     amp: str = "auto"  # auto: bf16 on CUDA where supported, else fp16 with a scaler; off on CPU
     grad_checkpointing: bool = False
-    channels_last: bool = True  # channels_last_3d activations: ~1.45x faster training steps on CPU (oneDNN)
+    channels_last: bool = True  # channels_last_3d activations: 1.3x faster CPU steps (benchmarks/README.md)
     # validation and checkpoints
     val_every: int = 500
     num_val: int = 0  # 0: 20 % of the labelled subjects, at least 1
