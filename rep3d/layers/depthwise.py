@@ -148,26 +148,19 @@ def _direct_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tupl
     batch, channels, depth, *plane = x.shape
     pad_d, pad_h, pad_w = (k // 2 for k in kernel_size)
     rows = max(1, min(depth, _GRAD_W_SLAB_VOXELS // math.prod(plane)))
-    if rows == depth:  # one slab: the whole volume, symmetric padding
-        inputs = x.reshape(1, batch * channels, *x.shape[2:])
-        if _pad_inside_conv(x.device.type, tuple(x.shape[2:]), kernel_size):
-            conv_pad: tuple[int, ...] | int = (pad_d, pad_h, pad_w)
-        else:
-            inputs, conv_pad = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h, pad_d, pad_d)), 0
-        per_sample = F.conv3d(inputs, grad_y.reshape(batch * channels, 1, *x.shape[2:]), padding=conv_pad,
-                              groups=batch * channels)
-        return per_sample.reshape(batch, channels, 1, *kernel_size).sum(0)
     grad_w = None
     for start in range(0, depth, rows):
         stop = min(depth, start + rows)
         lo, hi = start - pad_d, stop + pad_d  # x rows that meet grad_y rows [start, stop)
-        xs = F.pad(x[:, :, max(lo, 0) : min(hi, depth)], (0, 0, 0, 0, max(0, -lo), max(0, hi - depth)))
-        xs = xs.reshape(1, batch * channels, *xs.shape[2:])
+        before, after = max(0, -lo), max(0, hi - depth)
+        xs = x[:, :, max(lo, 0) : min(hi, depth)].reshape(batch * channels, -1, *plane).unsqueeze(0)
         gs = grad_y[:, :, start:stop].reshape(batch * channels, 1, stop - start, *plane)
+        if before != after:  # an edge slab: pad its one side explicitly
+            xs, before = F.pad(xs, (0, 0, 0, 0, before, after)), 0
         if _pad_inside_conv(x.device.type, (stop - start, *plane), kernel_size):
-            conv_pad = (0, pad_h, pad_w)
+            conv_pad: tuple[int, ...] | int = (before, pad_h, pad_w)
         else:
-            xs, conv_pad = F.pad(xs, (pad_w, pad_w, pad_h, pad_h)), 0
+            xs, conv_pad = F.pad(xs, (pad_w, pad_w, pad_h, pad_h, before, before)), 0
         part = F.conv3d(xs, gs, padding=conv_pad, groups=batch * channels)
         part = part.reshape(batch, channels, 1, *kernel_size).sum(0)
         grad_w = part if grad_w is None else grad_w + part
