@@ -55,13 +55,7 @@ def volume(channels: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.randn(1, channels, 32, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs are dominated by thread wake-ups on a busy 2-core machine: one thread keeps each forward ~30 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

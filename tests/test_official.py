@@ -20,12 +20,7 @@ from rep3d.official import MASK_REASON, PRIOR_REASON, add_arguments, load_offici
 SMALL = dict(in_chans=1, widths=(4, 8, 16, 32), depths=(1, 2, 1, 1), kernel_size=5, hidden_size=16, num_classes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def official_decoder(in_chans, widths, hidden_size, num_classes) -> nn.Module:
