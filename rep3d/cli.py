@@ -15,6 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("rep3d.evaluate", "per-class Dice of a model on the labelled cases of an MSD dataset"),
     "models": ("rep3d.models.table", "list registered models with params and MACs"),
     "import-official": ("rep3d.official", "convert an official Rep3D / 3D UX-Net checkpoint"),
+    "nnunet-plans": ("rep3d.integrations.nnunet.commands.plans",
+                     "add a rep3d configuration to an nnU-Net v2 dataset's plans"),
+    "nnunet-trainer-path": ("rep3d.integrations.nnunet.commands.trainer_path",
+                            "print the folder for nnUNet_extTrainer (rep3d's nnU-Net trainers)"),
+    "nnunet-export": ("rep3d.integrations.nnunet.commands.export",
+                      "turn an nnU-Net fold trained with a rep3d network into a rep3d model folder"),
+    "nnunet-pretrained": ("rep3d.integrations.nnunet.commands.pretrained",
+                          "write a rep3d model's weights for nnUNetv2_train -pretrained_weights"),
 }
 
 

@@ -262,12 +262,26 @@ class Predictor:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.overlap, self.blend, self.sw_batch_size = float(overlap), blend, int(sw_batch_size)
 
+        # axis_order "zyx": the model's axes are the (oriented) file axes reversed, as nnU-Net reads NIfTI; the cfg's
+        # roi_size and spacing are then given in the model's axis order
+        self.axis_order = str(cfg.get("axis_order") or "xyz")
+        if self.axis_order not in ("xyz", "zyx"):
+            raise ValueError(f"pretrained_cfg axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
         self.spacing = cfg.get("spacing") if spacing is AUTO else spacing
         if self.spacing is not None:
             self.spacing = _triple("spacing", self.spacing, float)
+            if spacing is AUTO and self.axis_order == "zyx":
+                self.spacing = self.spacing[::-1]
             if min(self.spacing) <= 0:
                 raise ValueError(f"spacing must be positive (mm), got {self.spacing}")
         self.orientation = (cfg.get("orientation") or "RAS") if orientation is AUTO else orientation
+        if self.orientation == "native":  # keep the file's own voxel axes (nnU-Net's readers do)
+            self.orientation = None
+        # per-channel normalisation recorded by rep3d.integrations.nnunet; it replaces the intensity window
+        self.normalization = cfg.get("normalization") if intensity_window is AUTO else None
+        if self.normalization is not None:
+            intensity_window = None
+            _check_normalization(self.normalization, getattr(model, "in_chans", None))
         if intensity_window is AUTO:
             modality = str(cfg.get("modality", "")).upper()
             intensity_window = cfg.get("intensity_window") or FALLBACK_WINDOWS.get(modality)
@@ -377,6 +391,10 @@ class Predictor:
         x = image
         if self.orientation is not None:
             x = Orientation(axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(x)
+        if self.normalization is not None:  # nnU-Net normalises before it resamples
+            x = x.clone()
+            for c, norm in enumerate(self.normalization):
+                x[c] = _normalise_channel(x[c], norm)
         if self.spacing is not None:
             x = Spacing(pixdim=self.spacing, mode="bilinear", padding_mode="border")(x)
         if self.intensity_window is not None:
@@ -443,6 +461,8 @@ class Predictor:
                 total = prob if total is None else total + prob
             return total / len(flips)
 
+        if self.axis_order == "zyx":
+            x = x.permute(0, 3, 2, 1)
         with torch.no_grad():
             out = sliding_window_inference(
                 x[None],
@@ -457,7 +477,30 @@ class Predictor:
                 device=stitch,
                 progress=self.progress,
             )
-        return out[0]
+        return out[0].permute(0, 3, 2, 1) if self.axis_order == "zyx" else out[0]
+
+
+NORMALIZATION_SCHEMES = ("clip_zscore", "zscore", "none")
+
+
+def _check_normalization(norm: Any, in_chans: int | None) -> None:
+    if not isinstance(norm, Sequence) or any(not isinstance(n, dict) or n.get("scheme") not in NORMALIZATION_SCHEMES
+                                             for n in norm):
+        raise ValueError(f"pretrained_cfg normalization must be a list of {{'scheme': one of "
+                         f"{NORMALIZATION_SCHEMES}, ...}} per input channel, got {norm!r}")
+    if in_chans is not None and len(norm) != in_chans:
+        raise ValueError(f"pretrained_cfg normalization has {len(norm)} entries for a model with {in_chans} channels")
+
+
+def _normalise_channel(x: torch.Tensor, norm: dict) -> torch.Tensor:
+    """One channel ``[X, Y, Z]`` normalised as nnU-Net does (CTNormalization, ZScoreNormalization, none)."""
+    if norm["scheme"] == "clip_zscore":
+        lo, hi = norm["clip"]
+        return (x.clamp(lo, hi) - norm["mean"]) / max(float(norm["std"]), 1e-8)
+    if norm["scheme"] == "zscore":
+        x64 = x.double()
+        return ((x64 - x64.mean()) / max(float(x64.std(unbiased=False)), 1e-8)).float()
+    return x
 
 
 def _to_input_grid(
