@@ -28,9 +28,11 @@ def nnunet_scales(strides):
     return list(list(i) for i in 1 / np.cumprod(np.vstack(strides), axis=0))[:-1]
 
 
-def ds_loss(outputs, target):
-    # nnU-Net's DeepSupervisionWrapper over CE: weights 1/2^i normalised, targets downsampled (nearest)
+def ds_loss(outputs, target, last_weight=0.0):
+    # nnU-Net's DeepSupervisionWrapper over CE: weights 1/2^i, the lowest output's set to 0 (nnUNetTrainer._build_loss),
+    # normalised; targets downsampled (nearest)
     weights = np.array([1 / 2**i for i in range(len(outputs))])
+    weights[-1] = last_weight
     weights = weights / weights.sum()
     loss = 0
     for w, out in zip(weights, outputs):
@@ -63,9 +65,9 @@ def test_deep_supervision_outputs_follow_nnunet_scale_rule(one_thread):
         assert tuple(out.shape) == (2, 3, *(int(round(p * s)) for p, s in zip(PATCH, scale)))
 
 
-def test_deep_supervision_loss_reaches_every_head_and_the_encoder(one_thread):
+def test_deep_supervision_loss_reaches_every_weighted_head_and_the_encoder(one_thread):
     net = make_net().train()
-    loss = ds_loss(net(torch.randn(2, 1, *PATCH)), torch.randint(0, 3, (2, *PATCH)))
+    loss = ds_loss(net(torch.randn(2, 1, *PATCH)), torch.randint(0, 3, (2, *PATCH)), last_weight=1e-6)  # DDP's
     loss.backward()
     assert torch.isfinite(loss)
     for i, head in enumerate(net.decoder.seg_layers):
