@@ -136,6 +136,17 @@ def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path):
     assert meta["axis_order"] == "zyx" and meta["normalization"][0]["scheme"] == "clip_zscore"
     assert not any("seg_layers" in k for k in __import__("safetensors.torch").torch.load_file(
         exported / "model.safetensors"))
+    # 7. the way back: rep3d weights -> a file nnU-Net's own pretrained-weights loader accepts
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    pretrained = tmp_path / "rep3d_for_nnunet.pth"
+    assert rep3d_main(["nnunet-pretrained", f"local-dir:{exported}", "-o", str(pretrained)]) == 0
+    for p in stock.network.parameters():
+        torch.nn.init.zeros_(p)
+    load_pretrained_weights(stock.network, str(pretrained))
+    ours_state, theirs_state = trainer.network.state_dict(), stock.network.state_dict()
+    assert all(torch.equal(ours_state[k], theirs_state[k]) for k in ours_state if ".seg_layers." not in k)
+
     rep3d_out = tmp_path / "rep3d_pred"
     assert rep3d_main(["predict", f"local-dir:{exported}", str(tests / "phantom_test_0000.nii.gz"), "-o",
                        str(rep3d_out), "--device", "cpu", "--quiet", "--probabilities"]) == 0
@@ -149,3 +160,15 @@ def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path):
     mine = np.asarray(nib.load(rep3d_out / "phantom_test_0000_prob.nii.gz").dataobj)
     centre = (slice(8, 24),) * 3
     np.testing.assert_allclose(mine[centre], theirs[centre], atol=2e-3)
+
+
+def test_rep3d_trainer_learning_rate_warms_up_then_decays_to_the_recipe_floor():
+    from rep3d.integrations.nnunet.trainer import recipe_values, warmup_cosine
+
+    recipe = recipe_values()
+    total, warmup, floor = 1000, 100, recipe["min_lr_ratio"]
+    factors = [warmup_cosine(s, total, warmup, floor) for s in range(total)]
+    assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup - 1:], factors[warmup:]))
+    assert warmup_cosine(total, total, warmup, floor) == pytest.approx(floor)
+    assert warmup_cosine(0, 1, 500, floor) == pytest.approx(1.0)  # a 1-iteration run starts at the full rate

@@ -86,7 +86,8 @@ class nnUNetTrainerRep3D(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming conven
         self.min_lr_ratio = recipe["min_lr_ratio"]
         self.grad_clip = recipe["grad_clip"]
         self._iteration = 0
-        check_patch_size(self.configuration_manager.patch_size)
+        if self.configuration_manager.network_arch_class_name.endswith("Rep3DnnUNet"):
+            check_patch_size(self.configuration_manager.patch_size)
         if self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
             # nnUNetv2_train -device cpu sets every core; a shared machine asked for fewer
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))

@@ -76,7 +76,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     import numpy as np
 
-    safe = [np.dtype, np.core.multiarray.scalar if hasattr(np, "core") else np._core.multiarray.scalar]
+    numpy_core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    safe = [np.dtype, numpy_core.multiarray.scalar]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     try:
         with torch.serialization.safe_globals(safe):
