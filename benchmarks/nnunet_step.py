@@ -5,7 +5,8 @@ wrapper, weights 1/2^i with the lowest output at 0) and their trainer's optimise
 rep3d: AdamW without decay on norms / biases), and run the step nnU-Net's ``train_step`` runs (forward, loss,
 backward, clipping, optimiser step). The default network's topology comes from nnU-Net's planner function
 (``get_pool_and_conv_props``, feature map edge >= 4, 32..320 features). Steps alternate between the two networks
-so they share the machine's load; medians over ``--repeats`` steps after one warm-up step each.
+so they share the machine's load; medians over ``--repeats`` steps after one warm-up step each, as wall time and
+as the process's CPU time (on a shared machine the latter is the load-independent number).
 
     pip install "rep3d[nnunet]"
     python benchmarks/nnunet_step.py --patch 80 96 96 --batch 2 --threads 1 --repeats 3
@@ -85,21 +86,22 @@ def build(args):
         targets = [torch.nn.functional.interpolate(y, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest")
                    for sc in scales]
         runs[name] = dict(net=net, loss=loss, opt=opt, clip=clip, x=x, targets=targets,
-                          params=sum(p.numel() for p in net.parameters()), times=[])
+                          params=sum(p.numel() for p in net.parameters()), times=[], cpu_times=[])
     return runs, patch
 
 
-def step(run) -> float:
+def step(run) -> tuple[float, float]:
+    """One training step: (wall seconds, CPU seconds of this process)."""
     import torch
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     run["opt"].zero_grad(set_to_none=True)
     out = run["net"](run["x"])
     loss = run["loss"](out, run["targets"])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run["net"].parameters(), run["clip"])
     run["opt"].step()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main() -> int:
@@ -120,20 +122,24 @@ def main() -> int:
     runs, patch = build(args)
     for r in range(args.repeats + 1):
         for name, run in runs.items():
-            dt = step(run)
+            wall, cpu = step(run)
             if r > 0:  # the first round is warm-up
-                run["times"].append(dt)
-            print(f"round {r} {name}: {dt:.2f} s", file=sys.stderr, flush=True)
+                run["times"].append(wall)
+                run["cpu_times"].append(cpu)
+            print(f"round {r} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr, flush=True)
     print(f"\nnnU-Net training step, CPU float32, {args.threads} thread(s), torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}; patch {patch}, batch {args.batch}, {args.classes} classes, "
           f"median of {args.repeats} after 1 warm-up, alternating\n")
-    print("| network | params | step (s) | vs nnU-Net |\n|---|---|---|---|")
-    base = statistics.median(next(iter(runs.values()))["times"])
+    print("| network | params | step, wall (s) | step, process CPU (s) | CPU time vs nnU-Net |\n|---|---|---|---|---|")
+    first = next(iter(runs.values()))
+    base = statistics.median(first["cpu_times"])
     rows = {}
     for name, run in runs.items():
-        med = statistics.median(run["times"])
-        rows[name] = dict(params=run["params"], median_s=med, times_s=run["times"])
-        print(f"| {name} | {run['params'] / 1e6:.1f}M | {med:.2f} | {med / base:.2f}x |")
+        med, cpu = statistics.median(run["times"]), statistics.median(run["cpu_times"])
+        rows[name] = dict(params=run["params"], median_wall_s=med, median_cpu_s=cpu, wall_s=run["times"],
+                          cpu_s=run["cpu_times"])
+        print(f"| {name} | {run['params'] / 1e6:.1f}M | {med:.2f} | {cpu:.2f} | {cpu / base:.2f}x |")
+    print("\nProcess CPU time is what a step costs without competing load (1 thread: wall = CPU on an idle core).")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "torch": torch.__version__,
                                          "results": rows}, indent=2) + "\n")

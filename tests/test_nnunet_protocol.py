@@ -213,3 +213,20 @@ def test_missing_nnunet_is_a_clear_rep3d_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import fails as if not installed
     with pytest.raises(Rep3DError, match=r"pip install rep3d\[nnunet\]"):
         integration.require_nnunet()
+
+
+def test_export_records_nnunet_normalisation_and_refuses_what_the_predictor_cannot_reproduce():
+    from rep3d.errors import Rep3DDataError
+    from rep3d.integrations.nnunet.weights import normalisation
+
+    props = {"0": {"percentile_00_5": -50.0, "percentile_99_5": 250.0, "mean": 80.0, "std": 40.0}}
+    plans = {"foreground_intensity_properties_per_channel": props}
+    ct = normalisation({"normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False]}, plans)
+    assert ct == [{"scheme": "clip_zscore", "clip": [-50.0, 250.0], "mean": 80.0, "std": 40.0}]
+    mri = normalisation({"normalization_schemes": ["ZScoreNormalization", "NoNormalization"],
+                         "use_mask_for_norm": [False, False]}, plans)
+    assert mri == [{"scheme": "zscore"}, {"scheme": "none"}]
+    with pytest.raises(Rep3DDataError, match="non-zero mask"):
+        normalisation({"normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [True]}, plans)
+    with pytest.raises(Rep3DDataError, match="RescaleTo01Normalization"):
+        normalisation({"normalization_schemes": ["RescaleTo01Normalization"], "use_mask_for_norm": [False]}, plans)
