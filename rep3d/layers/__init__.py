@@ -6,9 +6,11 @@ from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
 from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
 from rep3d.layers.norm import LayerNorm3d
+from rep3d.layers.settings import EngineSettings, engine_settings, get_engine_settings
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
+    "EngineSettings",
     "LayerNorm3d",
     "MaskGenerator",
     "ModulatedKernelParam",
@@ -18,9 +20,11 @@ __all__ = [
     "csla_lr_field",
     "depthwise_conv3d",
     "distance_prior",
+    "engine_settings",
     "fast_fft_length",
     "fft_lengths",
     "fold_batchnorm",
+    "get_engine_settings",
     "mask_lr_field",
     "pad_kernel",
     "useful_kernel_size",
