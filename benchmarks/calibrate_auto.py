@@ -214,9 +214,11 @@ def fit_cuda_rule(rows: list[dict], float32_precision: str = "fp32_tf32_on") -> 
         fitted.append(dict(requires_grad=grad, dtype_class=kind, weight=weight, worst_ratio=score(weight)[0],
                            mean_ratio=score(weight)[1], rows=len(entries)))
     weights = {(g["requires_grad"], g["dtype_class"]): g["weight"] for g in fitted}
-    snippet = "CUDA_RULE = {\n    \"measured\": True,\n    \"source\": \"<GPU, torch version, date>\",\n" \
-              "    \"fft_flop_weight\": {\n" + "".join(
-                  f"        ({grad}, {kind!r}): {w:.3g},\n" for (grad, kind), w in sorted(weights.items())) + "    },\n}"
+    entries_py = "".join(f"        ({grad}, {kind!r}): {w:.3g},\n" for (grad, kind), w in sorted(weights.items()))
+    snippet = (
+        'CUDA_RULE = {\n    "measured": True,\n    "source": "<GPU, torch version, date of the table>",\n'
+        '    "fft_flop_weight": {\n' + entries_py + "    },\n}"
+    )
     vs_all = [e["auto_vs_all_paths"] for e in detail if e["auto_vs_all_paths"] is not None]
     return dict(
         rule_in_force=str(CUDA_RULE["source"]),

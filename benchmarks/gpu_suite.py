@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import shutil
 import signal
@@ -85,17 +84,46 @@ def sizes(tiny: bool) -> dict:
     """Every size the sections use: the real run, or the dry run's tiny stand-ins (same code paths)."""
     if not tiny:
         return dict(
-            phantom_shape=(256, 256, 160), predictor_roi=None, patches=(96, 128), widths=conv_backends.WIDTHS,
-            kernel=21, batch=2, repeats=5, model_roi=96, model_repeats=3, model_kwargs={}, model_classes=16,
-            train_shape=(112, 112, 96), train_roi=96, train_cases=(12, 4), train_kwargs={}, train_workers=6,
-            train_iterations=100_000, train_val_every=250, window_repeats=5,
+            phantom_shape=(256, 256, 160),
+            predictor_roi=None,
+            patches=(96, 128),
+            widths=conv_backends.WIDTHS,
+            kernel=21,
+            batch=2,
+            repeats=5,
+            model_roi=96,
+            model_repeats=3,
+            model_kwargs={},
+            model_classes=16,
+            train_shape=(112, 112, 96),
+            train_roi=96,
+            train_cases=(12, 4),
+            train_kwargs={},
+            train_workers=6,
+            train_iterations=100_000,
+            train_val_every=250,
+            window_repeats=5,
         )
     return dict(
-        phantom_shape=(48, 48, 32), predictor_roi=(32, 32, 32), patches=(32,), widths=(6, 12, 24, 48),
-        kernel=7, batch=2, repeats=1, model_roi=16, model_repeats=1,
-        model_kwargs=dict(widths=(4, 8, 16, 32), hidden_size=32, kernel_size=5), model_classes=3,
-        train_shape=(32, 32, 32), train_roi=16, train_cases=(3, 1), train_kwargs=dict(kernel_size=5),
-        train_workers=0, train_iterations=2, train_val_every=2, window_repeats=1,
+        phantom_shape=(32, 32, 32),
+        predictor_roi=(32, 32, 32),
+        patches=(32,),
+        widths=(6, 12, 24, 48),
+        kernel=7,
+        batch=2,
+        repeats=1,
+        model_roi=32,
+        model_repeats=1,
+        model_kwargs=dict(widths=(4, 8, 16, 32), hidden_size=32, kernel_size=5),
+        model_classes=3,
+        train_shape=(32, 32, 32),
+        train_roi=32,
+        train_cases=(3, 1),
+        train_kwargs=dict(kernel_size=5),
+        train_workers=0,
+        train_iterations=2,
+        train_val_every=2,
+        window_repeats=1,
     )
 
 
@@ -142,8 +170,9 @@ class Suite:
             entry["status"] = "running"
             self.save()
             try:
-                entry.update(fn(start + budget))
-                entry.setdefault("status", "ok")
+                result = fn(start + budget)
+                entry.update(result)
+                entry["status"] = result.get("status", "ok")
             except Exception as exc:  # one broken section must not cost the others their results
                 entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
                 print(entry["traceback"], file=sys.stderr, flush=True)
@@ -199,18 +228,34 @@ def tf32(enabled: bool):
 
 def section_gpu_tests(suite: Suite, deadline: float) -> dict:
     xml_path, log_path = suite.out / "pytest_gpu.xml", suite.out / "pytest_gpu.log"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
-           f"--junitxml={xml_path}", str(ROOT / "tests" / "test_gpu.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-rA",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml_path}",
+        str(ROOT / "tests" / "test_gpu.py"),
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     if suite.device.type == "cpu":
         env["REP3D_TEST_DEVICE"] = "cpu"  # the dry run: the same tests on CPU where they are cheap
     timeout = max(1.0, deadline - time.perf_counter())
     with open(log_path, "w") as log:
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout).returncode
+            rc = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout
+            ).returncode
         except subprocess.TimeoutExpired:
-            return {"status": "timeout", "reason": f"pytest ran past its {timeout:.0f} s budget; see pytest_gpu.log",
-                    "command": " ".join(cmd[1:])}
+            return {
+                "status": "timeout",
+                "reason": f"pytest ran past its {timeout:.0f} s budget; see pytest_gpu.log",
+                "command": " ".join(cmd[1:]),
+            }
     out: dict = {"command": "python " + " ".join(cmd[1:]), "returncode": rc}
     if xml_path.exists():
         suite_el = ET.parse(xml_path).getroot()
@@ -222,8 +267,9 @@ def section_gpu_tests(suite: Suite, deadline: float) -> dict:
                 el = case.find(tag)
                 if el is not None:
                     outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                    cases.append({"name": case.get("name"), "outcome": outcome,
-                                  "message": (el.get("message") or "")[:300]})
+                    cases.append(
+                        {"name": case.get("name"), "outcome": outcome, "message": (el.get("message") or "")[:300]}
+                    )
                     break
             else:
                 cases.append({"name": case.get("name"), "outcome": outcome, "time_s": float(case.get("time", 0))})
@@ -249,16 +295,20 @@ def section_predictor(suite: Suite, deadline: float) -> dict:
     model = rep3d.create_model("rep3d_tiny.phantom", pretrained=True)
     vol = _phantom_volume(sz["phantom_shape"])
     num_classes = model.num_classes
-    out: dict = {"model": "rep3d_tiny.phantom (bundled weights, trained on synthetic phantoms)",
-                 "volume": list(sz["phantom_shape"]), "runs": {}}
+    out: dict = {
+        "model": "rep3d_tiny.phantom (bundled weights, trained on synthetic phantoms)",
+        "volume": list(sz["phantom_shape"]),
+        "runs": {},
+    }
     labels = {}
     for stitch in ("device", "cpu"):
         if time.perf_counter() > deadline:
             out["runs"][stitch] = {"status": "skipped", "reason": "section budget spent"}
             continue
         kwargs = {} if sz["predictor_roi"] is None else {"roi_size": sz["predictor_roi"]}
-        predictor = rep3d.Predictor(model, device=suite.device,
-                                    stitch_device=suite.device if stitch == "device" else "cpu", **kwargs)
+        predictor = rep3d.Predictor(
+            model, device=suite.device, stitch_device=suite.device if stitch == "device" else "cpu", **kwargs
+        )
         predictor(vol.image[None], vol.affine)  # warm-up: cuDNN / FFT plans
         _sync(suite.device)
         t = time.perf_counter()
@@ -266,10 +316,15 @@ def section_predictor(suite: Suite, deadline: float) -> dict:
         _sync(suite.device)
         seconds = time.perf_counter() - t
         labels[stitch] = pred.label
-        dice = dice_per_class(torch.from_numpy(pred.label.astype("int64")), torch.from_numpy(vol.label.astype("int64")),
-                              num_classes)
-        out["runs"][stitch] = {"seconds": seconds, "windows_forwarded": predictor.forward_calls // 2,
-                               "roi": list(predictor.roi_size), "mean_dice_vs_phantom_truth": mean_dice(dice)}
+        dice = dice_per_class(
+            torch.from_numpy(pred.label.astype("int64")), torch.from_numpy(vol.label.astype("int64")), num_classes
+        )
+        out["runs"][stitch] = {
+            "seconds": seconds,
+            "windows_forwarded": predictor.forward_calls // 2,
+            "roi": list(predictor.roi_size),
+            "mean_dice_vs_phantom_truth": mean_dice(dice),
+        }
     if len(labels) == 2:
         same = float((labels["device"] == labels["cpu"]).mean())
         out["label_agreement_device_vs_cpu_stitching"] = same
@@ -314,8 +369,9 @@ def engine_rows_plan(sz: dict) -> list[dict]:
         for precision in PRECISIONS:
             for channels, spatial in conv_backends.stage_shapes(patch, sz["widths"]):
                 for backward in (False, True):
-                    plan.append(dict(patch=patch, precision=precision, channels=channels, spatial=spatial,
-                                     backward=backward))
+                    plan.append(
+                        dict(patch=patch, precision=precision, channels=channels, spatial=spatial, backward=backward)
+                    )
     return plan
 
 
@@ -329,9 +385,16 @@ def section_engine(suite: Suite, deadline: float) -> dict:
         with tf32(False):
             probes[str(dtype)] = _native_probe(device, dtype, c_small, s_small, sz["kernel"])
     rows, skipped = [], []
-    out = {"native_probe": probes, "kernel": sz["kernel"], "batch": sz["batch"], "repeats": sz["repeats"],
-           "native_limit_s": suite.args.native_limit_s, "rows": rows, "rows_not_run": skipped,
-           "peers": {p: ("installed" if paths[p] else "not installed") for p in ("torch-fftconv", "fft-conv-pytorch")}}
+    out = {
+        "native_probe": probes,
+        "kernel": sz["kernel"],
+        "batch": sz["batch"],
+        "repeats": sz["repeats"],
+        "native_limit_s": suite.args.native_limit_s,
+        "rows": rows,
+        "rows_not_run": skipped,
+        "peers": {p: ("installed" if paths[p] else "not installed") for p in ("torch-fftconv", "fft-conv-pytorch")},
+    }
     for plan in engine_rows_plan(sz):
         if time.perf_counter() > deadline:
             skipped.append({**plan, "reason": "section budget spent"})
@@ -343,22 +406,45 @@ def section_engine(suite: Suite, deadline: float) -> dict:
         t = time.perf_counter()
         with tf32(plan["precision"] == "fp32_tf32_on"):
             row = conv_backends.bench_row(
-                plan["channels"], plan["spatial"], sz["batch"], sz["kernel"], plan["backward"], paths, device=device,
-                dtype=dtype, autocast=False, repeats=sz["repeats"], skip=skip, slow_ms=suite.args.native_limit_s * 1e3,
+                plan["channels"],
+                plan["spatial"],
+                sz["batch"],
+                sz["kernel"],
+                plan["backward"],
+                paths,
+                device=device,
+                dtype=dtype,
+                autocast=False,
+                repeats=sz["repeats"],
+                skip=skip,
+                slow_ms=suite.args.native_limit_s * 1e3,
             )
-        row.update(patch=plan["patch"], precision=plan["precision"], dtype=str(dtype).replace("torch.", ""),
-                   native_estimate_s=est, row_s=time.perf_counter() - t)
+        row.update(
+            patch=plan["patch"],
+            precision=plan["precision"],
+            dtype=str(dtype).replace("torch.", ""),
+            native_estimate_s=est,
+            row_s=time.perf_counter() - t,
+        )
         if skip:
             row["status"]["native"] = f"skipped (probe estimates {est:.1f} s per call > --native-limit-s)"
         rows.append(row)
-        print(f"   {plan['precision']} {plan['patch']}³ {plan['channels']}@{plan['spatial']}³ {pass_}: "
-              + ", ".join(f"{n} {v:.2f}" for n, v in row["ms"].items()) + f" ms [auto→{row['auto_choice']}]", flush=True)
+        print(
+            f"   {plan['precision']} {plan['patch']}³ {plan['channels']}@{plan['spatial']}³ {pass_}: "
+            + ", ".join(f"{n} {v:.2f}" for n, v in row["ms"].items())
+            + f" ms [auto→{row['auto_choice']}]",
+            flush=True,
+        )
         suite.results["sections"]["engine"].update(out)
         suite.save()
-    (suite.out / "engine_table.json").write_text(json.dumps({"environment": suite.results["environment"],
-                                                             "rows": rows}, indent=1))
-    md = [f"## {p}\n\n" + conv_backends.markdown([r for r in rows if r["precision"] == p]) for p in PRECISIONS
-          if any(r["precision"] == p for r in rows)]
+    (suite.out / "engine_table.json").write_text(
+        json.dumps({"environment": suite.results["environment"], "rows": rows}, indent=1)
+    )
+    md = [
+        f"## {p}\n\n" + conv_backends.markdown([r for r in rows if r["precision"] == p])
+        for p in PRECISIONS
+        if any(r["precision"] == p for r in rows)
+    ]
     (suite.out / "engine_table.md").write_text("\n\n".join(md) + "\n")
     fit = calibrate_auto.fit_cuda_rule(rows)
     (suite.out / "cuda_rule_fit.json").write_text(json.dumps(fit, indent=1))
@@ -417,8 +503,16 @@ def section_model(suite: Suite, deadline: float) -> dict:
     amp = torch.bfloat16
     fmt = torch.channels_last_3d
     steps: dict = {}
-    out: dict = {"roi": roi, "batch": batch, "amp": "bf16", "optimizer": "AdamW", "loss": "DiceCE",
-                 "memory_format": "channels_last_3d", "classes": classes, "train_step": steps}
+    out: dict = {
+        "roi": roi,
+        "batch": batch,
+        "amp": "bf16",
+        "optimizer": "AdamW",
+        "loss": "DiceCE",
+        "memory_format": "channels_last_3d",
+        "classes": classes,
+        "train_step": steps,
+    }
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, roi, roi, roi, generator=gen).to(device, memory_format=fmt)
     y = torch.randint(0, classes, (batch, 1, roi, roi, roi), generator=gen).to(device)
@@ -436,16 +530,26 @@ def section_model(suite: Suite, deadline: float) -> dict:
             est = _native_step_estimate(suite, model, roi, batch)
             left = deadline - time.perf_counter()
             if est is not None and 2 * est > left:
-                steps[key] = {"status": "skipped",
-                              "reason": f"native convs estimated at {est:.0f} s per step (engine probe), {left:.0f} s left"}
+                steps[key] = {
+                    "status": "skipped",
+                    "reason": f"native convs estimated at {est:.0f} s per step (engine probe), {left:.0f} s left",
+                }
                 del model
                 continue
         with ctx:
-            steps[key] = time_train_steps(model, x, y, repeats=sz["model_repeats"], amp_dtype=amp,
-                                          slow_s=max(1.0, (deadline - time.perf_counter()) / 4))
+            steps[key] = time_train_steps(
+                model,
+                x,
+                y,
+                repeats=sz["model_repeats"],
+                amp_dtype=amp,
+                slow_s=max(1.0, (deadline - time.perf_counter()) / 4),
+            )
         steps[key]["status"] = "ok"
-        print(f"   train step {key}: {steps[key]['median_step_s']:.3f} s, "
-              f"{steps[key]['samples_per_s']:.2f} samples/s", flush=True)
+        print(
+            f"   train step {key}: {steps[key]['median_step_s']:.3f} s, {steps[key]['samples_per_s']:.2f} samples/s",
+            flush=True,
+        )
         del model
         suite.results["sections"]["model"].update(out)
         suite.save()
@@ -474,8 +578,15 @@ def _deployed_inference(suite: Suite, sz: dict, deadline: float) -> dict:
         res[f"per_window_s_{label}"] = statistics.median(times)
     if time.perf_counter() < deadline:
         vol = _phantom_volume(sz["phantom_shape"])
-        predictor = rep3d.Predictor(deployed, device=device, roi_size=(roi,) * 3, spacing=None, orientation=None,
-                                    intensity_window=(-125.0, 275.0), amp=True)
+        predictor = rep3d.Predictor(
+            deployed,
+            device=device,
+            roi_size=(roi,) * 3,
+            spacing=None,
+            orientation=None,
+            intensity_window=(-125.0, 275.0),
+            amp=True,
+        )
         _sync(device)
         t = time.perf_counter()
         predictor(vol.image[None])
@@ -510,9 +621,17 @@ class GpuUtilisation:
         except Exception:
             pass
         if shutil.which("nvidia-smi"):
-            line = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu,memory.used",
-                                   "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip()
+            line = subprocess.run(
+                [
+                    "nvidia-smi",
+                    f"--id={index}",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             util, mem = (float(v) for v in line.split(","))
             self.source = "nvidia-smi"
             return util, mem
@@ -540,11 +659,43 @@ class GpuUtilisation:
 
     def summary(self) -> dict:
         if not self.samples:
-            return {"available": False, "reason": "no CUDA device" if self.device.type != "cuda" else
-                    "neither pynvml nor nvidia-smi answered"}
+            return {
+                "available": False,
+                "reason": "no CUDA device" if self.device.type != "cuda" else "neither pynvml nor nvidia-smi answered",
+            }
         utils = [u for u, _ in self.samples]
-        return {"available": True, "source": self.source, "samples": len(utils), "mean_pct": statistics.mean(utils),
-                "median_pct": statistics.median(utils), "max_memory_used_mib": max(m for _, m in self.samples)}
+        return {
+            "available": True,
+            "source": self.source,
+            "samples": len(utils),
+            "mean_pct": statistics.mean(utils),
+            "median_pct": statistics.median(utils),
+            "max_memory_used_mib": max(m for _, m in self.samples),
+        }
+
+
+@contextlib.contextmanager
+def _stop_after(seconds: float):
+    """SIGINT this process after ``seconds``, then every 5 s until the block ends: the training loop turns SIGINT
+    into a checkpoint and ``TrainingInterrupted`` between steps; one landing before the loop installed its handler
+    (data loading) is absorbed here and repeated."""
+    done = threading.Event()
+
+    def fire() -> None:
+        if not done.wait(seconds):
+            while not done.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.wait(5.0)
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
 
 
 def section_train(suite: Suite, deadline: float) -> dict:
@@ -563,23 +714,27 @@ def section_train(suite: Suite, deadline: float) -> dict:
         t = time.perf_counter()
         data = write_msd_dataset(work / "data", num_train=n_train, num_test=n_test, seed=0, shape=sz["train_shape"])
         data_s = time.perf_counter() - t
-        cfg = build_config("phantom", data=str(data), out=str(work / "run"), roi_size=(sz["train_roi"],) * 3,
-                           iterations=sz["train_iterations"], val_every=sz["train_val_every"],
-                           checkpoint_every=max(50, sz["train_val_every"]) if not suite.args.tiny else 1,
-                           device=str(suite.device), workers=sz["train_workers"], model_args=sz["train_kwargs"] or None,
-                           amp="auto")
+        cfg = build_config(
+            "phantom",
+            data=str(data),
+            out=str(work / "run"),
+            roi_size=(sz["train_roi"],) * 3,
+            iterations=sz["train_iterations"],
+            val_every=sz["train_val_every"],
+            checkpoint_every=max(50, sz["train_val_every"]) if not suite.args.tiny else 1,
+            device=str(suite.device),
+            workers=sz["train_workers"],
+            model_args=sz["train_kwargs"] or None,
+            amp="auto",
+        )
         train_s = max(5.0, min(suite.args.train_seconds, deadline - time.perf_counter() - 25.0))
-        timer = threading.Timer(train_s, lambda: os.kill(os.getpid(), signal.SIGINT))
         stopped_by = "iterations"
         t = time.perf_counter()
-        with GpuUtilisation(suite.device) as util:
-            timer.start()
+        with GpuUtilisation(suite.device) as util, _stop_after(train_s):
             try:
                 summary = train(cfg)
             except TrainingInterrupted:
                 stopped_by, summary = "time budget (SIGINT -> checkpoint)", None
-            finally:
-                timer.cancel()
         wall = time.perf_counter() - t
         metrics_path = work / "run" / "train_state" / "metrics.csv"
         with open(metrics_path, newline="") as f:
@@ -591,23 +746,35 @@ def section_train(suite: Suite, deadline: float) -> dict:
         # held-out Dice of the model as it stands at the last step, on the labelled test phantoms (never seen)
         state = torch.load(work / "run" / "train_state" / "last.pt", map_location="cpu", weights_only=False)
         dataset = load_msd_dataset(cfg.data, num_val=cfg.num_val or None, seed=cfg.seed)
-        model = rep3d.create_model(cfg.model, num_classes=len(dataset.class_names), in_chans=dataset.in_chans,
-                                   **cfg.model_args)
+        model = rep3d.create_model(
+            cfg.model, num_classes=len(dataset.class_names), in_chans=dataset.in_chans, **cfg.model_args
+        )
         model.load_state_dict(state["model"])
         model.to(suite.device)
         volumes = [preprocessing(cfg)(dict(item)) for item in dataset.test_labeled]
-        per_class = evaluate(model, volumes, cfg, len(dataset.class_names), suite.device,
-                             amp_dtype(cfg.amp, suite.device))
+        per_class = evaluate(
+            model, volumes, cfg, len(dataset.class_names), suite.device, amp_dtype(cfg.amp, suite.device)
+        )
         out = {
-            "model": cfg.model, "model_args": cfg.model_args, "roi": list(cfg.roi_size), "recipe": cfg.recipe,
-            "amp": str(amp_dtype(cfg.amp, suite.device)), "workers": cfg.workers, "crops_per_step": cfg.crops_per_subject,
+            "model": cfg.model,
+            "model_args": cfg.model_args,
+            "roi": list(cfg.roi_size),
+            "recipe": cfg.recipe,
+            "amp": str(amp_dtype(cfg.amp, suite.device)),
+            "workers": cfg.workers,
+            "crops_per_step": cfg.crops_per_subject,
             "data": f"{n_train} train + {n_test} labelled test phantoms {list(sz['train_shape'])} (SYNTHETIC)",
-            "data_generation_s": data_s, "time_budget_s": train_s, "stopped_by": stopped_by, "wall_s": wall,
-            "steps": steps, "checkpoint_step": state["step"],
+            "data_generation_s": data_s,
+            "time_budget_s": train_s,
+            "stopped_by": stopped_by,
+            "wall_s": wall,
+            "steps": steps,
+            "checkpoint_step": state["step"],
             "steps_per_s_overall": steps / wall if wall else None,
             "median_step_s": statistics.median(step_seconds) if step_seconds else None,
             "steps_per_s_median_step": 1 / statistics.median(step_seconds) if step_seconds else None,
-            "validation_dice": vals, "gpu_utilisation": util.summary(),
+            "validation_dice": vals,
+            "gpu_utilisation": util.summary(),
             "held_out_mean_dice_last_step": mean_dice(per_class),
             "held_out_dice_per_class": dict(zip(dataset.class_names[1:], per_class, strict=True)),
             "num_held_out": len(volumes),
@@ -629,70 +796,112 @@ def _ratio(a, b) -> str:
 def summary_markdown(results: dict) -> str:
     env = results["environment"]
     sec = results["sections"]
-    lines = [f"# rep3d GPU suite — {env.get('gpu', env.get('cpu', env['device']))}", "",
-             f"torch {env['torch']}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, rep3d {env.get('rep3d')}, "
-             f"commit {env.get('git_commit', '?')[:10]}, {env['date']}. Command: `{env['command']}`.", "",
-             "All data synthetic (phantoms); model weights random except the bundled rep3d_tiny.phantom.", "",
-             "| section | status | wall (s) | budget (s) | note |", "|---|---|---:|---:|---|"]
+    lines = [
+        f"# rep3d GPU suite — {env.get('gpu', env.get('cpu', env['device']))}",
+        "",
+        f"torch {env['torch']}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, rep3d {env.get('rep3d')}, "
+        f"commit {env.get('git_commit', '?')[:10]}, {env['date']}. Command: `{env['command']}`.",
+        "",
+        "All data synthetic (phantoms); model weights random except the bundled rep3d_tiny.phantom.",
+        "",
+        "| section | status | wall (s) | budget (s) | note |",
+        "|---|---|---:|---:|---|",
+    ]
     for name, s in sec.items():
-        lines.append(f"| {name} | {s.get('status')} | {s.get('wall_s', '–')} | {s.get('budget_s')} | "
-                     f"{s.get('reason', s.get('error', ''))[:120]} |")
+        lines.append(
+            f"| {name} | {s.get('status')} | {s.get('wall_s', '–')} | {s.get('budget_s')} | "
+            f"{s.get('reason', s.get('error', ''))[:120]} |"
+        )
     tests = sec.get("gpu_tests", {})
     if "counts" in tests:
         lines += ["", f"**pytest -m gpu**: {tests['counts']}"]
-        lines += [f"- {c['outcome']}: {c['name']} — {c.get('message', '')[:150]}" for c in tests["cases"]
-                  if c["outcome"] != "passed"]
+        lines += [
+            f"- {c['outcome']}: {c['name']} — {c.get('message', '')[:150]}"
+            for c in tests["cases"]
+            if c["outcome"] != "passed"
+        ]
     pred = sec.get("predictor", {})
     if pred.get("runs"):
-        lines += ["", "## Predictor: stitching on the device vs on the CPU", "",
-                  f"Volume {pred['volume']}, {pred['model']}.", "", "| stitching | seconds | windows | Dice vs truth |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Predictor: stitching on the device vs on the CPU",
+            "",
+            f"Volume {pred['volume']}, {pred['model']}.",
+            "",
+            "| stitching | seconds | windows | Dice vs truth |",
+            "|---|---:|---:|---:|",
+        ]
         for k, r in pred["runs"].items():
             if "seconds" in r:
-                lines.append(f"| {k} | {r['seconds']:.2f} | {r['windows_forwarded']} | "
-                             f"{r['mean_dice_vs_phantom_truth']:.3f} |")
+                lines.append(
+                    f"| {k} | {r['seconds']:.2f} | {r['windows_forwarded']} | {r['mean_dice_vs_phantom_truth']:.3f} |"
+                )
         if "label_agreement_device_vs_cpu_stitching" in pred:
             lines.append(f"\nLabel maps agree on {pred['label_agreement_device_vs_cpu_stitching']:.4%} of voxels.")
     eng = sec.get("engine", {})
     rows = eng.get("rows", [])
     if rows:
-        lines += ["", "## Engine: auto vs native cuDNN per stage (ms, median; ratio = native / auto)", "",
-                  "| precision | patch | C @ S³ | pass | native | direct | fft | auto (pick) | torch-fftconv | "
-                  "fft-conv-pytorch | native / auto | auto / best | peak MiB native / auto |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Engine: auto vs native cuDNN per stage (ms, median; ratio = native / auto)",
+            "",
+            "| precision | patch | C @ S³ | pass | native | direct | fft | auto (pick) | torch-fftconv | "
+            "fft-conv-pytorch | native / auto | auto / best | peak MiB native / auto |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
             ms = r["ms"]
             best = min(ms.values()) if ms else None
-            cell = lambda n: f"{ms[n]:.2f}" if n in ms else r["status"].get(n, "–").split(" (")[0]  # noqa: E731
+
+            def cell(n: str, r=r, ms=ms) -> str:
+                return f"{ms[n]:.2f}" if n in ms else r["status"].get(n, "–").split(":")[0].split(" (")[0]
+
             mem = r["peak_mb"]
             lines.append(
-                f"| {r['precision']} | {r['patch']}³ | {r['channels']} @ {r['spatial']}³ | {r['pass']} | {cell('native')} | "
-                f"{cell('direct')} | {cell('fft')} | {cell('auto')} ({r['auto_choice']}) | {cell('torch-fftconv')} | "
-                f"{cell('fft-conv-pytorch')} | {_ratio(ms.get('native'), ms.get('auto'))} | "
+                f"| {r['precision']} | {r['patch']}³ | {r['channels']} @ {r['spatial']}³ | {r['pass']} | "
+                f"{cell('native')} | {cell('direct')} | {cell('fft')} | {cell('auto')} ({r['auto_choice']}) | "
+                f"{cell('torch-fftconv')} | {cell('fft-conv-pytorch')} | {_ratio(ms.get('native'), ms.get('auto'))} | "
                 f"{_ratio(ms.get('auto'), best)} | "
-                f"{mem.get('native', float('nan')):.0f} / {mem.get('auto', float('nan')):.0f} |")
+                f"{mem.get('native', float('nan')):.0f} / {mem.get('auto', float('nan')):.0f} |"
+            )
         fit = eng.get("cuda_rule_fit", {})
         if fit:
-            lines += ["", "## The auto rule on CUDA", "",
-                      f"Rule in force for this run ({fit['rule_in_force']}): worst auto / best engine = "
-                      f"**{fit['current_worst_ratio']:.2f}**, worst measured auto / best of all paths = "
-                      f"**{fit['measured_auto_worst_vs_all_paths']:.2f}** "
-                      f"({fit['rows_used']} rows).", "",
-                      "Refitted `CUDA_RULE['fft_flop_weight']` (benchmarks/calibrate_auto.py --fit-cuda):", "",
-                      "| gradients | dtype class | weight | worst picked / best engine | rows |",
-                      "|---|---|---:|---:|---:|"]
+            dry = "" if env["device"] == "cuda" else " (CPU dry run: these are CPU timings, not a CUDA rule)"
+            lines += [
+                "",
+                "## The auto rule on CUDA" + dry,
+                "",
+                f"Rule in force for this run ({fit['rule_in_force']}): worst auto / best engine = "
+                f"**{fit['current_worst_ratio']:.2f}**, worst measured auto / best of all paths = "
+                f"**{fit['measured_auto_worst_vs_all_paths']:.2f}** "
+                f"({fit['rows_used']} rows).",
+                "",
+                "Refitted `CUDA_RULE['fft_flop_weight']` (benchmarks/calibrate_auto.py --fit-cuda):",
+                "",
+                "| gradients | dtype class | weight | worst picked / best engine | rows |",
+                "|---|---|---:|---:|---:|",
+            ]
             for g in fit["groups"]:
-                lines.append(f"| {g['requires_grad']} | {g['dtype_class']} | {g['weight']:.3g} | "
-                             f"{g['worst_ratio']:.2f} | {g['rows']} |")
+                lines.append(
+                    f"| {g['requires_grad']} | {g['dtype_class']} | {g['weight']:.3g} | "
+                    f"{g['worst_ratio']:.2f} | {g['rows']} |"
+                )
     model = sec.get("model", {})
     st = model.get("train_step", {})
     if st:
-        lines += ["", f"## Train step at {model['roi']}³, B = {model['batch']}, AMP bf16, AdamW", "",
-                  "| model / conv path | step (s) | samples/s | peak GiB | note |", "|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## Train step at {model['roi']}³, B = {model['batch']}, AMP bf16, AdamW",
+            "",
+            "| model / conv path | step (s) | samples/s | peak GiB | note |",
+            "|---|---:|---:|---:|---|",
+        ]
         for k, r in st.items():
             if r.get("status") == "ok":
                 peak = r["peak_cuda_bytes"] / 2**30 if r["peak_cuda_bytes"] else float("nan")
-                note = "one step (slow warm-up)" if r["steps_timed"] == 1 and r["warmup_s"] == r["median_step_s"] else ""
+                note = (
+                    "one step (slow warm-up)" if r["steps_timed"] == 1 and r["warmup_s"] == r["median_step_s"] else ""
+                )
                 lines.append(f"| {k} | {r['median_step_s']:.3f} | {r['samples_per_s']:.2f} | {peak:.2f} | {note} |")
             else:
                 lines.append(f"| {k} | – | – | – | {r.get('reason', r.get('status'))} |")
@@ -700,28 +909,47 @@ def summary_markdown(results: dict) -> str:
         if a.get("status") == "ok":
             lines.append("")
             if n.get("status") == "ok":
-                lines.append(f"rep3d_base step, native / auto: **{_ratio(n['median_step_s'], a['median_step_s'])}×** time, "
-                             f"{_ratio(n['peak_cuda_bytes'], a['peak_cuda_bytes'])}× memory.")
+                lines.append(
+                    f"rep3d_base step, native / auto: **{_ratio(n['median_step_s'], a['median_step_s'])}×** time, "
+                    f"{_ratio(n['peak_cuda_bytes'], a['peak_cuda_bytes'])}× memory."
+                )
             if u.get("status") == "ok":
-                lines.append(f"rep3d_base / uxnet3d_base: **{_ratio(a['median_step_s'], u['median_step_s'])}×** step "
-                             f"time, **{_ratio(a['peak_cuda_bytes'], u['peak_cuda_bytes'])}×** peak memory.")
+                lines.append(
+                    f"rep3d_base / uxnet3d_base: **{_ratio(a['median_step_s'], u['median_step_s'])}×** step "
+                    f"time, **{_ratio(a['peak_cuda_bytes'], u['peak_cuda_bytes'])}×** peak memory."
+                )
     inf = model.get("inference", {})
     if inf:
-        lines += ["", f"Deployed rep3d_base inference: {inf.get('per_window_s_fp32', float('nan')) * 1e3:.1f} ms per "
-                  f"{model['roi']}³ window fp32, {inf.get('per_window_s_bf16_autocast', float('nan')) * 1e3:.1f} ms "
-                  "bf16 autocast" + (f"; whole {inf['whole_phantom_shape']} phantom {inf['whole_phantom_s']:.2f} s "
-                                     f"({inf['whole_phantom_windows']} windows)." if "whole_phantom_s" in inf else ".")]
+        lines += [
+            "",
+            f"Deployed rep3d_base inference: {inf.get('per_window_s_fp32', float('nan')) * 1e3:.1f} ms per "
+            f"{model['roi']}³ window fp32, {inf.get('per_window_s_bf16_autocast', float('nan')) * 1e3:.1f} ms "
+            "bf16 autocast"
+            + (
+                f"; whole {inf['whole_phantom_shape']} phantom {inf['whole_phantom_s']:.2f} s "
+                f"({inf['whole_phantom_windows']} windows)."
+                if "whole_phantom_s" in inf
+                else "."
+            ),
+        ]
     tr = sec.get("train", {})
     if "steps" in tr:
         util = tr["gpu_utilisation"]
-        lines += ["", f"## Training run ({tr['model']}, {tr['roi'][0]}³ crops, {tr['data']})", "",
-                  f"{tr['steps']} steps in {tr['wall_s']:.0f} s (stopped by {tr['stopped_by']}): "
-                  f"{tr['steps_per_s_overall']:.2f} steps/s overall incl. validation, median step "
-                  f"{tr['median_step_s']:.3f} s; GPU utilisation "
-                  + (f"mean {util['mean_pct']:.0f} % (median {util['median_pct']:.0f} %, {util['source']})"
-                     if util.get("available") else f"n/a ({util.get('reason')})")
-                  + f"; held-out mean Dice at the last step {tr['held_out_mean_dice_last_step']:.3f} "
-                  f"on {tr['num_held_out']} test phantoms (synthetic)."]
+        lines += [
+            "",
+            f"## Training run ({tr['model']}, {tr['roi'][0]}³ crops, {tr['data']})",
+            "",
+            f"{tr['steps']} steps in {tr['wall_s']:.0f} s (stopped by {tr['stopped_by']}): "
+            f"{tr['steps_per_s_overall']:.2f} steps/s overall incl. validation, median step "
+            f"{tr['median_step_s']:.3f} s; GPU utilisation "
+            + (
+                f"mean {util['mean_pct']:.0f} % (median {util['median_pct']:.0f} %, {util['source']})"
+                if util.get("available")
+                else f"n/a ({util.get('reason')})"
+            )
+            + f"; held-out mean Dice at the last step {tr['held_out_mean_dice_last_step']:.3f} "
+            f"on {tr['num_held_out']} test phantoms (synthetic).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -736,8 +964,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=480.0, help="wall-time cap of the whole run")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section budget")
     p.add_argument("--skip", nargs="+", default=[], choices=[s[0] for s in SECTIONS])
-    p.add_argument("--native-limit-s", type=float, default=3.0,
-                   help="skip a native conv call a probe estimates slower than this (fwd+bwd of 21³ is slow)")
+    p.add_argument(
+        "--native-limit-s",
+        type=float,
+        default=3.0,
+        help="skip a native conv call a probe estimates slower than this (fwd+bwd of 21³ is slow)",
+    )
     p.add_argument("--train-seconds", type=float, default=110.0, help="wall time of the training run's steps")
     return p
 
@@ -749,16 +981,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_suite: CUDA is not available on this machine; nothing was measured. Run it on a GPU host, or "
-              "--device cpu --tiny for a dry run of the script.", file=sys.stderr)
+        print(
+            "gpu_suite: CUDA is not available on this machine; nothing was measured. Run it on a GPU host, or "
+            "--device cpu --tiny for a dry run of the script.",
+            file=sys.stderr,
+        )
         return 2
     if args.tiny:
         args.budget_scale = args.budget_scale if args.budget_scale != 1.0 else 0.5
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
     args.out.mkdir(parents=True, exist_ok=True)
     suite = Suite(args.out, args)
-    fns = {"gpu_tests": section_gpu_tests, "predictor": section_predictor, "engine": section_engine,
-           "model": section_model, "train": section_train}
+    fns = {
+        "gpu_tests": section_gpu_tests,
+        "predictor": section_predictor,
+        "engine": section_engine,
+        "model": section_model,
+        "train": section_train,
+    }
     for name, budget, minimum in SECTIONS:
         suite.run(name, budget, minimum, lambda deadline, fn=fns[name]: fn(suite, deadline))
     suite.results["total_wall_s"] = round(suite.elapsed(), 1)
