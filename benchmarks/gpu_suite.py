@@ -987,8 +987,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.tiny:
-        args.budget_scale = args.budget_scale if args.budget_scale != 1.0 else 0.5
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
     args.out.mkdir(parents=True, exist_ok=True)
     suite = Suite(args.out, args)
