@@ -213,8 +213,12 @@ def fit_cuda_rule(rows: list[dict], float32_precision: str = "fp32_tf32_on") -> 
         weight = math.sqrt(tied[0] * tied[-1])  # the middle (geometric) of the optimal candidates
         fitted.append(dict(requires_grad=grad, dtype_class=kind, weight=weight, worst_ratio=score(weight)[0],
                            mean_ratio=score(weight)[1], rows=len(entries)))
-    weights = {(g["requires_grad"], g["dtype_class"]): g["weight"] for g in fitted}
-    entries_py = "".join(f"        ({grad}, {kind!r}): {w:.3g},\n" for (grad, kind), w in sorted(weights.items()))
+    measured = {(g["requires_grad"], g["dtype_class"]): g["weight"] for g in fitted}
+    weights = {**CUDA_RULE["fft_flop_weight"], **measured}  # type: ignore[dict-item]
+    entries_py = "".join(
+        f"        ({grad}, {kind!r}): {w:.3g},{'' if (grad, kind) in measured else '  # not in the table: kept'}\n"
+        for (grad, kind), w in sorted(weights.items())
+    )
     snippet = (
         'CUDA_RULE = {\n    "measured": True,\n    "source": "<GPU, torch version, date of the table>",\n'
         '    "fft_flop_weight": {\n' + entries_py + "    },\n}"

@@ -64,7 +64,11 @@ def test_dry_run_engine_table_has_every_path_precision_and_a_cuda_rule_fit(dry_r
     assert {(g["requires_grad"], g["dtype_class"]) for g in fit["groups"]} == {
         (False, "float32"), (True, "float32"), (False, "half"), (True, "half")}
     assert all(g["worst_ratio"] >= 1.0 and g["weight"] > 0 for g in fit["groups"])
-    assert "fft_flop_weight" in fit["cuda_rule_python"]
+    proposal: dict = {}
+    exec(fit["cuda_rule_python"], {}, proposal)  # the snippet to paste is valid and covers every key of the rule
+    from rep3d.layers import depthwise
+
+    assert set(proposal["CUDA_RULE"]["fft_flop_weight"]) == set(depthwise.CUDA_RULE["fft_flop_weight"])
 
 
 def test_dry_run_model_predictor_and_training_results(dry_run):
