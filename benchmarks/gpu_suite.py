@@ -978,7 +978,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="dry-run sizes: every section in seconds (CI)")
     p.add_argument("--max-seconds", type=float, default=480.0, help="wall-time cap of the whole run")
-    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section budget")
+    p.add_argument(
+        "--budget-scale",
+        type=float,
+        help="multiply every section budget (default 1; 3 with --tiny, whose sections take seconds unless the "
+        "machine is overloaded, so that a busy CI runner does not cut them)",
+    )
     p.add_argument("--skip", nargs="+", default=[], choices=[s[0] for s in SECTIONS])
     p.add_argument(
         "--native-limit-s",
@@ -1003,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.budget_scale is None:
+        args.budget_scale = 3.0 if args.tiny else 1.0
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
     args.out.mkdir(parents=True, exist_ok=True)
     suite = Suite(args.out, args)

@@ -35,8 +35,9 @@ def test_dry_run_runs_every_section_and_exits_0(dry_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "suite.json").read_text())
     assert [name for name in results["sections"]] == list(SECTIONS)
+    log = (out / "pytest_gpu.log").read_text()[-3000:] if (out / "pytest_gpu.log").exists() else ""
     for name, section in results["sections"].items():
-        assert section["status"] == "ok", (name, section.get("reason"), section.get("error"))
+        assert section["status"] == "ok", (name, section.get("reason"), section.get("error"), log)
         assert section["wall_s"] <= section["budget_s"] + 5
     assert results["environment"]["device"] == "cpu" and results["synthetic_data"] is True
     assert "total_wall_s" in results
@@ -45,6 +46,7 @@ def test_dry_run_runs_every_section_and_exits_0(dry_run):
 def test_dry_run_ran_the_marked_tests_on_cpu(dry_run):
     _, out = dry_run
     tests = json.loads((out / "suite.json").read_text())["sections"]["gpu_tests"]
+    assert "counts" in tests, (tests, (out / "pytest_gpu.log").read_text()[-3000:])
     assert tests["counts"]["passed"] >= 8 and tests["counts"]["failed"] == tests["counts"]["error"] == 0
     assert (out / "pytest_gpu.xml").exists() and "passed" in (out / "pytest_gpu.log").read_text()
 
