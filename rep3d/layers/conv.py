@@ -169,3 +169,9 @@ def _init_kernel(weight: nn.Parameter) -> None:
 
 def _fold(weight: torch.Tensor, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     return fold_batchnorm(weight, None, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def is_deployed(model: nn.Module) -> bool:
+    """True when every :class:`RepLKConv3d` in ``model`` is in its folded form (and there is at least one)."""
+    convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
+    return bool(convs) and all(m.deploy for m in convs)
