@@ -6,9 +6,9 @@ import ast
 import importlib.metadata
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from setuptools.config.setupcfg import read_configuration
 
 import rep3d
