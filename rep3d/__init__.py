@@ -27,7 +27,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # lazy: the predictor and data pipeline pull in MONAI's transforms and nibabel
+    # resolved on first use: `import rep3d` stays free of the consumer layer (NIfTI I/O, resampling, phantoms);
+    # rep3d.inference itself imports the builder, which is already loaded here
     if name == "Predictor":
         from rep3d.inference import Predictor
 

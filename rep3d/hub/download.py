@@ -24,6 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
 from rep3d.errors import Rep3DValueError, Rep3DWeightsError
 from rep3d.hub.config import BUNDLED_PREFIX, DEFAULT_FILENAME
 from rep3d.version import __version__
@@ -143,21 +154,15 @@ def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
 
 
 def hub_where(repo_id: str, filename: str, revision: str) -> str:
-    from huggingface_hub import hf_hub_url
-
     return f"{hf_hub_url(repo_id, filename, revision=revision)} (repo {repo_id}, revision {revision})"
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
     check = getattr(constants, "is_offline_mode", None)
     return bool(check() if callable(check) else constants.HF_HUB_OFFLINE)
 
 
 def _cache_location(cache_dir: str | Path | None) -> str:
-    from huggingface_hub import constants
-
     return str(cache_dir or constants.HF_HUB_CACHE)
 
 
@@ -169,8 +174,6 @@ def hub_download(repo_id: str, filename: str, *, revision: str = "main", cache_d
     re-validated with one HEAD (and served from the cache if the Hub is unreachable). An uncached file costs one HEAD
     without retries, then the download itself (written to a temporary file and moved into the cache when complete).
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-
     name = name or f"hf-hub:{repo_id}@{revision}"
     where = hub_where(repo_id, filename, revision)
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
@@ -207,17 +210,6 @@ def hub_download(repo_id: str, filename: str, *, revision: str = "main", cache_d
 def _classify(err: Exception, name: str, where: str, repo_id: str, filename: str, revision: str,
               cache_dir: str | Path | None) -> Exception:
     """Turn a huggingface_hub / transport error into a :class:`Rep3DWeightsError`; unknown errors pass through."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     login = "log in for a private or gated repository (`hf auth login` or HF_TOKEN)"
     local = "or pass pretrained_cfg_overlay=dict(file=PATH) to use a local copy"
     if isinstance(err, GatedRepoError):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi, ModelCardData
+from safetensors.torch import save_file
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
@@ -112,8 +114,6 @@ def save_pretrained(
     or ``create_model("hf-hub:...")`` once pushed) is bit-exact. ``dtype`` (e.g. ``torch.float16``) stores floating
     tensors in that precision to halve the file; they load into a float32 model exactly up to that rounding.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise Rep3DValueError(f"save_pretrained: {directory} exists and is not a directory; give a folder path")
@@ -165,8 +165,6 @@ def push_to_hub(
     ``hf_revision`` of a registered tag.
     """
     if api is None:
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="rep3d-push-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model", repo_id=repo_id, **save_kwargs)
@@ -190,8 +188,6 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
 
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
-    from huggingface_hub import ModelCardData
-
     meta = config["rep3d"]["metadata"]
     arch, form = config["architecture"], config["rep3d"]["form"]
     synthetic = bool(meta.get("synthetic"))

@@ -29,6 +29,7 @@ from typing import Any
 
 import timm.utils
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from rep3d.errors import Rep3DTypeError, Rep3DWeightsError
@@ -99,8 +100,6 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     if path.suffix in PICKLE_SUFFIXES:
         obj = _read_pickle(path, name, where)
     else:
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 metadata = dict(f.metadata() or {})

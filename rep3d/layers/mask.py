@@ -1,4 +1,4 @@
-"""Distance-decay prior and the learnable receptive-field mask of Rep3D (DESIGN §1)."""
+"""Distance-decay prior and the learnable receptive-field mask of Rep3D (docs/design.md, "Mask")."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ class MaskGenerator(nn.Module):
     """f_theta: a tiny conv net over the prior volume ``[1, 1, kd, kh, kw]`` -> logits of the same shape.
 
     conv(k7, same) -> GroupNorm -> sigmoid -> conv(k7, same). GroupNorm normalises over hidden channels *and* kernel
-    offsets, so it cannot collapse to its bias the way a LayerNorm over a single channel does (upstream bug, DESIGN §5).
+    offsets, so it cannot collapse to its bias the way a LayerNorm over a single channel does (upstream bug 2 in
+    docs/design.md).
     """
 
     def __init__(self, hidden_channels: int = 4, kernel_size: int = 7, init_scale: float = 0.1) -> None:

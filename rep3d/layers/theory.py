@@ -1,4 +1,4 @@
-"""Learning-rate fields induced by re-parameterization (DESIGN §2), as pure functions.
+"""Learning-rate fields induced by re-parameterization, as pure functions (docs/design.md, "Learning-rate fields").
 
 Training a re-parameterized kernel is equivalent to training the merged kernel ``W'`` with an element-wise learning
 rate. These fields are what the Rep3D mask makes explicit; tests check them against real optimizer trajectories.

@@ -1,10 +1,14 @@
-"""Rep3D and 3D UX-Net: a hierarchical large-kernel encoder plus a UNETR-style decoder (DESIGN §3)."""
+"""Rep3D and 3D UX-Net: a hierarchical large-kernel encoder plus a UNETR-style decoder.
+
+The numbers the paper's base model must meet are in docs/design.md, "Architecture".
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import UnetOutBlock
 from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -237,8 +241,6 @@ class Rep3D(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the 1x1x1 output conv by a freshly initialised one with ``num_classes`` outputs."""
-        from monai.networks.blocks import UnetOutBlock
-
         out = self.decoder.out.conv.conv
         self.decoder.out = UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
         self.num_classes = num_classes
