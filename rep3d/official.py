@@ -22,8 +22,8 @@ Official layout -> rep3d:
 Which form the official Rep3D kernels belong in. The official block assigns ``dwconv.weight = W * M`` inside its
 forward (upstream bug 3 in docs/design.md), so a saved ``dwconv.weight`` already carries the mask; and its mask
 generator's output is a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels
-into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the *unmodulated* form:
-``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded
+into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the
+*unmodulated* form: ``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded
 (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
 reported as dropped with this reason.
 
