@@ -23,8 +23,8 @@ Which form the official Rep3D kernels belong in. The official block assigns ``dw
 forward (upstream bug 3 in docs/design.md), so a saved ``dwconv.weight`` already carries the mask; and its mask
 generator's output is a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels
 into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the
-*unmodulated* form: ``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded
-(``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
+*unmodulated* form: ``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or
+that model folded (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
 reported as dropped with this reason.
 
 The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection (rep3d's default block adds one), so
