@@ -24,8 +24,8 @@ forward (upstream bug 3 in docs/design.md), so a saved ``dwconv.weight`` already
 generator's output is a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels
 into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the
 *unmodulated* form: ``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or
-that model folded (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
-reported as dropped with this reason.
+that model folded (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and
+``norm_w*`` are reported as dropped with this reason.
 
 The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection (rep3d's default block adds one), so
 imported Rep3D models are built with ``residual=False``: the same function as the official network. 3D UX-Net blocks
