@@ -110,8 +110,9 @@ def test_registered_name_initialises_and_computes_like_the_class_under_the_same_
     built = rep3d.create_model(name, num_classes=3, kernel_size=5).eval()
     torch.manual_seed(0)
     direct = cls(num_classes=3, kernel_size=5, **spec).eval()
-    direct_state = direct.state_dict()
-    assert all(torch.equal(v, direct_state[k]) for k, v in built.state_dict().items())
+    built_state, direct_state = built.state_dict(), direct.state_dict()
+    assert built_state.keys() == direct_state.keys()
+    assert all(torch.equal(v, direct_state[k]) for k, v in built_state.items())
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert torch.equal(built(x), direct(x))
