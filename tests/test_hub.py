@@ -413,7 +413,7 @@ def test_save_pretrained_round_trip_is_bit_exact_and_says_its_form(tmp_path, dep
 
 
 def test_save_pretrained_failure_leaves_the_target_as_it_was(tmp_path, monkeypatch):
-    import safetensors.torch
+    from rep3d.hub import publish
 
     model = tiny()
     target = save_pretrained(model, tmp_path / "out")
@@ -422,7 +422,7 @@ def test_save_pretrained_failure_leaves_the_target_as_it_was(tmp_path, monkeypat
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(publish, "save_file", disk_full)  # the weights write fails half-way through the save
     for folder in (target, tmp_path / "new"):
         with pytest.raises(OSError, match="No space"):
             save_pretrained(randomize(tiny()), folder)
