@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib.metadata
 import re
 import sys
 from pathlib import Path
 
 import tomllib
-from setuptools.config.setupcfg import read_configuration
 
 import rep3d
 
@@ -88,9 +88,10 @@ def _requirement_name(requirement: str) -> str:
 
 
 def test_every_third_party_import_is_a_declared_requirement():
-    options = read_configuration(str(ROOT / "setup.cfg"))["options"]
-    declared = {_requirement_name(r) for r in options["install_requires"]}
-    extras = {_requirement_name(r) for reqs in options["extras_require"].values() for r in reqs}
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    declared = {_requirement_name(r) for r in config["options"]["install_requires"].split()}
+    extras = {_requirement_name(r) for _, reqs in config["options.extras_require"].items() for r in reqs.split()}
     by_module = importlib.metadata.packages_distributions()
     undeclared = {}
     for module in sorted(_third_party_imports()):

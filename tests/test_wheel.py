@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,9 +24,11 @@ def wheel(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "rep3d", source / "rep3d", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copyfile(ROOT / name, source / name)
-    # --no-build-isolation: build with the setuptools already installed, no index needed
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(source)], check=True, capture_output=True, text=True, timeout=300)
+    # with setuptools installed, build with it (no index needed); otherwise pip fetches the build backend
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(out),
+                             str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
     wheels = list(out.glob("rep3d-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
