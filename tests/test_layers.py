@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import rep3d
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers import (
     LayerNorm3d,
     ModulatedKernelParam,
@@ -262,13 +263,13 @@ def test_torch_compile_forward_and_backward():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(kernel_size=4), ValueError, r"odd.*got 4"),
-        (dict(kernel_size=1), ValueError, r">= 3.*got 1"),
-        (dict(kernel_size=(5, 5)), TypeError, "triple"),
-        (dict(kernel_size=5.0), TypeError, "odd int"),
-        (dict(modulation="learned"), ValueError, "modulation"),
-        (dict(small_kernel=7, kernel_size=7), ValueError, "smaller than kernel_size"),
-        (dict(conv_backend="cudnn"), ValueError, "conv_backend"),
+        (dict(kernel_size=4), Rep3DValueError, r"odd.*got 4"),
+        (dict(kernel_size=1), Rep3DValueError, r">= 3.*got 1"),
+        (dict(kernel_size=(5, 5)), Rep3DTypeError, "triple"),
+        (dict(kernel_size=5.0), Rep3DTypeError, "odd int"),
+        (dict(modulation="learned"), Rep3DValueError, "modulation"),
+        (dict(small_kernel=7, kernel_size=7), Rep3DValueError, "smaller than kernel_size"),
+        (dict(conv_backend="cudnn"), Rep3DValueError, "conv_backend"),
     ],
 )
 def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
@@ -278,11 +279,11 @@ def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
 
 def test_replkconv3d_rejects_bad_input_naming_expected_and_given():
     conv = RepLKConv3d(4, 5)
-    with pytest.raises(ValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
+    with pytest.raises(Rep3DValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
         conv(torch.randn(4, 6, 6, 6))
-    with pytest.raises(ValueError, match=r"built for 4 channels but the input has 3"):
+    with pytest.raises(Rep3DValueError, match=r"built for 4 channels but the input has 3"):
         conv(torch.randn(1, 3, 6, 6, 6))
-    with pytest.raises(TypeError, match="floating-point input"):
+    with pytest.raises(Rep3DTypeError, match="floating-point input"):
         conv(torch.ones(1, 4, 6, 6, 6, dtype=torch.int32))
 
 

@@ -148,13 +148,13 @@ def test_encoder_is_a_standalone_backbone():
 
 def test_spatial_size_off_the_stride_names_the_nearest_valid_sizes():
     model = _small("rep3d_tiny")
-    with pytest.raises(ValueError, match=r"divisible by 16, got \(40, 32, 33\).*\(32, 32, 32\).*\(48, 32, 48\)"):
+    with pytest.raises(Rep3DValueError, match=r"divisible by 16, got \(40, 32, 33\).*\(32, 32, 32\).*\(48, 32, 48\)"):
         model(torch.randn(1, 1, 40, 32, 33))
 
 
 def test_wrong_channel_count_names_in_chans():
     model = _small("rep3d_tiny", in_chans=2)
-    with pytest.raises(ValueError, match=r"in_chans=2.*input has 1"):
+    with pytest.raises(Rep3DValueError, match=r"in_chans=2.*input has 1"):
         model(torch.randn(1, 1, 32, 32, 32))
 
 
