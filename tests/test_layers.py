@@ -130,11 +130,11 @@ def test_modulated_kernel_works_as_parametrization_of_a_plain_conv():
 
 def test_modulated_kernel_rejects_wrong_weights():
     mod = ModulatedKernelParam(5)
-    with pytest.raises(ValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
+    with pytest.raises(Rep3DValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
         mod(torch.randn(4, 1, 3, 3, 3))
-    with pytest.raises(TypeError, match="floating-point weight"):
+    with pytest.raises(Rep3DTypeError, match="floating-point weight"):
         mod(torch.ones(4, 1, 5, 5, 5, dtype=torch.int64))
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(Rep3DValueError, match="mode"):
         ModulatedKernelParam(5, "learned")
 
 
@@ -310,7 +310,7 @@ def test_pad_and_crop_kernel_are_exact_inverses_and_preserve_same_conv():
     assert torch.equal(crop_kernel(big, (3, 3, 3)), w)
     x = torch.randn(1, 2, 6, 6, 6)
     torch.testing.assert_close(F.conv3d(x, big, padding=(3, 2, 1), groups=2), F.conv3d(x, w, padding=1, groups=2))
-    with pytest.raises(ValueError, match="centre-pad"):
+    with pytest.raises(Rep3DValueError, match="centre-pad"):
         pad_kernel(pad_kernel(w, 5), 3)
 
 
@@ -320,5 +320,5 @@ def test_layernorm3d_normalises_over_channels():
     y = ln(x)
     torch.testing.assert_close(y.mean(1), torch.zeros(2, 3, 5, 6), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, 3, 5, 6), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match=r"expects \[B, 4, D, H, W\]"):
+    with pytest.raises(Rep3DValueError, match=r"expects \[B, 4, D, H, W\]"):
         ln(torch.randn(2, 3, 4, 4, 4))
