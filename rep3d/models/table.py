@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from rep3d.models.registry import list_models, model_info
+from rep3d.models.info import model_info
+from rep3d.models.registry import list_models
 
 
 def models_table(pattern: str = "*") -> tuple[list[dict], str]:
