@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rep3d.presets import PAPER_CT
+
 # 20 distinct colours (tab20-like); class k > 0 uses PALETTE[(k - 1) % 20]
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
@@ -85,7 +87,7 @@ def save_overlay_png(
     image,
     label=None,
     prediction=None,
-    window: tuple[float, float] = (-125.0, 275.0),
+    window: tuple[float, float] = PAPER_CT.intensity_window,
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     centre: Sequence[int] | None = None,

@@ -27,17 +27,18 @@ from rep3d.data.phantom import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     DEFAULT_WINDOW,
-    PHANTOM_CLASSES,
     PHANTOM_HU,
     case_seed,
     make_phantom,
 )
+from rep3d.errors import Rep3DDataError, Rep3DValueError
+from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
 TEST_LABELED_KEY = "test_labeled"
 
 
-class MSDLayoutError(ValueError):
+class MSDLayoutError(Rep3DDataError):
     """A dataset folder or its ``dataset.json`` breaks the MSD layout; the message says what to fix."""
 
 
@@ -75,7 +76,7 @@ def write_msd_dataset(
         ValueError: negative or zero case counts.
     """
     if num_train < 0 or num_test < 0 or num_train + num_test == 0:
-        raise ValueError(
+        raise Rep3DValueError(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     root = Path(outdir)
@@ -275,14 +276,14 @@ def load_msd_dataset(
 
     if num_val is None:
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise Rep3DValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         num_val = (
             max(1, int(math.floor(val_fraction * len(pairs) + 0.5)))
             if len(pairs) >= 2 and val_fraction
             else 0
         )
     if not 0 <= num_val < len(pairs):
-        raise ValueError(
+        raise Rep3DValueError(
             f"num_val must be in [0, {len(pairs) - 1}] for {len(pairs)} training cases, got {num_val}"
         )
     order = np.random.default_rng(seed).permutation(len(pairs))

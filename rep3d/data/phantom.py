@@ -1,4 +1,4 @@
-"""Synthetic CT-like abdominal phantoms (DESIGN §8) and the ``rep3d phantom`` sub-command.
+"""Synthetic CT-like abdominal phantoms (the ``rep3d phantom`` command writes them as a dataset).
 
 Everything here is **synthetic**: no patient data, no anatomy beyond cartoon geometry. The phantom is
 built so that one pair of classes -- the right and left kidney -- is drawn from one shape/intensity
@@ -14,25 +14,14 @@ millimetres: +X towards the patient's right, +Y anterior, +Z superior. So the ri
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-PHANTOM_CLASSES: tuple[str, ...] = (
-    "background",
-    "liver",
-    "spleen",
-    "right_kidney",
-    "left_kidney",
-    "aorta",
-    "pancreas",
-    "stomach",
-    "bladder",
-)
-"""Label value -> class name (index = label value)."""
+from rep3d.errors import Rep3DValueError
+from rep3d.presets import PHANTOM, PHANTOM_CLASSES
 
 PHANTOM_HU: dict[str, float] = {
     # organs (labelled); mean HU before the per-volume jitter of +-``ORGAN_HU_JITTER``
@@ -59,9 +48,9 @@ ORGAN_HU_JITTER = 5.0
 """Standard deviation (HU) of the per-volume, per-organ shift of the organ mean."""
 
 DEFAULT_SHAPE = (96, 96, 80)
-DEFAULT_SPACING = (2.0, 2.0, 2.5)
-DEFAULT_WINDOW = (-125.0, 275.0)
-"""The CT window of the paper's recipe (DESIGN §4); use it to display or normalise phantoms."""
+DEFAULT_SPACING = PHANTOM.spacing
+DEFAULT_WINDOW = PHANTOM.intensity_window
+"""The CT window of the paper's recipe ([-125, 275] HU); use it to display or normalise phantoms."""
 
 
 class Phantom(NamedTuple):
@@ -239,9 +228,9 @@ def make_phantom(
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
+        raise Rep3DValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
     if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
+        raise Rep3DValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
     rng = np.random.default_rng(seed)
     affine = phantom_affine(shape, spacing)
     fov_half = np.asarray(shape) * np.asarray(spacing) / 2
@@ -354,84 +343,6 @@ def make_phantom(
     sigma = rng.uniform(10.0, 20.0) if noise_std is None else float(noise_std)
     image += rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
     return Phantom(image.astype(np.float32, copy=False), label, affine)
-
-
-# ----------------------------------------------------------------------------------------------------
-# ``rep3d phantom`` sub-command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "outdir", help="output folder (MSD layout: imagesTr/ labelsTr/ imagesTs/ labelsTs/ dataset.json)"
-    )
-    parser.add_argument("--num-train", type=int, default=24, help="training cases (default 24)")
-    parser.add_argument("--num-test", type=int, default=8, help="test cases, written with labels (default 8)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="master seed; each case derives its own (default 0)"
-    )
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=DEFAULT_SHAPE,
-        metavar=("X", "Y", "Z"),
-        help=f"volume shape in voxels (default {DEFAULT_SHAPE})",
-    )
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=DEFAULT_SPACING,
-        metavar=("SX", "SY", "SZ"),
-        help=f"voxel spacing in mm (default {DEFAULT_SPACING})",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
-    parser.add_argument(
-        "--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from rep3d.data.msd import write_msd_dataset
-
-    try:
-        root = write_msd_dataset(
-            args.outdir,
-            num_train=args.num_train,
-            num_test=args.num_test,
-            seed=args.seed,
-            shape=args.shape,
-            spacing=args.spacing,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (FileExistsError, ValueError) as err:
-        print(f"rep3d phantom: error: {err}", file=sys.stderr)
-        return 1
-    if args.preview:
-        from rep3d.data.figures import save_overlay_png
-
-        case = make_phantom(
-            case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing
-        )
-        kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
-        centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
-        save_overlay_png(  # planes through the kidneys: the pair only context tells apart
-            args.preview,
-            case.image,
-            case.label,
-            window=DEFAULT_WINDOW,
-            spacing=args.spacing,
-            centre=centre,
-            class_names=PHANTOM_CLASSES,
-            title="SYNTHETIC phantom",
-        )
-        print(f"preview: {args.preview}")
-    print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic) to {root}")
-    return 0
 
 
 def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
