@@ -16,8 +16,8 @@ from rep3d.data import MSDLayoutError, write_msd_dataset
 ROOT = Path(__file__).resolve().parents[1]
 # the maintainers' bundling tool (``python -m rep3d.hub.bundle RUN NAME``) is a script, not a library module
 TOOLS = {"hub/bundle.py"}
-LIBRARY = sorted(p for p in (ROOT / "rep3d").rglob("*.py")
-                 if "cli" not in p.relative_to(ROOT / "rep3d").parts and str(p.relative_to(ROOT / "rep3d")) not in TOOLS)
+LIBRARY = sorted(p for p in (ROOT / "rep3d").rglob("*.py") if "cli" not in p.relative_to(ROOT / "rep3d").parts
+                 and str(p.relative_to(ROOT / "rep3d")) not in TOOLS)
 
 
 def test_evaluate_on_a_bad_dataset_prints_one_line_and_fails(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -59,8 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def recorded_command(args: argparse.Namespace) -> str:
     """The command line that ran ``args`` (from the argv given to :func:`main`), as a shell-quoted string."""
-    import shlex
-
     words = [w for w in getattr(args, "argv", []) if w != "--debug"]
     return "rep3d " + shlex.join(words)
 

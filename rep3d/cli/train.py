@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from rep3d.cli import recorded_command
 from rep3d.errors import Rep3DValueError
 from rep3d.train import (
     DATASET_PRESETS,
@@ -76,8 +77,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rep3d.cli import recorded_command
-
     cfg = config_from_args(args)
     try:
         train(cfg, resume=args.resume, command=recorded_command(args))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rep3d.errors import Rep3DValueError
 from rep3d.presets import PAPER_CT
 
 # 20 distinct colours (tab20-like); class k > 0 uses PALETTE[(k - 1) % 20]
@@ -47,7 +48,7 @@ def _as_volume(name: str, x, ndim: int = 3) -> np.ndarray:
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != ndim:
-        raise ValueError(
+        raise Rep3DValueError(
             f"save_overlay_png: {name} must be a 3-D array [X, Y, Z] (or [1, X, Y, Z]), got shape {x.shape}"
         )
     return x
@@ -80,6 +81,43 @@ def overlay_rgb(gray: np.ndarray, labels: np.ndarray | None, alpha: float) -> np
         mask = (labels > 0)[..., None]
         rgb = np.where(mask, (1 - alpha) * rgb + alpha * colours[idx], rgb)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _draw_figure(gray: np.ndarray, maps: dict[str, np.ndarray], centre: Sequence[int],
+                 sizes: list[tuple[int, int]], class_names: Sequence[str] | None, alpha: float, title: str | None):
+    """The PIL canvas of :func:`save_overlay_png`: one row per map (image first), then the colour legend."""
+    from PIL import Image, ImageDraw
+
+    rows = [("image", None)] + list(maps.items())
+    pad, title_h = 4, 14
+    width = sum(w for w, _ in sizes) + pad * (len(sizes) + 1)
+    row_h = max(h for _, h in sizes) + title_h + pad
+    present = sorted({int(v) for m in maps.values() for v in np.unique(m) if v > 0})
+    legend_h = 16 * ((len(present) + 3) // 4) + pad if present else 0
+    canvas = Image.new("RGB", (width, row_h * len(rows) + legend_h + pad), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, (row_name, lab) in enumerate(rows):
+        y0 = r * row_h + pad
+        if r == 0:
+            row_name += "   axial | coronal | sagittal, patient's right on the left"
+            row_name += f"   [{title}]" if title else ""
+        draw.text((pad, y0), row_name, fill=(255, 255, 255))
+        x0 = pad
+        lab_panels = _panels(lab, centre) if lab is not None else [None] * 3
+        for g, lp, (w, h) in zip(_panels(gray, centre), lab_panels, sizes, strict=True):
+            rgb = overlay_rgb(
+                np.ascontiguousarray(g), None if lp is None else np.ascontiguousarray(lp), alpha
+            )
+            canvas.paste(Image.fromarray(rgb).resize((w, h), Image.Resampling.NEAREST), (x0, y0 + title_h))
+            x0 += w + pad
+    if present:
+        col_w = (width - pad) // 4
+        for n, k in enumerate(present):
+            x, y = pad + (n % 4) * col_w, row_h * len(rows) + pad + 16 * (n // 4)
+            name = class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
+            draw.rectangle((x, y + 2, x + 10, y + 12), fill=PALETTE[(k - 1) % len(PALETTE)])
+            draw.text((x + 14, y), f"{k} {name}", fill=(255, 255, 255))
+    return canvas
 
 
 def save_overlay_png(
@@ -115,19 +153,17 @@ def save_overlay_png(
     Returns:
         the path written.
     """
-    from PIL import Image, ImageDraw
-
     image = _as_volume("image", image).astype(np.float32)
     maps = {"label": label, "prediction": prediction}
     maps = {k: _as_volume(k, v).astype(np.int64) for k, v in maps.items() if v is not None}
     for name, m in maps.items():
         if m.shape != image.shape:
-            raise ValueError(
+            raise Rep3DValueError(
                 f"save_overlay_png: {name} shape {m.shape} differs from image shape {image.shape}"
             )
     lo, hi = map(float, window)
     if not hi > lo:
-        raise ValueError(f"save_overlay_png: window must be (lo, hi) with hi > lo, got {window}")
+        raise Rep3DValueError(f"save_overlay_png: window must be (lo, hi) with hi > lo, got {window}")
     if centre is None:
         fg = next((m > 0 for m in maps.values() if (m > 0).any()), None)
         centre = (
@@ -136,38 +172,8 @@ def save_overlay_png(
             .astype(int)
         )
     centre = [int(np.clip(c, 0, n - 1)) for c, n in zip(centre, image.shape, strict=True)]
-
     gray = np.clip((image - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    sizes = _panel_sizes(image.shape, spacing, scale)
-    rows = [("image", None)] + list(maps.items())
-    pad, title_h = 4, 14
-    width = sum(w for w, _ in sizes) + pad * (len(sizes) + 1)
-    row_h = max(h for _, h in sizes) + title_h + pad
-    present = sorted({int(v) for m in maps.values() for v in np.unique(m) if v > 0})
-    legend_h = 16 * ((len(present) + 3) // 4) + pad if present else 0
-    canvas = Image.new("RGB", (width, row_h * len(rows) + legend_h + pad), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for r, (row_name, lab) in enumerate(rows):
-        y0 = r * row_h + pad
-        if r == 0:
-            row_name += "   axial | coronal | sagittal, patient's right on the left"
-            row_name += f"   [{title}]" if title else ""
-        draw.text((pad, y0), row_name, fill=(255, 255, 255))
-        x0 = pad
-        lab_panels = _panels(lab, centre) if lab is not None else [None] * 3
-        for g, lp, (w, h) in zip(_panels(gray, centre), lab_panels, sizes, strict=True):
-            rgb = overlay_rgb(
-                np.ascontiguousarray(g), None if lp is None else np.ascontiguousarray(lp), alpha
-            )
-            canvas.paste(Image.fromarray(rgb).resize((w, h), Image.Resampling.NEAREST), (x0, y0 + title_h))
-            x0 += w + pad
-    if present:
-        col_w = (width - pad) // 4
-        for n, k in enumerate(present):
-            x, y = pad + (n % 4) * col_w, row_h * len(rows) + pad + 16 * (n // 4)
-            name = class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
-            draw.rectangle((x, y + 2, x + 10, y + 12), fill=PALETTE[(k - 1) % len(PALETTE)])
-            draw.text((x + 14, y), f"{k} {name}", fill=(255, 255, 255))
+    canvas = _draw_figure(gray, maps, centre, _panel_sizes(image.shape, spacing, scale), class_names, alpha, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)

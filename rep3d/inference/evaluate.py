@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rep3d.data.msd import load_msd_dataset
 from rep3d.errors import Rep3DDataError
 from rep3d.inference.predictor import Predictor
 from rep3d.metrics import dice_per_class, mean_dice
@@ -63,8 +64,6 @@ def evaluate_dataset(model: torch.nn.Module, data: str, split: str = "test", **p
     """Per-class Dice of ``model`` on the labelled cases of ``split`` ("test", "val" or "train") of the MSD-layout
     dataset in ``data``, each case predicted by ``Predictor(model, **predictor_kwargs)`` and scored on its own grid.
     Returns :func:`evaluate_cases`' dict plus ``"split"``."""
-    from rep3d.data.msd import load_msd_dataset
-
     dataset = load_msd_dataset(data)
     cases = {"test": dataset.test_labeled, "val": dataset.val, "train": dataset.train}[split]
     if not cases:
