@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import rep3d
-from rep3d.inference import FALLBACK_ROI, InputError, Predictor, _lateral_permutation, model_grid_affine
+from rep3d.inference import FALLBACK_ROI, InputError, Predictor, model_grid_affine
+from rep3d.inference.predictor import _lateral_permutation
 from tests.standins import RGBOracle, SideOracle, ThresholdOracle, WindowMean
 
 
