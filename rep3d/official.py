@@ -34,10 +34,8 @@ match the official ones as they are.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,6 @@ from torch import nn
 
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError, Rep3DWeightsError
-from rep3d.hub import save_pretrained
 from rep3d.hub.weights import load_exact, read_weights, sha256_file
 from rep3d.layers import RepLKConv3d
 from rep3d.models import is_model, reparameterize_model
@@ -287,34 +284,3 @@ def load_official_checkpoint(
     if report:
         logger.info("%s", result)
     return model, result
-
-
-# ---------------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="official checkpoint (.pth via torch.load(weights_only=True), "
-                        "or .safetensors)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="folder to write (config.json, model.safetensors, README.md; see rep3d.save_pretrained)")
-    parser.add_argument("--model", default=None, help="rep3d model name (default: inferred from tensor shapes)")
-    parser.add_argument("--form", choices=("train", "deploy"), default="train",
-                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded")
-    parser.add_argument("--no-strict", dest="strict", action="store_false",
-                        help="import even if some tensors are not understood (they are reported)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        model, result = load_official_checkpoint(args.checkpoint, args.model, form=args.form, strict=args.strict,
-                                                 report=False)
-    except Rep3DWeightsError as err:
-        print(f"rep3d import-official: {err}", file=sys.stderr)
-        return 1
-    description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "
-                   f"`{args.checkpoint.name}`. The input table below is the paper's AMOS-CT recipe (rep3d's default "
-                   "for this architecture): confirm it matches the data the checkpoint was trained on.")
-    save_pretrained(model, args.output, description=description, license="other",
-                    command=f"rep3d import-official {args.checkpoint.name} -o {args.output.name} --form {args.form}")
-    print(result)
-    print(f"wrote {args.output}")
-    return 0
