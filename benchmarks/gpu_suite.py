@@ -293,6 +293,17 @@ def section_gpu_tests(suite: Suite, deadline: float) -> dict:
 # ---------------------------------------------------------------------------------------------------- 2. predictor
 
 
+@contextlib.contextmanager
+def count_forwards(model: torch.nn.Module):
+    """Counts ``model``'s forward calls inside the block (windows x batches of a sliding-window run): ``[n]``."""
+    count = [0]
+    handle = model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
 @functools.lru_cache(maxsize=1)
 def _phantom_volume(shape):
     """One synthetic volume (6 s to make at 256x256x160), shared by the predictor and model sections."""
@@ -324,10 +335,10 @@ def section_predictor(suite: Suite, deadline: float) -> dict:
         )
         crop = tuple(slice(0, r) for r in predictor.roi_size)
         predictor(vol.image[(None, *crop)], vol.affine)  # warm-up on one window: cuDNN / FFT plans
-        calls = predictor.forward_calls
         _sync(suite.device)
         t = time.perf_counter()
-        pred = predictor(vol.image[None], vol.affine)
+        with count_forwards(predictor.model) as windows:
+            pred = predictor(vol.image[None], vol.affine)
         _sync(suite.device)
         seconds = time.perf_counter() - t
         labels[stitch] = pred.label
@@ -336,7 +347,7 @@ def section_predictor(suite: Suite, deadline: float) -> dict:
         )
         out["runs"][stitch] = {
             "seconds": seconds,
-            "windows_forwarded": predictor.forward_calls - calls,
+            "windows_forwarded": windows[0],
             "roi": list(predictor.roi_size),
             "mean_dice_vs_phantom_truth": mean_dice(dice),
         }
@@ -604,11 +615,12 @@ def _deployed_inference(suite: Suite, sz: dict, deadline: float) -> dict:
         )
         _sync(device)
         t = time.perf_counter()
-        predictor(vol.image[None])
+        with count_forwards(predictor.model) as windows:
+            predictor(vol.image[None])
         _sync(device)
         res["whole_phantom_s"] = time.perf_counter() - t
         res["whole_phantom_shape"] = list(sz["phantom_shape"])
-        res["whole_phantom_windows"] = predictor.forward_calls
+        res["whole_phantom_windows"] = windows[0]
         res["whole_phantom_note"] = "Predictor, overlap 0.5, gaussian blend, AMP (float16 on CUDA), first call"
     return res
 
@@ -721,7 +733,7 @@ def section_train(suite: Suite, deadline: float) -> dict:
     from rep3d.metrics import mean_dice
     from rep3d.train import TrainingInterrupted, build_config, evaluate, train
     from rep3d.train.data import preprocessing
-    from rep3d.train.loop import amp_dtype
+    from rep3d.train.runtime import amp_dtype
 
     sz = sizes(suite.args.tiny)
     work = Path(tempfile.mkdtemp(prefix="rep3d_gpu_train_"))
@@ -768,9 +780,7 @@ def section_train(suite: Suite, deadline: float) -> dict:
         model.load_state_dict(state["model"])
         model.to(suite.device)
         volumes = [preprocessing(cfg)(dict(item)) for item in dataset.test_labeled]
-        per_class = evaluate(
-            model, volumes, cfg, len(dataset.class_names), suite.device, amp_dtype(cfg.amp, suite.device)
-        )
+        per_class = evaluate(model, volumes, cfg, dataset.class_names, suite.device, amp_dtype(cfg.amp, suite.device))
         out = {
             "model": cfg.model,
             "model_args": cfg.model_args,

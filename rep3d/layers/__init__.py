@@ -1,6 +1,6 @@
 """Reusable building blocks: drop them into any 3-D network."""
 
-from rep3d.layers.conv import RepLKConv3d
+from rep3d.layers.conv import RepLKConv3d, is_deployed
 from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
@@ -25,6 +25,7 @@ __all__ = [
     "fft_lengths",
     "fold_batchnorm",
     "get_engine_settings",
+    "is_deployed",
     "mask_lr_field",
     "pad_kernel",
     "useful_kernel_size",

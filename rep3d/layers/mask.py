@@ -1,4 +1,4 @@
-"""Distance-decay prior and the learnable receptive-field mask of Rep3D (DESIGN §1)."""
+"""Distance-decay prior and the learnable receptive-field mask of Rep3D (docs/design.md, "Mask")."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_float, kernel_size_3d
 
 MaskMode = Literal["lrbm", "fixed"]
@@ -32,7 +33,7 @@ def distance_prior(
         device = device or beta.device
     else:
         if not beta > 0:
-            raise ValueError(f"distance_prior: beta must be > 0, got {beta}")
+            raise Rep3DValueError(f"distance_prior: beta must be > 0, got {beta}")
         dtype = dtype or torch.get_default_dtype()
     axes = [torch.arange(k, device=device, dtype=dtype) - (k - 1) / 2 for k in (kd, kh, kw)]
     dist = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2).sqrt()
@@ -43,7 +44,8 @@ class MaskGenerator(nn.Module):
     """f_theta: a tiny conv net over the prior volume ``[1, 1, kd, kh, kw]`` -> logits of the same shape.
 
     conv(k7, same) -> GroupNorm -> sigmoid -> conv(k7, same). GroupNorm normalises over hidden channels *and* kernel
-    offsets, so it cannot collapse to its bias the way a LayerNorm over a single channel does (upstream bug, DESIGN §5).
+    offsets, so it cannot collapse to its bias the way a LayerNorm over a single channel does (upstream bug 2 in
+    docs/design.md).
     """
 
     def __init__(self, hidden_channels: int = 4, kernel_size: int = 7, init_scale: float = 0.1) -> None:
@@ -90,9 +92,9 @@ class ModulatedKernelParam(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("lrbm", "fixed"):
-            raise ValueError(f"ModulatedKernelParam: mode must be 'lrbm' or 'fixed', got {mode!r}")
+            raise Rep3DValueError(f"ModulatedKernelParam: mode must be 'lrbm' or 'fixed', got {mode!r}")
         if not beta > 0:
-            raise ValueError(f"ModulatedKernelParam: beta must be > 0, got {beta}")
+            raise Rep3DValueError(f"ModulatedKernelParam: beta must be > 0, got {beta}")
         self.kernel_size = kernel_size_3d(kernel_size)
         self.mode = mode
         if learnable_beta:
@@ -124,7 +126,7 @@ class ModulatedKernelParam(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         check_float(weight, "ModulatedKernelParam", "weight")
         if weight.ndim != 5 or tuple(weight.shape[2:]) != self.kernel_size:
-            raise ValueError(
+            raise Rep3DValueError(
                 f"ModulatedKernelParam was built for kernels [C, C_in, {', '.join(map(str, self.kernel_size))}], "
                 f"got weight of shape {tuple(weight.shape)}"
             )

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
+
 _DEFAULT_CHUNK_BYTES = MappingProxyType({"cpu": 16 * 2**20, "cuda": 512 * 2**20})
 
 
@@ -48,8 +50,6 @@ class EngineSettings:
     grad_w_slab_voxels: int = 2**14
 
     def __post_init__(self) -> None:
-        from rep3d.errors import Rep3DTypeError, Rep3DValueError
-
         if self.save_spectra not in (None, True, False):
             raise Rep3DTypeError(f"save_spectra must be None, True or False, got {self.save_spectra!r}")
         for name in ("save_spectra_bytes", "grad_w_slab_voxels"):
@@ -102,8 +102,6 @@ def engine_settings(
     changes: dict[str, object] = {}
     if chunk_bytes is not None:
         if not isinstance(chunk_bytes, Mapping):
-            from rep3d.errors import Rep3DTypeError
-
             raise Rep3DTypeError(
                 f"chunk_bytes must map device types to bytes, e.g. {{'cuda': 2**29}}, got {chunk_bytes!r}"
             )

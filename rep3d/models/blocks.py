@@ -10,6 +10,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers import LayerNorm3d, RepLKConv3d
 from rep3d.layers.conv import Modulation
 from rep3d.layers.depthwise import Backend
@@ -39,7 +40,7 @@ class RepLKBlock3d(nn.Module):
     ) -> None:
         super().__init__()
         if drop_path > 0 and not residual:
-            raise ValueError("RepLKBlock3d: drop_path needs residual=True (it drops the residual branch)")
+            raise Rep3DValueError("RepLKBlock3d: drop_path needs residual=True (it drops the residual branch)")
         self.residual = residual
         self.dwconv = RepLKConv3d(
             channels, kernel_size, modulation=modulation, small_kernel=small_kernel, norm=True,
@@ -139,7 +140,7 @@ class UnetrDecoder3d(nn.Module):
         super().__init__()
         w = list(widths)
         if len(w) != 4:
-            raise ValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
+            raise Rep3DValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
 
         def basic(cin: int, cout: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)
