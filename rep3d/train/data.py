@@ -14,6 +14,7 @@ import torch
 from monai import transforms as T
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rep3d.data.nifti import NiftiReader
 from rep3d.inference.preprocess import model_space_transforms
 from rep3d.train.recipes import TrainConfig
 
@@ -23,7 +24,7 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
     to [0, 1]: :func:`rep3d.inference.model_space_transforms`), then crop to the body and pad to the ROI."""
     keys = ["image", "label"] if with_label else ["image"]
     return T.Compose([
-        T.LoadImaged(keys, image_only=True),
+        T.LoadImaged(keys, image_only=True, reader=NiftiReader()),  # geometry as inference reads it
         T.EnsureChannelFirstd(keys),
         *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation,
                                 intensity_window=cfg.intensity_window, label_key="label" if with_label else None),
