@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
+from rep3d.errors import Rep3DValueError
 from rep3d.inference import AUTO, InputError, Predictor, find_volumes, output_stem
+from rep3d.inference.io import PREDICTION_DESCRIPTION
+from rep3d.inference.predictor import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,13 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _report(name: str, message: str) -> None:
     where = "" if message.startswith(name) else f"{name}: "
+    message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
     tqdm.write(f"rep3d predict: error: {where}{message}", file=sys.stderr)
 
 
+def _written_by_rep3d(path: Path) -> bool:
+    """Whether ``path`` is a label map / probability file an earlier ``rep3d predict`` wrote (its header says so)."""
+    try:
+        import nibabel as nib
+
+        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
+    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+        return False
+
+
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``: refuses clashing names and existing
-    outputs (unless ``overwrite``)."""
+    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``.
+
+    Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
+    ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
+    ``rep3d predict`` wrote are replaced, never anything else.
+    """
     jobs, errors, claimed = [], [], {}
+    inputs = {p.resolve(): p for p in files}
     for path in files:
         stem = output_stem(path)
         seg = outdir / f"{stem}_seg.nii.gz"
@@ -69,12 +89,36 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        existing = [p for p in (seg, prob) if p is not None and p.exists()]
+        outputs = [p for p in (seg, prob) if p is not None]
+        clash = next((p for p in outputs if p.resolve() in inputs), None)
+        if clash is not None:
+            errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
+                                      "write the outputs to another folder with -o"))
+            continue
+        existing = [p for p in outputs if p.exists()]
         if existing and not overwrite:
             errors.append((str(path), f"{existing[0]} exists; pass --overwrite to replace it"))
             continue
+        foreign = next((p for p in existing if not p.is_file() or not _written_by_rep3d(p)), None)
+        if foreign is not None:
+            errors.append((str(path), f"{foreign} exists and was not written by rep3d predict; --overwrite only "
+                                      "replaces earlier outputs: move it or choose another -o"))
+            continue
         jobs.append((path, seg, prob))
     return jobs, errors
+
+
+def check_output_folder(outdir: Path) -> None:
+    """Refuse, before any model is built, an ``-o`` that is a file or that cannot be created / written."""
+    if outdir.exists() and not outdir.is_dir():
+        raise Rep3DValueError(f"-o {outdir} is an existing file; give a folder for the <name>_seg.nii.gz outputs")
+    parent = outdir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise Rep3DValueError(f"-o {outdir}: {parent} is a file, so the folder cannot be created; give a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Rep3DValueError(f"-o {outdir}: {parent} is not writable; give a folder you can write to")
 
 
 def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
@@ -102,6 +146,8 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
 
 def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
+    check_output_folder(outdir)
+    resolve_device(args.device)  # an unknown device fails before the model is built
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused

@@ -110,6 +110,8 @@ def write_msd_dataset(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     root = Path(outdir)
+    if root.exists() and not root.is_dir():
+        raise Rep3DValueError(f"{root} is an existing file; give a folder path for the MSD dataset")
     if (root / "dataset.json").exists() and not overwrite:
         raise FileExistsError(
             f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"

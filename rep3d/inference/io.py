@@ -19,6 +19,8 @@ from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine
 from rep3d.errors import Rep3DDataError, Rep3DValueError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PREDICTION_DESCRIPTION = b"rep3d prediction"
+"""``descrip`` of every NIfTI a :class:`Prediction` writes: how ``rep3d predict --overwrite`` knows its own outputs."""
 
 
 class InputError(Rep3DDataError):
@@ -66,7 +68,7 @@ def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
         hdr.set_data_dtype(data.dtype)
         hdr["cal_min"], hdr["cal_max"] = 0, 0
         hdr.set_intent(intent)
-        hdr["descrip"] = b"rep3d prediction"
+        hdr["descrip"] = PREDICTION_DESCRIPTION
         hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
         if data.ndim == 4:  # the 4th axis holds classes, not time
             hdr.set_xyzt_units(xyz=hdr.get_xyzt_units()[0], t="unknown")
@@ -76,6 +78,7 @@ def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_intent(intent)
+    img.header["descrip"] = PREDICTION_DESCRIPTION
     return img
 
 

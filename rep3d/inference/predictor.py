@@ -64,12 +64,23 @@ def _match_case(new: str, old: str) -> str:
     return new.upper() if old.isupper() else new.title() if old.istitle() else new
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"`` -> cuda if available else cpu; otherwise the device named, refused (with the fix) when
+    torch does not know it or it is not here."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise Rep3DValueError(f"device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from err
+    if device.type not in ("cpu", "cuda"):
+        raise Rep3DValueError(f"device {str(device)!r} is not supported by rep3d inference; use cpu, cuda, cuda:N "
+                              "or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Rep3DValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise Rep3DValueError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -144,7 +155,7 @@ class Predictor:
         self.in_chans = getattr(model, "in_chans", None) or cfg.get("in_chans")
         self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.stitch_device = stitch_device
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
         self.tta_axes = tuple(int(a) for a in tta_axes)
