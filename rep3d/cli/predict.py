@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,7 +14,7 @@ from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
-from rep3d.inference import AUTO, InputError, Predictor, find_volumes, output_stem
+from rep3d.inference import AUTO, InputError, NonFiniteInputWarning, Predictor, find_volumes, output_stem
 from rep3d.inference.io import PREDICTION_DESCRIPTION
 from rep3d.inference.predictor import resolve_device
 
@@ -52,8 +54,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <name>_prob.nii.gz: float32 softmax, classes last",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--nonfinite", type=_nonfinite_arg, default="error", metavar="error|replace:VALUE",
+        help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
+             "with a warning)",
+    )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier outputs of rep3d predict (never inputs or other files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _nonfinite_arg(text: str) -> str | float:
+    if text == "error":
+        return text
+    kind, _, value = text.partition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if kind != "replace" or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected 'error' or 'replace:VALUE' with a finite VALUE, got {text!r}")
+    return number
 
 
 def _report(name: str, message: str) -> None:
@@ -126,7 +147,14 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
     done, errors = 0, []
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
-            pred = predictor(path, probabilities=prob is not None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonFiniteInputWarning)
+                pred = predictor(path, probabilities=prob is not None)
+            for warning in caught:
+                if issubclass(warning.category, NonFiniteInputWarning):
+                    tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             pred.save(seg)
             if prob is not None:
                 pred.save_probabilities(prob)
@@ -163,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
-            tta=args.tta, progress=not args.quiet,
+            tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         outdir.mkdir(parents=True, exist_ok=True)
         done, failed = segment_files(predictor, jobs, args.quiet)

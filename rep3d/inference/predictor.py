@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
-from rep3d.inference.io import Prediction, load_volume
+from rep3d.inference.io import InputError, Prediction, load_volume
 from rep3d.inference.preprocess import to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
@@ -85,6 +86,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 
+class NonFiniteInputWarning(UserWarning):
+    """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
+
+
+def _nonfinite_policy(value: str | float) -> str | float:
+    if isinstance(value, str) and value == "error":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise Rep3DValueError(f"nonfinite must be 'error' or a finite number to put in place of NaN / inf voxels, "
+                              f"got {value!r}")
+    return number
+
+
 def _triple(name: str, value: Any, kind: type) -> tuple:
     vals = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,) * 3
     if len(vals) != 3:
@@ -124,6 +142,11 @@ class Predictor:
         intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
         class_names: names of the output channels (index = label value).
         progress: tqdm bar over the windows of each volume.
+        nonfinite: what to do with NaN / infinite input voxels, which the FFT engine would spread over whole
+            feature maps (an all-background result): ``"error"`` (default) refuses the volume with
+            :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
+            units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
+            finite voxel is always refused.
     """
 
     def __init__(
@@ -144,6 +167,7 @@ class Predictor:
         intensity_window: tuple[float, float] | None = AUTO,
         class_names: Sequence[str] | None = AUTO,
         progress: bool = False,
+        nonfinite: str | float = "error",
     ) -> None:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
@@ -161,6 +185,7 @@ class Predictor:
         self.tta_axes = tuple(int(a) for a in tta_axes)
         if any(a not in (0, 1, 2) for a in self.tta_axes):
             raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {tta_axes}")
+        self.nonfinite = _nonfinite_policy(nonfinite)
         self.model = model.to(self.device).eval()
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
@@ -221,14 +246,35 @@ class Predictor:
             data, affine, self.in_chans,
             lambda: model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0)),
         )
+        image = self._replace_nonfinite(image, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         in_shape = tuple(int(s) for s in image.shape[1:])
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
                            intensity_window=self.intensity_window)
         grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
         probs = self.infer(x.as_tensor().float())  # [K, *grid] on the stitch device
+        if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
+            raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
+                                  "the input is; check the weights (e.g. load them with --checkpoint again)")
         label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
         return Prediction(label, in_affine, prob_out, header, self.class_names, source)
+
+    def _replace_nonfinite(self, image, what: str):
+        """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
+        finite = torch.isfinite(image)
+        if bool(finite.all()):
+            return image
+        bad, total = int((~finite).sum()), finite.numel()
+        how = ("replace them with a stated value: rep3d predict --nonfinite replace:VALUE, "
+               "Predictor(nonfinite=VALUE) (e.g. -1024, air in CT HU)")
+        if bad == total:
+            raise InputError(f"{what}: all {total} voxels are NaN or infinite; there is nothing to segment")
+        if self.nonfinite == "error":
+            raise InputError(f"{what}: {bad} of {total} voxels are NaN or infinite, which would corrupt the whole "
+                             f"segmentation; fix the scan, or {how}")
+        warnings.warn(f"{what}: replaced {bad} of {total} NaN / infinite voxels with {self.nonfinite:g}",
+                      NonFiniteInputWarning, stacklevel=3)
+        return torch.where(finite, image, torch.as_tensor(self.nonfinite, dtype=image.dtype))
 
     def _stitch_device_for(self, spatial: Sequence[int]) -> torch.device:
         if str(self.stitch_device) != "auto":
