@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--roi-size", type=int, nargs=3, metavar=("D", "H", "W"), help="override the cfg's ROI"
     )
-    parser.add_argument("--tta", action="store_true", help="average over flips (8x slower)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the flips the model was trained with (up to 8x slower); refused for a "
+                             "model trained without flips or whose config does not say")
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
     )

@@ -86,6 +86,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 
+def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
+    """The flip axes TTA may use: those training recorded in ``cfg['tta_flip_axes']`` (or the requested subset)."""
+    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    recorded = cfg.get("tta_flip_axes")
+    if recorded is None:
+        raise Rep3DValueError(
+            f"tta: the config of {name} does not record which flips its training used (pretrained_cfg key "
+            "'tta_flip_axes'), and flip TTA on a model trained without flips lowers Dice (anatomy is not "
+            "mirror-symmetric); run without --tta, or, if it was trained with flips along axes A, set "
+            "model.pretrained_cfg['tta_flip_axes'] = [A, ...]"
+        )
+    allowed = tuple(int(a) for a in recorded)
+    if not allowed:
+        raise Rep3DValueError(
+            f"tta: {name} was trained without flips (tta_flip_axes: []), so flip TTA would lower its Dice "
+            "(anatomy is not mirror-symmetric); run without --tta (tta=False)"
+        )
+    axes = allowed if requested is AUTO else tuple(int(a) for a in requested)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {requested}")
+    if not set(axes) <= set(allowed):
+        raise Rep3DValueError(f"tta_axes {axes}: {name} was trained with flips along axes {allowed} only; flips "
+                              f"along other axes lower its Dice: use a subset of {allowed}")
+    return axes
+
+
 class NonFiniteInputWarning(UserWarning):
     """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
 
@@ -134,9 +160,13 @@ class Predictor:
             buffers would take more than a third of its free memory, then ``"cpu"``), or a device.
         amp: autocast (float16 on CUDA, bfloat16 on CPU); probabilities are accumulated in float32.
         tta: average the softmax over all flips of ``tta_axes`` (2^len(tta_axes) forward passes per window).
-            Flips along the left-right axis swap the channels of left/right class pairs found in
-            ``class_names`` (``left_kidney`` <-> ``right_kidney``) so lateralised classes stay correct.
-        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``.
+            Only flips the weights were trained to be invariant to are used: training records the flip axes of its
+            augmentation in ``pretrained_cfg['tta_flip_axes']`` (``[]``: trained without flips). TTA is refused
+            for a model trained without flips (flipping a model that never saw mirrored anatomy lowers Dice) and
+            for a model whose cfg does not record it. Flips along the left-right axis swap the channels of
+            left/right class pairs found in ``class_names`` (``left_kidney`` <-> ``right_kidney``).
+        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``; ``AUTO``: all the recorded ones,
+            otherwise a subset of them.
         spacing: target voxel size (mm) along the oriented axes, or ``None``.
         orientation: axis codes (``"RAS"``) or ``None``.
         intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
@@ -161,7 +191,7 @@ class Predictor:
         stitch_device: str | torch.device = "auto",
         amp: bool = False,
         tta: bool = False,
-        tta_axes: Sequence[int] = (0, 1, 2),
+        tta_axes: Sequence[int] = AUTO,
         spacing: Sequence[float] | None = AUTO,
         orientation: str | None = AUTO,
         intensity_window: tuple[float, float] | None = AUTO,
@@ -182,9 +212,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.stitch_device = stitch_device
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
-        self.tta_axes = tuple(int(a) for a in tta_axes)
-        if any(a not in (0, 1, 2) for a in self.tta_axes):
-            raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {tta_axes}")
+        self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
         self.nonfinite = _nonfinite_policy(nonfinite)
         self.model = model.to(self.device).eval()
 

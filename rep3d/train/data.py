@@ -34,6 +34,11 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
     ])
 
 
+FLIP_AXES: tuple[int, ...] = ()
+"""Axes :func:`augmentation` flips: none. Training records them as ``tta_flip_axes`` in the model's config, and the
+Predictor's test-time augmentation uses only these flips."""
+
+
 def augmentation(cfg: TrainConfig) -> T.Compose:
     """Random part (the paper's recipe): pos/neg crops, intensity shift, small rotation and scaling. No flips: left and
     right organs are told apart by position."""

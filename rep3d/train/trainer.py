@@ -26,7 +26,7 @@ from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
 from rep3d.metrics import mean_dice
 from rep3d.train.checkpoint import atomic_save, load_state, rng_state, set_rng_state
-from rep3d.train.data import CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
     DistContext,
@@ -129,6 +129,7 @@ class Trainer:
             roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
             orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
             class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
