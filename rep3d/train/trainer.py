@@ -94,8 +94,10 @@ class Trainer:
         if self.ctx.is_main:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        self.train_set = CachedVolumes(self.dataset.train, cfg)
-        self.val_volumes = [preprocessing(cfg)(dict(item)) for item in self.dataset.val] if self.ctx.is_main else []
+        num_classes = len(self.class_names)  # label values are checked against it as the volumes are cached
+        self.train_set = CachedVolumes(self.dataset.train, cfg, num_classes)
+        self.val_volumes = ([preprocessing(cfg, num_classes=num_classes)(dict(item)) for item in self.dataset.val]
+                            if self.ctx.is_main else [])
         self.sampler = StepSampler(len(self.train_set), cfg.iterations, self.start_step, cfg.seed,
                                    cfg.subjects_per_step, self.ctx.rank, self.ctx.world_size)
         self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main)
@@ -294,7 +296,8 @@ class Trainer:
     def _test(self, wall: float) -> dict[str, Any]:
         """Dice of the best (published) model on the labelled test cases; republishes with the test Dice."""
         best_model = create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
-        test_volumes = [preprocessing(self.cfg)(dict(item)) for item in self.dataset.test_labeled]
+        test_volumes = [preprocessing(self.cfg, num_classes=len(self.class_names))(dict(item))
+                        for item in self.dataset.test_labeled]
         test = evaluate(best_model, test_volumes, self.cfg, self.class_names, self.device, self.autocast_dtype)
         self.publish(best_model, wall, test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
