@@ -126,6 +126,14 @@ def test_demo_with_a_model_without_weights_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_tta_with_weights_trained_without_flips_is_one_line_before_any_output(tmp_path, scans, capsys):
+    before = digests(scans)
+    message = main_error(["predict", "rep3d_tiny.phantom", str(scans), "-o", str(tmp_path / "out"), "--tta",
+                          "--quiet", "--device", "cpu"], capsys, "predict")
+    assert "rep3d_tiny.phantom was trained without flips" in message
+    assert digests(scans) == before and not (tmp_path / "out").exists()
+
+
 def test_a_zero_affine_is_one_line_and_nothing_is_segmented(tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
