@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rep3d.errors import Rep3DDataError
-from rep3d.inference import InputError, Predictor
+from rep3d.inference import InputError, InputWarning, Predictor
 from tests.standins import ThresholdOracle
 
 AFFINE = np.array([[0.0, 2.0, 0.0, -10.0], [2.0, 0.0, 0.0, 5.0], [0.0, 0.0, 2.5, 3.0], [0.0, 0.0, 0.0, 1.0]])
@@ -21,16 +21,18 @@ def volume(shape=(12, 10, 8)) -> np.ndarray:
 
 
 def write(path, *, sform=AFFINE, sform_code=1, qform=AFFINE, qform_code=1, pixdim=None, units="mm"):
-    img = nib.Nifti1Image(volume(), None)
-    if qform is not None:
-        img.set_qform(qform, code=qform_code)
-    else:
-        img.header.set_qform(None, code=0)
-    img.header.set_sform(sform, code=sform_code)
-    img.header.set_xyzt_units(units, "sec")
+    """Save with exactly these header fields (an image's own affine would overwrite the sform on save)."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(volume().shape)
+    hdr.set_data_dtype(np.int16)
+    hdr.set_qform(qform, code=qform_code if qform is not None else 0)
+    hdr.set_sform(sform, code=sform_code)
+    hdr.set_xyzt_units(units, "sec")
     if pixdim is not None:
-        img.header["pixdim"][1:4] = pixdim
-    nib.save(img, path)
+        hdr["pixdim"][1:4] = pixdim
+    nib.save(nib.Nifti1Image(volume(), None, header=hdr), path)
+    saved = nib.load(path).header
+    assert int(saved["sform_code"]) == sform_code and np.array_equal(saved["srow_x"], hdr["srow_x"])
     return path
 
 
@@ -51,7 +53,8 @@ def test_a_valid_sform_wins_over_a_stale_pixdim_as_in_nibabel_and_itk(tmp_path):
 
 def test_a_singular_sform_falls_back_to_the_qform(tmp_path):
     path = write(tmp_path / "singular.nii.gz", sform=np.diag([2.0, 0.0, 2.5, 1.0]))
-    pred = predictor()(path)
+    with pytest.warns(InputWarning, match="singular.nii.gz: the sform is singular or not finite; using the qform"):
+        pred = predictor()(path)
     assert np.allclose(pred.affine, AFFINE)
     pred.save(tmp_path / "seg.nii.gz")
     assert np.allclose(nib.load(tmp_path / "seg.nii.gz").affine, AFFINE)  # the broken sform is not copied

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
-from rep3d.inference import AUTO, InputError, NonFiniteInputWarning, Predictor, find_volumes, output_stem
+from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
 from rep3d.inference.io import PREDICTION_DESCRIPTION
 from rep3d.inference.predictor import resolve_device
 
@@ -150,10 +150,10 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NonFiniteInputWarning)
+                warnings.simplefilter("always", InputWarning)
                 pred = predictor(path, probabilities=prob is not None)
             for warning in caught:
-                if issubclass(warning.category, NonFiniteInputWarning):
+                if issubclass(warning.category, InputWarning):
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

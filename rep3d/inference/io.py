@@ -7,6 +7,7 @@ Arrays use MONAI's channel-first NIfTI order ``[C, X, Y, Z]`` (``X, Y, Z`` = the
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ from rep3d.errors import Rep3DDataError, Rep3DValueError
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PREDICTION_DESCRIPTION = b"rep3d prediction"
 """``descrip`` of every NIfTI a :class:`Prediction` writes: how ``rep3d predict --overwrite`` knows its own outputs."""
+
+
+class InputWarning(UserWarning):
+    """An input was segmented, but something in it was repaired on the way (``rep3d predict`` prints these)."""
 
 
 class InputError(Rep3DDataError):
@@ -136,9 +141,12 @@ def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Ca
             except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
                 raise InputError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from err
             try:
-                header_affine(header, str(path))  # before any voxel is read or any window is run
+                _, form = header_affine(header, str(path))  # before any voxel is read or any window is run
             except Rep3DDataError as err:
                 raise InputError(str(err)) from err
+            if form == "qform" and int(header["sform_code"]) > 0:
+                warnings.warn(f"{path}: the sform is singular or not finite; using the qform instead (as ITK does)",
+                              InputWarning, stacklevel=3)
         try:
             from monai.transforms import LoadImage
 

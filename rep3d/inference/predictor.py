@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
-from rep3d.inference.io import InputError, Prediction, load_volume
+from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
 from rep3d.inference.preprocess import to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
@@ -112,7 +112,7 @@ def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
     return axes
 
 
-class NonFiniteInputWarning(UserWarning):
+class NonFiniteInputWarning(InputWarning):
     """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
 
 
