@@ -55,6 +55,7 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = DEFAULT_ROI, pa
 PHANTOM_WEIGHTS = _cfg(
     num_classes=len(PHANTOM.class_names), **PHANTOM.model_cfg(), dataset="rep3d-phantom", synthetic=True,
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
+    tta_flip_axes=(),  # trained without flips: flip TTA is refused for these weights
     bundled="rep3d_tiny_phantom.safetensors",
     sha256="6039f7d038f06af8c41e88aeb5eb8431b9def4dc28663b6108d5e9577056f268",
 )
