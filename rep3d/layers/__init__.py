@@ -4,11 +4,19 @@ from rep3d.layers.conv import RepLKConv3d
 from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
-from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
+from rep3d.layers.mask import (
+    MASK_FORMS,
+    MaskGenerator,
+    ModulatedKernelParam,
+    distance_prior,
+    mask_health,
+    mask_health_scalars,
+)
 from rep3d.layers.norm import LayerNorm3d
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
+    "MASK_FORMS",
     "LayerNorm3d",
     "MaskGenerator",
     "ModulatedKernelParam",
@@ -21,6 +29,8 @@ __all__ = [
     "fast_fft_length",
     "fft_lengths",
     "fold_batchnorm",
+    "mask_health",
+    "mask_health_scalars",
     "mask_lr_field",
     "pad_kernel",
     "useful_kernel_size",

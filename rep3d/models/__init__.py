@@ -1,5 +1,6 @@
 """Model zoo: architectures and their registered names (also visible to ``timm.create_model``)."""
 
+from rep3d.layers.mask import mask_health, mask_health_scalars
 from rep3d.models import zoo  # noqa: F401  (registers the names)
 from rep3d.models.blocks import RepLKBlock3d, UnetrDecoder3d, UXBlock3d
 from rep3d.models.deploy import count_macs, is_deployed, reparameterize_model
@@ -18,6 +19,8 @@ __all__ = [
     "is_deployed",
     "is_model",
     "list_models",
+    "mask_health",
+    "mask_health_scalars",
     "model_info",
     "reparameterize_model",
 ]

@@ -2,16 +2,22 @@
 
 Family sizes (all: 4 stages, stride 16, UNETR decoder, 1 input channel by default):
 
-| name | widths | depths | kernel | decoder hidden | notes |
-|---|---|---|---|---|---|
-| rep3d_tiny | 12/24/48/96 | 1/1/1/1 | 21 | 192 | one 2 × 64³ training step ≈ 1 s on a 2-core CPU |
-| rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | half the base widths |
-| rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | the paper's model (65.8M params at 16 classes) |
-| rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | wider, deeper stage 3 |
-| uxnet3d_base | 48/96/192/384 | 2/2/2/2 | 7 | 768 | 3D UX-Net, ConvNeXt-style blocks |
+| name | widths | depths | kernel | decoder hidden | block | notes |
+|---|---|---|---|---|---|---|
+| rep3d_tiny | 12/24/48/96 | 1/1/1/1 | 21 | 192 | plain | one 2 × 64³ training step ≈ 1 s on a 2-core CPU |
+| rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | plain | half the base widths |
+| rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | plain | the paper's model (65.8M params at 16 classes) |
+| rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | plain | wider, deeper stage 3 |
+| uxnet3d_base | 48/96/192/384 | 2/2/2/2 | 7 | 768 | ConvNeXt | 3D UX-Net, ConvNeXt-style blocks |
 
-Suffixes: none = learnable mask (``lrbm``, the method), ``_fixed`` = distance prior only, ``_vanilla`` = plain large
+Block "plain" is the paper's ``GELU(BN(dwconv(x, W ⊙ M)))`` with no residual shortcut, for every ``rep3d_*`` name;
+``block_residual=True`` (through ``create_model``) adds ``x +`` around it, a deviation kept as an ablation option.
+
+Suffixes: none = learnable mask (``lrbm``, the method; the paper's generator, two k7 convs with one hidden channel,
+690 parameters per block; ``mask_form="exp"``), ``_fixed`` = distance prior only, ``_vanilla`` = plain large
 kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy; ``uxnet3d_base_lrbm`` = UX-Net + mask.
+The mask knobs ``mask_form``, ``generator_hidden_channels``, ``generator_kernel_size``, ``generator_depth`` are
+model kwargs; all of them are recorded in ``model.model_args`` and hence in a saved model's config.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import nn
 from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
 from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
 from rep3d.data.phantom import PHANTOM_CLASSES
+from rep3d.layers.mask import DEFAULT_MASK_FORM
 from rep3d.models.registry import build_model, default_cfgs, register
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
 
@@ -79,11 +86,15 @@ SIZES: dict[str, dict[str, Any]] = {
     "base": dict(widths=(48, 96, 192, 384), depths=(2, 2, 2, 2), hidden_size=768),
     "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
 }
+# The paper's block and generator, spelt out so that every saved config records them.
+PAPER_BLOCK = dict(block_residual=False)
+PAPER_GENERATOR = dict(mask_form=DEFAULT_MASK_FORM, generator_hidden_channels=1, generator_kernel_size=7,
+                       generator_depth=2)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "": dict(modulation="lrbm"),
-    "_fixed": dict(modulation="fixed"),
-    "_vanilla": dict(modulation=None),
-    "_csla": dict(modulation=None, small_kernel=3),
+    "": dict(modulation="lrbm", **PAPER_BLOCK, **PAPER_GENERATOR),
+    "_fixed": dict(modulation="fixed", **PAPER_BLOCK),
+    "_vanilla": dict(modulation=None, **PAPER_BLOCK),
+    "_csla": dict(modulation=None, small_kernel=3, **PAPER_BLOCK),
 }
 
 
@@ -145,7 +156,7 @@ def rep3d_small_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register
 def rep3d_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Rep3D base, the paper's model (48/96/192/384, k = 21, decoder 768, learnable mask)."""
+    """Rep3D base, the paper's model (48/96/192/384, k = 21, decoder 768, plain blocks, learnable mask)."""
     return _rep3d("base", "", pretrained, **kwargs)
 
 

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import rep3d
+from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import dice_per_class, mean_dice
 from rep3d.train.checkpoint import atomic_save, load_state, rng_state, set_rng_state
 from rep3d.train.data import CachedVolumes, StepSampler, preprocessing, train_loader
@@ -125,12 +126,13 @@ def evaluate(model: nn.Module, volumes: list[dict[str, torch.Tensor]], cfg: Trai
 class RunLog:
     """Rank-0 CSV + TensorBoard scalars; on resume, rows after the resumed step are dropped."""
 
-    def __init__(self, state_dir: Path, class_names: list[str], start_step: int, enabled: bool) -> None:
+    def __init__(self, state_dir: Path, class_names: list[str], start_step: int, enabled: bool,
+                 extra_fields: list[str] = ()) -> None:
         self.enabled = enabled
         self.path = state_dir / "metrics.csv"
         self.fields = ["step", "loss", "lr", "seconds", "samples_per_s", "val_mean_dice"] + [
             f"val_dice_{name}" for name in class_names[1:]
-        ]
+        ] + list(extra_fields)
         self.writer = None
         if not enabled:
             return
@@ -272,7 +274,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
     val_volumes = [preprocessing(cfg)(dict(item)) for item in dataset.val] if ctx.is_main else []
     sampler = StepSampler(len(train_set), cfg.iterations, start_step, cfg.seed, cfg.subjects_per_step, ctx.rank,
                           ctx.world_size)
-    log = RunLog(state_dir, class_names, start_step, ctx.is_main)
+    log = RunLog(state_dir, class_names, start_step, ctx.is_main, extra_fields=list(mask_health_scalars(model)))
 
     def checkpoint(step: int, wall: float) -> None:
         if ctx.is_main:
@@ -339,6 +341,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None)
                     per_class = evaluate(model, val_volumes, cfg, num_classes, device, autocast_dtype)
                     row["val_mean_dice"] = mean_dice(per_class)
                     row.update({f"val_dice_{n}": d for n, d in zip(class_names[1:], per_class)})
+                    row.update(mask_health_scalars(model))  # saturation / a frozen generator shows up here
                     bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
                     if row["val_mean_dice"] > best["dice"]:
                         best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
