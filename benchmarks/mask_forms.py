@@ -31,7 +31,7 @@ from timm.optim import param_groups_weight_decay
 
 import rep3d
 from rep3d.data.msd import load_msd_dataset
-from rep3d.layers.mask import MASK_FORMS, ModulatedKernelParam, mask_health
+from rep3d.layers.mask import MASK_FORMS, OUTPUT_SCALES, ModulatedKernelParam, mask_health
 from rep3d.train.data import CachedVolumes, StepSampler, train_loader
 from rep3d.train.loop import lr_lambda
 from rep3d.train.recipes import build_config
@@ -42,20 +42,19 @@ def masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(m, ModulatedKernelParam) and m.generator is not None}
 
 
-def run_form(form: str, data: str, steps: int, every: int, seed: int, json_path: str | None = None) -> list[dict]:
-    cfg = build_config("phantom", data=data, seed=seed, workers=0)
-    dataset = load_msd_dataset(cfg.data, num_val=None, seed=cfg.seed)
+def run_form(form: str, cfg, dataset, train_set: CachedVolumes, steps: int, every: int, rows: list[dict],
+             json_path: str | None = None, output_scale: str = "sqrt_fan_in") -> None:
+    """Train one form, appending its records to ``rows`` (and rewriting ``json_path`` after each record)."""
     torch.manual_seed(cfg.seed)
     model = rep3d.create_model(cfg.model, num_classes=len(dataset.class_names), in_chans=dataset.in_chans,
-                               mask_form=form)
+                               mask_form=form, generator_output_scale=output_scale)
     model.to(memory_format=torch.channels_last_3d).train()
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    train_set = CachedVolumes(dataset.train, cfg)
     sampler = StepSampler(len(train_set), steps, 0, cfg.seed, cfg.subjects_per_step)
     previous = masks(model)
-    rows, losses, t0 = [], [], time.perf_counter()
+    losses, t0 = [], time.perf_counter()
     for step, batch in enumerate(train_loader(train_set, sampler, 0), start=1):
         image = batch["image"].to(memory_format=torch.channels_last_3d)
         loss = loss_fn(model(image), batch["label"])
@@ -68,7 +67,8 @@ def run_form(form: str, data: str, steps: int, every: int, seed: int, json_path:
             for name, stats in health.items():
                 key = name + ".modulation"
                 rows.append({
-                    "form": form, "step": step, "block": name.removeprefix("encoder.").removesuffix(".dwconv"),
+                    "form": form, "output_scale": output_scale, "step": step,
+                    "block": name.removeprefix("encoder.").removesuffix(".dwconv"),
                     "loss": sum(losses) / len(losses), "at_bound": stats["at_bound"],
                     "negative": stats["negative"], "ratio_centre": stats["ratio_centre"],
                     "ratio_edge": stats["ratio_edge"], "grad": stats["generator_grad_norm"],
@@ -85,12 +85,12 @@ def run_form(form: str, data: str, steps: int, every: int, seed: int, json_path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-    return rows
 
 
-def markdown(rows: list[dict], steps: int, threads: int) -> str:
+def markdown(rows: list[dict], steps: int, threads: int, roi: tuple[int, ...]) -> str:
     lines = [
-        f"rep3d_tiny on rep3d's SYNTHETIC phantoms, phantom recipe, first {steps} steps, seed 0; CPU {threads} "
+        f"rep3d_tiny on rep3d's SYNTHETIC phantoms, phantom recipe with {'x'.join(map(str, roi))} crops, first "
+        f"{steps} steps, seed 0; CPU {threads} "
         f"threads, float32, torch {torch.__version__}. Per form and record step, over the 4 blocks: max at_bound, "
         "mean M/P at centre and edge, median generator gradient norm, median mean |ΔM/P| since the previous record.",
         "",
@@ -112,9 +112,25 @@ def markdown(rows: list[dict], steps: int, threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_weights_health(path: str) -> dict[str, dict]:
+    """mask_stats of the first bundled rep3d_tiny.phantom weights (residual block, tanh form, 4 hidden channels)::
+
+        git show 6ac822b:rep3d/weights/rep3d_tiny_phantom.safetensors > /tmp/first.safetensors
+    """
+    from safetensors.torch import load_file
+
+    model = rep3d.create_model("rep3d_tiny", num_classes=9, block_residual=True, mask_form="tanh",
+                               generator_hidden_channels=4)
+    state = {k.replace("generator.norm.", "generator.norm1."): v.float() for k, v in load_file(path).items()}
+    model.load_state_dict(state, strict=True)
+    return mask_health(model)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="phantom dataset folder (rep3d phantom ...)")
+    parser.add_argument("--first-weights", metavar="SAFETENSORS",
+                        help="instead of training, print mask_stats of the first bundled weights (tanh form)")
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="instead of training, build the table from the --json files of earlier runs")
     parser.add_argument("--forms", nargs="+", default=list(MASK_FORMS), choices=MASK_FORMS)
@@ -122,10 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-scale", default="sqrt_fan_in", choices=OUTPUT_SCALES,
+                        help="generator_output_scale of the model")
+    parser.add_argument("--roi", type=int, nargs=3, default=(64, 64, 64), help="training crop (recipe: 64³)")
     parser.add_argument("--json", help="write all records here")
     parser.add_argument("--markdown", help="write the summary table here")
     args = parser.parse_args(argv)
     rows = []
+    if args.first_weights:
+        for name, stats in first_weights_health(args.first_weights).items():
+            print(name, json.dumps({k: None if v is None else round(v, 4) for k, v in stats.items()}))
+        return 0
     if args.combine:
         for path in args.combine:
             rows += json.loads(Path(path).read_text())["rows"]
@@ -134,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             parser.error("--data is required unless --combine is given")
         torch.set_num_threads(args.threads)
+        cfg = build_config("phantom", data=args.data, seed=args.seed, workers=0, roi_size=tuple(args.roi))
+        dataset = load_msd_dataset(cfg.data, num_val=None, seed=cfg.seed)
+        train_set = CachedVolumes(dataset.train, cfg)  # preprocessed once, shared by the forms
         for form in args.forms:
-            rows += run_form(form, args.data, args.steps, args.every, args.seed,
-                             json_path=args.json if len(args.forms) == 1 else None)
-    table = markdown(rows, args.steps, args.threads)
+            run_form(form, cfg, dataset, train_set, args.steps, args.every, rows, json_path=args.json,
+                     output_scale=args.output_scale)
+    table = markdown(rows, args.steps, args.threads, tuple(args.roi))
     print(table)
-    meta = {"steps": args.steps, "every": args.every, "threads": args.threads, "torch": torch.__version__,
+    meta = {"roi": list(args.roi), "steps": args.steps, "every": args.every, "threads": args.threads,
+            "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "data": "rep3d phantom (synthetic)"}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -89,7 +89,7 @@ def test_lrbm_mask_starts_close_to_prior():
         assert ((mask - prior).abs() < (0.05 if form == "additive" else 0.2 * prior)).all(), form
 
 
-@pytest.mark.parametrize("form", ["exp", "tanh"])
+@pytest.mark.parametrize("form", ["exp", "softmax", "tanh"])
 def test_sign_keeping_forms_never_flip_a_kernel_sign_even_with_adversarial_generators(form):
     """Upstream bug 4: the official mask is unbounded and can flip signs; the exp and tanh forms promise not to."""
     torch.manual_seed(0)
@@ -112,15 +112,42 @@ def _set_generator_output(mod: ModulatedKernelParam, value: float) -> None:
         last.bias.fill_(value)
 
 
+class _FixedOutput(nn.Module):
+    """Stands in for the generator: returns a given tensor (and has no parameters)."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, prior: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
 @pytest.mark.parametrize(("form", "expected"), [
-    ("additive", lambda p, f: p + f), ("exp", lambda p, f: p * math.exp(f)),
-    ("tanh", lambda p, f: p * (1 + math.tanh(f))),
+    ("additive", lambda p, f: p + f), ("exp", lambda p, f: p * f.exp()),
+    ("softmax", lambda p, f: p * f.exp() / f.exp().mean()), ("tanh", lambda p, f: p * (1 + f.tanh())),
 ])
 def test_mask_forms_compute_their_formula(form, expected):
     mod = ModulatedKernelParam(5, "lrbm", mask_form=form)
-    _set_generator_output(mod, 0.3)
+    f = torch.randn(1, 1, 5, 5, 5, generator=torch.Generator().manual_seed(0))
+    mod.generator = _FixedOutput(f)
     prior = mod.prior_volume()
-    torch.testing.assert_close(mod.mask(), expected(prior, 0.3))
+    torch.testing.assert_close(mod.mask(), expected(prior, f))
+
+
+def test_softmax_form_keeps_the_mean_ratio_at_one_and_cannot_overflow():
+    """The mask's overall scale is absorbed by BatchNorm (or W): softmax removes that direction instead of letting the
+    generator drift along it (into tanh's ceiling, or exp's overflow)."""
+    mod = ModulatedKernelParam(7, "lrbm", mask_form="softmax")
+    for value in (0.0, 5.0, 200.0):
+        _set_generator_output(mod, value)
+        torch.testing.assert_close(mod.mask(), mod.prior_volume())  # a constant output changes nothing
+    f = torch.zeros(1, 1, 7, 7, 7)
+    f[0, 0, 3, 3, 3] = 500.0  # exp(500) overflows float32; softmax does not
+    mod.generator = _FixedOutput(f)
+    ratio = mod.mask() / mod.prior_volume()
+    assert torch.isfinite(ratio).all() and ratio.mean().item() == pytest.approx(1.0)
+    assert ratio[0, 0, 3, 3, 3].item() == pytest.approx(7**3)
 
 
 def test_paper_generator_has_690_parameters_and_every_one_learns_at_init():
@@ -135,6 +162,22 @@ def test_paper_generator_has_690_parameters_and_every_one_learns_at_init():
     conv(torch.randn(2, 3, 6, 6, 6)).square().mean().backward()
     for name, p in gen.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(("scale", "low", "high"),
+                         [("fan_in", 0.0, 2.0), ("sqrt_fan_in", 2.0, 20.0), ("none", 40.0, math.inf)])
+def test_one_adam_step_moves_the_generator_output_by_the_scaled_amount(scale, low, high):
+    """Adam moves every weight by ~lr; unscaled, the 343 weights of the last conv add up to ~100x lr on the output."""
+    torch.manual_seed(0)
+    conv = RepLKConv3d(3, 21, generator_output_scale=scale)
+    gen, prior = conv.modulation.generator, conv.modulation.prior_volume()
+    before = gen(prior).detach()
+    lr = 1e-3
+    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    conv(torch.randn(2, 3, 6, 6, 6)).square().mean().backward()
+    opt.step()
+    moved = (gen(prior).detach() - before).abs().max().item()
+    assert low * lr < moved <= high * lr
 
 
 def test_replkconv_passes_the_generator_knobs_on():
@@ -174,6 +217,7 @@ def test_folding_removes_every_generator_parameter_whatever_its_shape():
     ("tanh", 0.0, 0.0, 1.0, 0.0),
     ("exp", -10.0, 1.0, math.exp(-10), 0.0),  # M -> 0, the only bound of exp
     ("exp", 3.0, 0.0, math.exp(3), 0.0),      # exp has no upper bound to saturate at
+    ("softmax", 7.0, 0.0, 1.0, 0.0),          # a constant output is a no-op for softmax
     ("additive", -3.0, 0.0, None, 1.0),       # no bound, but every sign flipped: counted as negative
 ])
 def test_mask_stats_reports_a_constructed_saturation_exactly(form, value, at_bound, ratio, negative):
@@ -185,6 +229,16 @@ def test_mask_stats_reports_a_constructed_saturation_exactly(form, value, at_bou
         for key in ("ratio_centre", "ratio_ring1", "ratio_ring2", "ratio_ring4", "ratio_ring8", "ratio_edge"):
             assert stats[key] == pytest.approx(ratio, rel=1e-4, abs=1e-6), key
     assert stats["generator_grad_norm"] is None  # no backward yet
+
+
+def test_mask_stats_counts_a_softmax_mask_collapsed_onto_one_element():
+    mod = ModulatedKernelParam(21, "lrbm", mask_form="softmax")
+    f = torch.zeros(1, 1, 21, 21, 21)
+    f[0, 0, 10, 10, 10] = 40.0
+    mod.generator = _FixedOutput(f)
+    stats = mod.mask_stats()
+    assert stats["at_bound"] == pytest.approx((21**3 - 1) / 21**3)  # every element but the centre is ~0
+    assert stats["ratio_centre"] == pytest.approx(21**3, rel=1e-4)
 
 
 def test_mask_stats_rings_and_gradient_norm():

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from rep3d.layers.checks import check_volume, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
-from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam
+from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
 
 Modulation = Literal["lrbm", "fixed"] | None
 
@@ -53,6 +53,7 @@ class RepLKConv3d(nn.Module):
         generator_hidden_channels: int = 1,
         generator_kernel_size: int = 7,
         generator_depth: int = 2,
+        generator_output_scale: OutputScale = "sqrt_fan_in",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
     ) -> None:
@@ -85,7 +86,8 @@ class RepLKConv3d(nn.Module):
         self.modulation = (
             ModulatedKernelParam(self.kernel_size, modulation, beta=beta, learnable_beta=learnable_beta,
                                  mask_form=mask_form, generator_hidden_channels=generator_hidden_channels,
-                                 generator_kernel_size=generator_kernel_size, generator_depth=generator_depth)
+                                 generator_kernel_size=generator_kernel_size, generator_depth=generator_depth,
+                                 generator_output_scale=generator_output_scale)
             if modulation is not None else None
         )
         self.bn = nn.BatchNorm3d(channels, eps=bn_eps, momentum=bn_momentum) if norm else None

@@ -13,9 +13,11 @@ from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_float, kernel_size_3d
 
 MaskMode = Literal["lrbm", "fixed"]
-MaskForm = Literal["additive", "exp", "tanh"]
-MASK_FORMS: tuple[str, ...] = ("additive", "exp", "tanh")
-DEFAULT_MASK_FORM: MaskForm = "exp"
+MaskForm = Literal["additive", "exp", "softmax", "tanh"]
+MASK_FORMS: tuple[str, ...] = ("additive", "exp", "softmax", "tanh")
+OutputScale = Literal["sqrt_fan_in", "fan_in", "none"]
+OUTPUT_SCALES: tuple[str, ...] = ("sqrt_fan_in", "fan_in", "none")
+DEFAULT_MASK_FORM: MaskForm = "softmax"
 RING_RADII: tuple[int, ...] = (0, 1, 2, 4, 8)
 """Distances (in kernel elements) of the rings :meth:`ModulatedKernelParam.mask_stats` reports, plus the edge."""
 
@@ -55,15 +57,28 @@ class MaskGenerator(nn.Module):
     The default (``hidden_channels=1``, ``kernel_size=7``, ``depth=2``) is the paper's generator: 344 + 2 + 344 = 690
     parameters. GroupNorm with one group normalises over hidden channels *and* kernel offsets, so even with a single
     hidden channel it cannot collapse to its bias the way a LayerNorm over a size-1 channel axis does (upstream bug).
+
+    ``output_scale`` multiplies the last conv's output by ``1/sqrt(fan_in)`` (``"sqrt_fan_in"``, the default),
+    ``1/fan_in`` (``"fan_in"``) or 1 (``"none"``); fan_in = ``hidden_channels * k³`` = 343 for the paper's
+    generator. Adam-type optimisers move every weight by about ``lr`` per step whatever its gradient, so the unscaled
+    output moves by up to ~``fan_in * lr / 2`` per step: at the phantom recipe's lr (2e-3) about 0.3, which in a
+    short phantom run drove tanh masks into both bounds, exp masks to 1000x the prior in one block and to 0 in
+    another, and an additive mask through zero. ``"fan_in"`` froze the deep blocks' masks (they moved ~1e-5 per 10
+    steps); ``"sqrt_fan_in"`` kept every mask moving, both ways, with no element near a bound
+    (``benchmarks/mask_forms.py``, numbers in the README). It changes no architecture: the same 690 parameters, a
+    different step size for the mask.
     """
 
-    def __init__(self, hidden_channels: int = 1, kernel_size: int = 7, depth: int = 2, init_scale: float = 0.1) -> None:
+    def __init__(self, hidden_channels: int = 1, kernel_size: int = 7, depth: int = 2, init_scale: float = 0.1,
+                 output_scale: OutputScale = "sqrt_fan_in") -> None:
         super().__init__()
         (k, _, _) = kernel_size_3d(kernel_size, name="generator_kernel_size", minimum=1)
         if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int) or hidden_channels < 1:
             raise Rep3DValueError(f"generator_hidden_channels must be a positive int, got {hidden_channels!r}")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
             raise Rep3DValueError(f"generator_depth (number of conv layers) must be an int >= 2, got {depth!r}")
+        if output_scale not in OUTPUT_SCALES:
+            raise Rep3DValueError(f"generator_output_scale must be one of {OUTPUT_SCALES}, got {output_scale!r}")
         self.hidden_channels, self.kernel_size, self.depth = hidden_channels, k, depth
         widths = [1] + [hidden_channels] * (depth - 1) + [1]
         for i in range(depth):
@@ -71,20 +86,26 @@ class MaskGenerator(nn.Module):
             if i < depth - 1:
                 self.add_module(f"norm{i + 1}", nn.GroupNorm(1, widths[i + 1]))
         last = getattr(self, f"conv{depth}")
-        # Small but non-zero last layer: the mask starts within a few percent of the prior, yet every generator
+        fan_in = hidden_channels * k**3
+        self.output_scale = output_scale
+        self.output_gain = {"sqrt_fan_in": fan_in**-0.5, "fan_in": 1.0 / fan_in, "none": 1.0}[output_scale]
+        # Small but non-zero output: the mask starts within a few percent of the prior, yet every generator
         # parameter receives gradient from the first backward (a zero-init last layer would starve the others).
         with torch.no_grad():
-            last.weight.mul_(init_scale)
+            if output_scale == "none":  # (scaled, the default init already gives a small output)
+                last.weight.mul_(init_scale)
             last.bias.zero_()
 
     def forward(self, prior: torch.Tensor) -> torch.Tensor:
         x = prior
         for i in range(1, self.depth):
             x = torch.sigmoid(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
-        return getattr(self, f"conv{self.depth}")(x)
+        out = getattr(self, f"conv{self.depth}")(x)
+        return out if self.output_scale == "none" else out * self.output_gain
 
     def extra_repr(self) -> str:
-        return f"hidden_channels={self.hidden_channels}, kernel_size={self.kernel_size}, depth={self.depth}"
+        return (f"hidden_channels={self.hidden_channels}, kernel_size={self.kernel_size}, depth={self.depth}, "
+                f"output_scale={self.output_scale!r}")
 
 
 class ModulatedKernelParam(nn.Module):
@@ -96,20 +117,24 @@ class ModulatedKernelParam(nn.Module):
         parametrize.register_parametrization(conv, "weight", ModulatedKernelParam(7))
 
     Modes: ``"fixed"``: ``M = P`` (the distance prior; RepUX-Net style), no parameters. ``"lrbm"``: a mask learnt by
-    the generator ``f`` (:class:`MaskGenerator`) over the prior, in one of three ``mask_form`` s:
+    the generator ``f`` (:class:`MaskGenerator`) over the prior, in one of four ``mask_form`` s:
 
-    ============  =====================  ==============  =================================================
-    mask_form     M                      sign of W kept  bounds (what ``mask_stats()["at_bound"]`` counts)
-    ============  =====================  ==============  =================================================
-    ``additive``  ``P + f(P)``           no              none: the paper's form, unbounded
-    ``exp``       ``P * exp(f(P))``      yes (M > 0)     ``M -> 0`` only (``M/P <= 0.01``); no upper bound,
-                                                         and ``dM/df = M`` never vanishes while M is finite
-    ``tanh``      ``P * (1 + tanh f)``   yes (0<M<2P)    ``0`` and ``2P`` (within 1 % of the range 2P);
-                                                         saturates: ``tanh'`` -> 0 cuts the generator's gradient
-    ============  =====================  ==============  =================================================
+    ============  ==============================  ==============  ==================================================
+    mask_form     M                               sign of W kept  bounds (what ``mask_stats()["at_bound"]`` counts)
+    ============  ==============================  ==============  ==================================================
+    ``additive``  ``P + f(P)``                    no              none: the paper's formula, unbounded
+    ``exp``       ``P * exp(f)``                  yes (M > 0)     ``M -> 0`` only (``M/P <= 0.01``); can overflow
+    ``softmax``   ``P * exp(f) / mean(exp f)``    yes (M > 0)     ``M -> 0`` only; ``mean(M/P) = 1`` always: no
+                                                                  drift of the overall scale, no overflow
+    ``tanh``      ``P * (1 + tanh f)``            yes (0<M<2P)    ``0`` and ``2P`` (within 1 % of the range 2P);
+                                                                  saturates: ``tanh'`` -> 0 cuts the gradient
+    ============  ==============================  ==============  ==================================================
 
-    ``exp`` is the default (chosen by measurement, see the README); ``tanh`` is kept for comparison and for configs
-    that used it. The generator is initialised so that ``M`` starts within a few percent of ``P``. The mask is
+    ``softmax`` is the default (chosen by measurement, see the README): a BatchNorm after the conv (or the kernel
+    ``W`` itself) absorbs the mask's overall scale, so that direction carries no loss gradient; bounded forms drift
+    along it into their bound (``tanh``: the first bundled weights sat at ``M = 2P``), unbounded ones without limit
+    (``exp``). ``softmax`` removes it. ``tanh`` and ``exp`` are kept for comparison and for configs that used them.
+    The generator is initialised so that ``M`` starts within a few percent of ``P``. The mask is
     computed once per call, shape ``[1, 1, kd, kh, kw]``, and broadcast over channels.
     """
 
@@ -124,6 +149,7 @@ class ModulatedKernelParam(nn.Module):
         generator_hidden_channels: int = 1,
         generator_kernel_size: int = 7,
         generator_depth: int = 2,
+        generator_output_scale: OutputScale = "sqrt_fan_in",
     ) -> None:
         super().__init__()
         if mode not in ("lrbm", "fixed"):
@@ -143,7 +169,8 @@ class ModulatedKernelParam(nn.Module):
             self.log_beta = None
         self.beta_init = float(beta)
         self.generator = (
-            MaskGenerator(generator_hidden_channels, generator_kernel_size, generator_depth) if mode == "lrbm" else None
+            MaskGenerator(generator_hidden_channels, generator_kernel_size, generator_depth,
+                          output_scale=generator_output_scale) if mode == "lrbm" else None
         )
 
     @property
@@ -212,6 +239,9 @@ def apply_mask_form(form: str, prior: torch.Tensor, out: torch.Tensor) -> torch.
         return prior + out
     if form == "exp":
         return prior * torch.exp(out)
+    if form == "softmax":  # P * exp(f) / mean(exp f): mean(M / P) = 1 exactly, computed without overflow
+        n = out[0, 0].numel()
+        return prior * torch.softmax(out.flatten(), 0).view_as(out) * n
     if form == "tanh":
         return prior * (1.0 + torch.tanh(out))
     raise Rep3DValueError(f"mask_form must be one of {MASK_FORMS}, got {form!r}")
@@ -221,7 +251,7 @@ def _near_bound(form: str, ratio: torch.Tensor) -> torch.Tensor:
     """Boolean map of the elements whose ``M / P`` lies within 1 % of a bound of ``form``."""
     if form == "tanh":  # range (0, 2P): 1 % of it is 0.02 P
         return (ratio <= 0.02) | (ratio >= 1.98)
-    if form == "exp":  # (0, inf): only the lower bound exists
+    if form in ("exp", "softmax"):  # (0, inf) / (0, N): only the lower bound can be reached
         return ratio <= 0.01
     return torch.zeros_like(ratio, dtype=torch.bool)
 

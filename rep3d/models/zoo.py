@@ -14,10 +14,11 @@ Block "plain" is the paper's ``GELU(BN(dwconv(x, W ⊙ M)))`` with no residual s
 ``block_residual=True`` (through ``create_model``) adds ``x +`` around it, a deviation kept as an ablation option.
 
 Suffixes: none = learnable mask (``lrbm``, the method; the paper's generator, two k7 convs with one hidden channel,
-690 parameters per block; ``mask_form="exp"``), ``_fixed`` = distance prior only, ``_vanilla`` = plain large
-kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy; ``uxnet3d_base_lrbm`` = UX-Net + mask.
-The mask knobs ``mask_form``, ``generator_hidden_channels``, ``generator_kernel_size``, ``generator_depth`` are
-model kwargs; all of them are recorded in ``model.model_args`` and hence in a saved model's config.
+690 parameters per block, output scaled by 1/sqrt(fan-in); ``mask_form="softmax"``), ``_fixed`` = distance prior only,
+``_vanilla`` = plain large kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy;
+``uxnet3d_base_lrbm`` = UX-Net + mask. The mask knobs ``mask_form``, ``generator_hidden_channels``,
+``generator_kernel_size``, ``generator_depth``, ``generator_output_scale`` are model kwargs; all of them are
+recorded in ``model.model_args`` and hence in a saved model's config.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
 from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
 from rep3d.data.phantom import PHANTOM_CLASSES
 from rep3d.layers.mask import DEFAULT_MASK_FORM
-from rep3d.models.registry import build_model, default_cfgs, register
+from rep3d.models.registry import build_model, default_cfgs, register, resolve_cfg
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
 
 PAPER = dict(
@@ -72,6 +73,13 @@ PHANTOM_WEIGHTS = _cfg(
     sha256="6039f7d038f06af8c41e88aeb5eb8431b9def4dc28663b6108d5e9577056f268",
 )
 
+# The architecture each set of weights was trained with, pinned so that a later change of a default can never
+# silently change what bundled weights compute (a key mismatch would be loud; a residual toggled would not be).
+WEIGHTS_MODEL_ARGS: dict[str, dict[str, Any]] = {
+    "rep3d_tiny.phantom": dict(block_residual=False, mask_form="softmax", generator_hidden_channels=1,
+                               generator_kernel_size=7, generator_depth=2, generator_output_scale="sqrt_fan_in"),
+}
+
 default_cfgs = default_cfgs({
     "rep3d_tiny.phantom": PHANTOM_WEIGHTS,
     **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else (96, 96, 96))
@@ -89,7 +97,7 @@ SIZES: dict[str, dict[str, Any]] = {
 # The paper's block and generator, spelt out so that every saved config records them.
 PAPER_BLOCK = dict(block_residual=False)
 PAPER_GENERATOR = dict(mask_form=DEFAULT_MASK_FORM, generator_hidden_channels=1, generator_kernel_size=7,
-                       generator_depth=2)
+                       generator_depth=2, generator_output_scale="sqrt_fan_in")
 VARIANTS: dict[str, dict[str, Any]] = {
     "": dict(modulation="lrbm", **PAPER_BLOCK, **PAPER_GENERATOR),
     "_fixed": dict(modulation="fixed", **PAPER_BLOCK),
@@ -99,7 +107,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> nn.Module:
-    return build_model(cls, variant, pretrained, **{**defaults, **kwargs})
+    return build_model(cls, variant, pretrained, **{**defaults, **_weights_args(variant, pretrained, kwargs), **kwargs})
+
+
+def _weights_args(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments pinned by the weights being asked for (``WEIGHTS_MODEL_ARGS``): for an explicit tag
+    (``"rep3d_tiny.phantom"``), or for the default tag when ``pretrained=True``. Not for a bare architecture name
+    without weights, nor where the caller names another weight source."""
+    cfg = kwargs.get("pretrained_cfg")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(cfg, dict) or any(overlay.get(k) for k in ("file", "url", "hf_hub_id", "bundled")):
+        return {}
+    tag = cfg if isinstance(cfg, str) else (resolve_cfg(variant).get("tag") if pretrained else None)
+    return dict(WEIGHTS_MODEL_ARGS.get(f"{variant}.{tag}", {})) if tag else {}
 
 
 def _rep3d(size: str, suffix: str, pretrained: bool, **kwargs: Any) -> nn.Module:
