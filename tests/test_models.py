@@ -253,3 +253,19 @@ def test_generator_knobs_are_saved_and_rebuild_the_same_model(tmp_path):
         assert torch.equal(again(x), model(x))
         deployed = rep3d.reparameterize_model(again)
     assert not [n for n in deployed.state_dict() if "generator" in n or "modulation" in n]
+
+
+def test_bundled_weights_build_the_architecture_they_were_trained_with():
+    """A tag pins its weights' constructor arguments: changing a default can never silently change what they
+    compute, and a bare architecture name still builds the paper's model."""
+    from rep3d.models.zoo import WEIGHTS_MODEL_ARGS
+
+    with torch.device("meta"):
+        tagged = rep3d.create_model("rep3d_tiny.phantom")
+        bare = rep3d.create_model("rep3d_tiny")
+        overridden = rep3d.create_model("rep3d_tiny.phantom", block_residual=not WEIGHTS_MODEL_ARGS[
+            "rep3d_tiny.phantom"]["block_residual"])
+    for key, value in WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"].items():
+        assert tagged.model_args[key] == value, key
+    assert bare.model_args["block_residual"] is False and bare.model_args["mask_form"] == "softmax"
+    assert overridden.model_args["block_residual"] != WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"]["block_residual"]

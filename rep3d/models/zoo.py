@@ -70,14 +70,15 @@ PHANTOM_WEIGHTS = _cfg(
     class_names=list(PHANTOM_CLASSES), dataset="rep3d-phantom", synthetic=True,
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
     bundled="rep3d_tiny_phantom.safetensors",
-    sha256="6039f7d038f06af8c41e88aeb5eb8431b9def4dc28663b6108d5e9577056f268",
+    sha256="9e09234ec2aef61c0dd9a3ff1a383b3482f0b86a0af759eee29e389550ad058c",
 )
 
 # The architecture each set of weights was trained with, pinned so that a later change of a default can never
 # silently change what bundled weights compute (a key mismatch would be loud; a residual toggled would not be).
 WEIGHTS_MODEL_ARGS: dict[str, dict[str, Any]] = {
-    "rep3d_tiny.phantom": dict(block_residual=False, mask_form="softmax", generator_hidden_channels=1,
-                               generator_kernel_size=7, generator_depth=2, generator_output_scale="sqrt_fan_in"),
+    # the first bundled weights: rep3d's earlier residual block and tanh mask (4 hidden channels, unscaled output)
+    "rep3d_tiny.phantom": dict(block_residual=True, mask_form="tanh", generator_hidden_channels=4,
+                               generator_kernel_size=7, generator_depth=2, generator_output_scale="none"),
 }
 
 default_cfgs = default_cfgs({
