@@ -1,8 +1,8 @@
 """Which mask form keeps learning? Short phantom training runs of rep3d_tiny, one per ``mask_form``.
 
 Each run uses the phantom recipe (AdamW, lr 2e-3 with its 50-step warmup and 1500-step cosine schedule, 2 crops of
-64³ per step, gradient clipping 1.0) for the first ``--steps`` steps, identical data and seed for every form, and
-records every ``--every`` steps, per block (``mask_stats()``):
+``--roi`` (recipe: 64³) per step, gradient clipping 1.0) for the first ``--steps`` steps, identical data and seed for
+every form, and records every ``--every`` steps, per block (``mask_stats()``):
 
 - ``at_bound``: fraction of kernel elements within 1 % of a bound of the form;
 - ``M/P`` at the centre and on the edge;
@@ -13,8 +13,12 @@ A form that saturates shows ``at_bound`` rising and ``grad``/``change`` collapsi
 alive. Synthetic data (rep3d's phantoms); CPU; float32.
 
     rep3d phantom /work/data/phantom --num-train 40 --num-test 10 --seed 0
-    python benchmarks/mask_forms.py --data /work/data/phantom --steps 120 --threads 2 \\
-        --json benchmarks/results/mask_forms.json --markdown benchmarks/results/mask_forms.md
+    for scale in none fan_in sqrt_fan_in; do
+        python benchmarks/mask_forms.py --data /work/data/phantom --roi 32 32 32 --steps 100 --every 10 \\
+            --threads 1 --output-scale $scale --json mask_forms_$scale.json
+    done
+    python benchmarks/mask_forms.py --combine mask_forms_*.json --roi 32 32 32 --threads 1 \\
+        --json benchmarks/results/mask_forms_cpu.json --markdown benchmarks/results/mask_forms_cpu.md
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def run_form(form: str, cfg, dataset, train_set: CachedVolumes, steps: int, ever
         scheduler.step()
 
 
-def markdown(rows: list[dict], threads: int, roi: tuple[int, ...], every: int = 50) -> str:
+def markdown(rows: list[dict], threads: int, roi: tuple[int, ...], every: int = 20) -> str:
     """Summary table: per form, generator output scale and record step (every ``every`` steps), over the blocks."""
     lines = [
         f"rep3d_tiny on rep3d's SYNTHETIC phantoms, phantom recipe (AdamW lr 2e-3, 50 warmup steps) with "
