@@ -37,8 +37,8 @@ import rep3d
 from rep3d.data.msd import load_msd_dataset
 from rep3d.layers.mask import MASK_FORMS, OUTPUT_SCALES, ModulatedKernelParam, mask_health
 from rep3d.train.data import CachedVolumes, StepSampler, train_loader
-from rep3d.train.loop import lr_lambda
 from rep3d.train.recipes import build_config
+from rep3d.train.runtime import lr_lambda
 
 
 def masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -36,10 +36,8 @@ they are.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +46,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.hub.weights import _load_exact, read_weights, sha256_file
+from rep3d.builder import create_model
+from rep3d.errors import Rep3DValueError, Rep3DWeightsError
+from rep3d.hub.weights import load_exact, read_weights, sha256_file
+from rep3d.layers import RepLKConv3d
+from rep3d.models import is_model, reparameterize_model
+from rep3d.models.zoo import SIZES
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +196,6 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
 def _default_architecture(family: str, args: dict[str, Any]) -> str:
     if family == "uxnet_3d":
         return "uxnet3d_base"
-    from rep3d.models.zoo import SIZES
-
     for size, spec in SIZES.items():
         if (list(spec["widths"]), list(spec["depths"]), spec["hidden_size"]) == (
                 args["widths"], args["depths"], args["hidden_size"]):
@@ -204,8 +204,6 @@ def _default_architecture(family: str, args: dict[str, Any]) -> str:
 
 
 def _check_unmodulated(model: nn.Module, architecture: str, family: str, name: str, where: str) -> None:
-    from rep3d.layers import RepLKConv3d
-
     convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
     if any(m.modulation_mode is not None or m.small_kernel is not None for m in convs):
         plain = "uxnet3d_base" if family == "uxnet_3d" else re.sub(r"(_fixed|_csla|_vanilla)?$", "_vanilla",
@@ -236,11 +234,8 @@ def load_official_checkpoint(
     does not understand and on model parameters left without a value; ``report=True`` also logs the report
     (logger ``rep3d.official``). ``model_kwargs`` override the inferred constructor arguments.
     """
-    from rep3d.models.deploy import reparameterize_model
-    from rep3d.models.registry import create_model, is_model
-
     if form not in ("train", "deploy"):
-        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+        raise Rep3DValueError(f"form must be 'train' or 'deploy', got {form!r}")
     path = Path(path)
     name, where = f"official checkpoint {path.name}", str(path)
     ignored: list[str] = []
@@ -287,43 +282,10 @@ def load_official_checkpoint(
             "check that this is an official Rep3D / 3D UX-Net checkpoint; strict=False (CLI --no-strict) imports "
             "the rest and reports these", reason="keys",
         )
-    _load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
+    load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
     if form == "deploy":
         model = reparameterize_model(model)
     model.pretrained_cfg["origin"] = f"official {FAMILIES[family]} checkpoint {path.name}"
     if report:
         logger.info("%s", result)
     return model, result
-
-
-# ---------------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="official checkpoint (.pth via torch.load(weights_only=True), "
-                        "or .safetensors)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="folder to write (config.json, model.safetensors, README.md; see rep3d.save_pretrained)")
-    parser.add_argument("--model", default=None, help="rep3d model name (default: inferred from tensor shapes)")
-    parser.add_argument("--form", choices=("train", "deploy"), default="train",
-                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded")
-    parser.add_argument("--no-strict", dest="strict", action="store_false",
-                        help="import even if some tensors are not understood (they are reported)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from rep3d.hub import save_pretrained
-
-    try:
-        model, result = load_official_checkpoint(args.checkpoint, args.model, form=args.form, strict=args.strict,
-                                                 report=False)
-    except Rep3DWeightsError as err:
-        print(f"rep3d import-official: {err}", file=sys.stderr)
-        return 1
-    description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "
-                   f"`{args.checkpoint.name}`. The input table below is the paper's AMOS-CT recipe (rep3d's default "
-                   "for this architecture): confirm it matches the data the checkpoint was trained on.")
-    save_pretrained(model, args.output, description=description, license="other",
-                    command=f"rep3d import-official {args.checkpoint.name} -o {args.output.name} --form {args.form}")
-    print(result)
-    print(f"wrote {args.output}")
-    return 0

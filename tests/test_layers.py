@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import rep3d
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers import (
     MASK_FORMS,
     LayerNorm3d,
@@ -105,11 +106,11 @@ def test_sign_keeping_forms_never_flip_a_kernel_sign_even_with_adversarial_gener
 
 
 def _set_generator_output(mod: ModulatedKernelParam, value: float) -> None:
-    """Make the generator output the constant ``value`` everywhere (last conv: zero weight, bias = value)."""
+    """Make the generator output the constant ``value`` everywhere (last conv: zero weight, bias = value / gain)."""
     last = getattr(mod.generator, f"conv{mod.generator.depth}")
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.fill_(value)
+        last.bias.fill_(value / mod.generator.output_gain)
 
 
 class _FixedOutput(nn.Module):
@@ -303,11 +304,11 @@ def test_modulated_kernel_works_as_parametrization_of_a_plain_conv():
 
 def test_modulated_kernel_rejects_wrong_weights():
     mod = ModulatedKernelParam(5)
-    with pytest.raises(ValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
+    with pytest.raises(Rep3DValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
         mod(torch.randn(4, 1, 3, 3, 3))
-    with pytest.raises(TypeError, match="floating-point weight"):
+    with pytest.raises(Rep3DTypeError, match="floating-point weight"):
         mod(torch.ones(4, 1, 5, 5, 5, dtype=torch.int64))
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(Rep3DValueError, match="mode"):
         ModulatedKernelParam(5, "learned")
 
 
@@ -436,13 +437,13 @@ def test_torch_compile_forward_and_backward():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(kernel_size=4), ValueError, r"odd.*got 4"),
-        (dict(kernel_size=1), ValueError, r">= 3.*got 1"),
-        (dict(kernel_size=(5, 5)), TypeError, "triple"),
-        (dict(kernel_size=5.0), TypeError, "odd int"),
-        (dict(modulation="learned"), ValueError, "modulation"),
-        (dict(small_kernel=7, kernel_size=7), ValueError, "smaller than kernel_size"),
-        (dict(conv_backend="cudnn"), ValueError, "conv_backend"),
+        (dict(kernel_size=4), Rep3DValueError, r"odd.*got 4"),
+        (dict(kernel_size=1), Rep3DValueError, r">= 3.*got 1"),
+        (dict(kernel_size=(5, 5)), Rep3DTypeError, "triple"),
+        (dict(kernel_size=5.0), Rep3DTypeError, "odd int"),
+        (dict(modulation="learned"), Rep3DValueError, "modulation"),
+        (dict(small_kernel=7, kernel_size=7), Rep3DValueError, "smaller than kernel_size"),
+        (dict(conv_backend="cudnn"), Rep3DValueError, "conv_backend"),
     ],
 )
 def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
@@ -452,11 +453,11 @@ def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
 
 def test_replkconv3d_rejects_bad_input_naming_expected_and_given():
     conv = RepLKConv3d(4, 5)
-    with pytest.raises(ValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
+    with pytest.raises(Rep3DValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
         conv(torch.randn(4, 6, 6, 6))
-    with pytest.raises(ValueError, match=r"built for 4 channels but the input has 3"):
+    with pytest.raises(Rep3DValueError, match=r"built for 4 channels but the input has 3"):
         conv(torch.randn(1, 3, 6, 6, 6))
-    with pytest.raises(TypeError, match="floating-point input"):
+    with pytest.raises(Rep3DTypeError, match="floating-point input"):
         conv(torch.ones(1, 4, 6, 6, 6, dtype=torch.int32))
 
 
@@ -483,7 +484,7 @@ def test_pad_and_crop_kernel_are_exact_inverses_and_preserve_same_conv():
     assert torch.equal(crop_kernel(big, (3, 3, 3)), w)
     x = torch.randn(1, 2, 6, 6, 6)
     torch.testing.assert_close(F.conv3d(x, big, padding=(3, 2, 1), groups=2), F.conv3d(x, w, padding=1, groups=2))
-    with pytest.raises(ValueError, match="centre-pad"):
+    with pytest.raises(Rep3DValueError, match="centre-pad"):
         pad_kernel(pad_kernel(w, 5), 3)
 
 
@@ -493,5 +494,5 @@ def test_layernorm3d_normalises_over_channels():
     y = ln(x)
     torch.testing.assert_close(y.mean(1), torch.zeros(2, 3, 5, 6), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, 3, 5, 6), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match=r"expects \[B, 4, D, H, W\]"):
+    with pytest.raises(Rep3DValueError, match=r"expects \[B, 4, D, H, W\]"):
         ln(torch.randn(2, 3, 4, 4, 4))

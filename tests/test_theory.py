@@ -1,4 +1,5 @@
-"""In float64: re-parameterized training == training the merged kernel with an element-wise lr field."""
+"""The learning-rate fields of docs/design.md in float64: re-parameterized training == training the merged kernel
+with an element-wise lr field."""
 
 import pytest
 import torch

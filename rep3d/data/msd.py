@@ -27,17 +27,18 @@ from rep3d.data.phantom import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     DEFAULT_WINDOW,
-    PHANTOM_CLASSES,
     PHANTOM_HU,
     case_seed,
     make_phantom,
 )
+from rep3d.errors import Rep3DDataError, Rep3DValueError
+from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
 TEST_LABELED_KEY = "test_labeled"
 
 
-class MSDLayoutError(ValueError):
+class MSDLayoutError(Rep3DDataError):
     """A dataset folder or its ``dataset.json`` breaks the MSD layout; the message says what to fix."""
 
 
@@ -50,6 +51,36 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(path))
+
+
+def _phantom_meta(training: list, test: list, test_labeled: list, seed: int, shape: Sequence[int],
+                  spacing: Sequence[float]) -> dict[str, Any]:
+    """``dataset.json`` of a phantom dataset: MSD keys plus the labelled test list and the generator settings."""
+    return {
+        "name": "rep3d-phantom",
+        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
+        "reference": "rep3d (synthetic)",
+        "licence": "CC0-1.0 (synthetic data)",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
+        TEST_LABELED_KEY: test_labeled,
+        "synthetic": True,
+        "phantom": {
+            "generator": "rep3d.data.make_phantom",
+            "seed": int(seed),
+            "shape": [int(s) for s in shape],
+            "spacing": [float(s) for s in spacing],
+            "orientation": "RAS",
+            "hu_means": PHANTOM_HU,
+            "intensity_window": list(DEFAULT_WINDOW),
+        },
+    }
 
 
 def write_msd_dataset(
@@ -75,7 +106,7 @@ def write_msd_dataset(
         ValueError: negative or zero case counts.
     """
     if num_train < 0 or num_test < 0 or num_train + num_test == 0:
-        raise ValueError(
+        raise Rep3DValueError(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     root = Path(outdir)
@@ -111,31 +142,7 @@ def write_msd_dataset(
             test.append(pair["image"])
             test_labeled.append(pair)
 
-    meta = {
-        "name": "rep3d-phantom",
-        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
-        "reference": "rep3d (synthetic)",
-        "licence": "CC0-1.0 (synthetic data)",
-        "release": "1.0",
-        "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
-        "numTraining": len(training),
-        "numTest": len(test),
-        "training": training,
-        "test": test,
-        TEST_LABELED_KEY: test_labeled,
-        "synthetic": True,
-        "phantom": {
-            "generator": "rep3d.data.make_phantom",
-            "seed": int(seed),
-            "shape": [int(s) for s in shape],
-            "spacing": [float(s) for s in spacing],
-            "orientation": "RAS",
-            "hu_means": PHANTOM_HU,
-            "intensity_window": list(DEFAULT_WINDOW),
-        },
-    }
+    meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing)
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
 
@@ -193,6 +200,81 @@ def _int_keyed(table: Any, key: str, json_path: Path) -> dict[int, str]:
     return out
 
 
+def _read_meta(root: Path, json_path: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise MSDLayoutError(
+            f"dataset folder {root} does not exist (generate one with `rep3d phantom {root}`)"
+        )
+    if not json_path.is_file():
+        raise MSDLayoutError(
+            f"{root} has no dataset.json; an MSD dataset needs dataset.json, imagesTr/, labelsTr/"
+        )
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MSDLayoutError(f"{json_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise MSDLayoutError(f"{json_path} must hold a JSON object, got {type(meta).__name__}")
+    missing = [k for k in MSD_REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise MSDLayoutError(f"{json_path} lacks required MSD key(s) {missing}")
+    return meta
+
+
+def _file_lists(root: Path, json_path: Path, meta: dict[str, Any]) -> tuple[list, list, list]:
+    """``(training pairs, test images, labelled test pairs)`` with absolute paths."""
+    training = meta["training"]
+    if not isinstance(training, list) or not training:
+        raise MSDLayoutError(
+            f"{json_path}: 'training' must be a non-empty list of {{'image', 'label'}} entries"
+        )
+    pairs = []
+    for n, entry in enumerate(training):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MSDLayoutError(
+                f"{json_path}: training[{n}] must be {{'image': ..., 'label': ...}}, got {entry!r}"
+            )
+        where = f"{json_path}: training[{n}]"
+        pairs.append(
+            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
+        )
+    if "numTraining" in meta and meta["numTraining"] != len(pairs):
+        raise MSDLayoutError(
+            f"{json_path}: numTraining is {meta['numTraining']} but 'training' lists {len(pairs)}"
+        )
+    test = []
+    for n, entry in enumerate(meta.get("test", []) or []):
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        test.append({"image": _resolve(root, image, f"{json_path}: test[{n}]")})
+    test_labeled = []
+    for n, entry in enumerate(meta.get(TEST_LABELED_KEY, []) or []):
+        where = f"{json_path}: {TEST_LABELED_KEY}[{n}]"
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MSDLayoutError(f"{where} must be {{'image': ..., 'label': ...}}, got {entry!r}")
+        test_labeled.append(
+            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
+        )
+    return pairs, test, test_labeled
+
+
+def _validation_indices(num_pairs: int, val_fraction: float, num_val: int | None, seed: int) -> set[int]:
+    """A seeded random subset of the training indices (see :func:`load_msd_dataset`)."""
+    if num_val is None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise Rep3DValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        num_val = (
+            max(1, int(math.floor(val_fraction * num_pairs + 0.5)))
+            if num_pairs >= 2 and val_fraction
+            else 0
+        )
+    if not 0 <= num_val < num_pairs:
+        raise Rep3DValueError(
+            f"num_val must be in [0, {num_pairs - 1}] for {num_pairs} training cases, got {num_val}"
+        )
+    order = np.random.default_rng(seed).permutation(num_pairs)
+    return set(order[num_pairs - num_val :].tolist())
+
+
 def load_msd_dataset(
     root: str | Path,
     *,
@@ -213,80 +295,17 @@ def load_msd_dataset(
     """
     root = Path(root).expanduser()
     json_path = root / "dataset.json"
-    if not root.is_dir():
-        raise MSDLayoutError(
-            f"dataset folder {root} does not exist (generate one with `rep3d phantom {root}`)"
-        )
-    if not json_path.is_file():
-        raise MSDLayoutError(
-            f"{root} has no dataset.json; an MSD dataset needs dataset.json, imagesTr/, labelsTr/"
-        )
-    try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as err:
-        raise MSDLayoutError(f"{json_path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise MSDLayoutError(f"{json_path} must hold a JSON object, got {type(meta).__name__}")
-    missing = [k for k in MSD_REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise MSDLayoutError(f"{json_path} lacks required MSD key(s) {missing}")
+    meta = _read_meta(root, json_path)
     labels = _int_keyed(meta["labels"], "labels", json_path)
     modality = _int_keyed(meta["modality"], "modality", json_path)
-
-    training = meta["training"]
-    if not isinstance(training, list) or not training:
-        raise MSDLayoutError(
-            f"{json_path}: 'training' must be a non-empty list of {{'image', 'label'}} entries"
-        )
-    pairs = []
-    for n, entry in enumerate(training):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise MSDLayoutError(
-                f"{json_path}: training[{n}] must be {{'image': ..., 'label': ...}}, got {entry!r}"
-            )
-        where = f"{json_path}: training[{n}]"
-        pairs.append(
-            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
-        )
-    if "numTraining" in meta and meta["numTraining"] != len(pairs):
-        raise MSDLayoutError(
-            f"{json_path}: numTraining is {meta['numTraining']} but 'training' lists {len(pairs)}"
-        )
-
-    test = []
-    for n, entry in enumerate(meta.get("test", []) or []):
-        image = entry.get("image") if isinstance(entry, dict) else entry
-        test.append({"image": _resolve(root, image, f"{json_path}: test[{n}]")})
-    test_labeled = []
-    for n, entry in enumerate(meta.get(TEST_LABELED_KEY, []) or []):
-        where = f"{json_path}: {TEST_LABELED_KEY}[{n}]"
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise MSDLayoutError(f"{where} must be {{'image': ..., 'label': ...}}, got {entry!r}")
-        test_labeled.append(
-            {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
-        )
-
+    pairs, test, test_labeled = _file_lists(root, json_path, meta)
     if check_files:
         listed = [p for d in pairs + test + test_labeled for p in d.values()]
         absent = sorted({p for p in listed if not Path(p).is_file()})
         if absent:
             shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
             raise MSDLayoutError(f"{json_path} lists {len(absent)} file(s) that do not exist: {shown}")
-
-    if num_val is None:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        num_val = (
-            max(1, int(math.floor(val_fraction * len(pairs) + 0.5)))
-            if len(pairs) >= 2 and val_fraction
-            else 0
-        )
-    if not 0 <= num_val < len(pairs):
-        raise ValueError(
-            f"num_val must be in [0, {len(pairs) - 1}] for {len(pairs)} training cases, got {num_val}"
-        )
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    val_idx = set(order[len(pairs) - num_val :].tolist())
+    val_idx = _validation_indices(len(pairs), val_fraction, num_val, seed)
     return MSDDataset(
         root=root.resolve(),
         name=str(meta.get("name", root.name)),

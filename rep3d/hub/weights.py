@@ -27,12 +27,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm.utils
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from rep3d.hub.download import CONFIG_NAME, WeightsSource, resolve_weights, weights_name
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.layers import RepLKConv3d
+from rep3d.errors import Rep3DTypeError, Rep3DWeightsError
+from rep3d.hub.config import CONFIG_NAME, metadata_from_json
+from rep3d.hub.download import WeightsSource, resolve_weights, weights_name
+from rep3d.layers import RepLKConv3d, is_deployed
 
 INPUT_CONV_KEYS = (
     "encoder.downsample_layers.0.0.weight",
@@ -65,7 +68,7 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
         ignored += [f"{k} (checkpoint wrapper entry)" for k in obj if k != inner]
         obj = obj[inner]
     if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise Rep3DTypeError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
     state = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -97,8 +100,6 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     if path.suffix in PICKLE_SUFFIXES:
         obj = _read_pickle(path, name, where)
     else:
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 metadata = dict(f.metadata() or {})
@@ -194,8 +195,7 @@ def _weights_form(state: Mapping[str, torch.Tensor], model: nn.Module, metadata:
 def _convert_form(model: nn.Module, state: dict[str, torch.Tensor], metadata: Mapping[str, str], name: str,
                   where: str) -> dict[str, torch.Tensor]:
     form = _weights_form(state, model, metadata)
-    convs = _convs(model)
-    model_deployed = bool(convs) and all(m.deploy for m in convs)
+    model_deployed = is_deployed(model)
     if form == "train" and model_deployed and _has_train_extras(state, _conv_prefixes(model)):
         return _fold_into_deploy_form(model, state, name, where)
     if form == "deploy" and not model_deployed and _has_train_extras(model.state_dict(), _conv_prefixes(model)):
@@ -264,15 +264,9 @@ def _match_input_projection(state: dict[str, torch.Tensor], expected: Mapping[st
     return state
 
 
-def _convs(model: nn.Module) -> list[RepLKConv3d]:
-    return [m for m in model.modules() if isinstance(m, RepLKConv3d)]
-
-
 def _fold_into_deploy_form(model: nn.Module, state: dict[str, torch.Tensor], name: str,
                            where: str) -> dict[str, torch.Tensor]:
     """Load train-form ``state`` into a train-form twin of ``model`` and fold it, giving deploy-form weights."""
-    from rep3d.models.deploy import reparameterize_model
-
     args = getattr(model, "model_args", None)
     if not isinstance(args, dict):
         raise Rep3DWeightsError(
@@ -281,14 +275,17 @@ def _fold_into_deploy_form(model: nn.Module, state: dict[str, torch.Tensor], nam
             reason="form",
         )
     twin = type(model)(**{**args, "deploy": False})
-    _load_exact(twin, state, strict=True, name=name, where=where, metadata={})
-    return reparameterize_model(twin, inplace=True).state_dict()
+    load_exact(twin, state, strict=True, name=name, where=where, metadata={})
+    # timm's fold calls every RepLKConv3d.reparameterize(); only the folded state_dict is kept
+    return timm.utils.reparameterize_model(twin, inplace=True).state_dict()
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
 
-def _load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, name: str, where: str,
+def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, name: str, where: str,
                 metadata: Mapping[str, str]) -> None:
+    """Load ``state`` into ``model`` as it is (no adaptation): shape mismatches always, and with ``strict`` missing or
+    unexpected keys, raise :class:`Rep3DWeightsError` saying whether the weights belong to another architecture."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -370,10 +367,8 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
                                     err.reason) from err
         raise
     state = adapt_state_dict(model, state, cfg, name, source.where, metadata)
-    _load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
+    load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        from rep3d.hub.publish import metadata_from_json
-
         for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
             model.pretrained_cfg.setdefault(key, value)
         model.pretrained_cfg["weights_source"] = source.where
@@ -391,5 +386,5 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     where = f"checkpoint {path}"
     state, metadata = read_weights(path, name, where)
     state = _convert_form(model, state, metadata, name, where)
-    _load_exact(model, state, strict=strict, name=name, where=where, metadata=metadata)
+    load_exact(model, state, strict=strict, name=name, where=where, metadata=metadata)
     return model

@@ -1,6 +1,6 @@
 """Reusable building blocks: drop them into any 3-D network."""
 
-from rep3d.layers.conv import RepLKConv3d
+from rep3d.layers.conv import RepLKConv3d, is_deployed
 from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
@@ -29,6 +29,7 @@ __all__ = [
     "fast_fft_length",
     "fft_lengths",
     "fold_batchnorm",
+    "is_deployed",
     "mask_health",
     "mask_health_scalars",
     "mask_lr_field",

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_volume, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
@@ -59,16 +60,16 @@ class RepLKConv3d(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"RepLKConv3d: channels must be a positive int, got {channels!r}")
+            raise Rep3DValueError(f"RepLKConv3d: channels must be a positive int, got {channels!r}")
         if modulation not in ("lrbm", "fixed", None):
-            raise ValueError(f"RepLKConv3d: modulation must be 'lrbm', 'fixed' or None, got {modulation!r}")
+            raise Rep3DValueError(f"RepLKConv3d: modulation must be 'lrbm', 'fixed' or None, got {modulation!r}")
         if conv_backend not in BACKENDS:
-            raise ValueError(f"RepLKConv3d: conv_backend must be one of {BACKENDS}, got {conv_backend!r}")
+            raise Rep3DValueError(f"RepLKConv3d: conv_backend must be one of {BACKENDS}, got {conv_backend!r}")
         self.channels = channels
         self.kernel_size = kernel_size_3d(kernel_size)
         self.small_kernel = None if small_kernel is None else kernel_size_3d(small_kernel, name="small_kernel")
         if self.small_kernel is not None and any(s >= k for s, k in zip(self.small_kernel, self.kernel_size)):
-            raise ValueError(
+            raise Rep3DValueError(
                 f"RepLKConv3d: small_kernel {small_kernel} must be smaller than kernel_size {kernel_size} on every axis"
             )
         self.modulation_mode = modulation
@@ -181,3 +182,9 @@ def _init_kernel(weight: nn.Parameter) -> None:
 
 def _fold(weight: torch.Tensor, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     return fold_batchnorm(weight, None, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def is_deployed(model: nn.Module) -> bool:
+    """True when every :class:`RepLKConv3d` in ``model`` is in its folded form (and there is at least one)."""
+    convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
+    return bool(convs) and all(m.deploy for m in convs)

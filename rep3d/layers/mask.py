@@ -1,4 +1,5 @@
-"""Distance-decay prior and the learnable receptive-field mask of Rep3D, with its health statistics."""
+"""Distance-decay prior and the learnable receptive-field mask of Rep3D, with its health statistics (docs/design.md,
+"Mask")."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def distance_prior(
         device = device or beta.device
     else:
         if not beta > 0:
-            raise ValueError(f"distance_prior: beta must be > 0, got {beta}")
+            raise Rep3DValueError(f"distance_prior: beta must be > 0, got {beta}")
         dtype = dtype or torch.get_default_dtype()
     axes = [torch.arange(k, device=device, dtype=dtype) - (k - 1) / 2 for k in (kd, kh, kw)]
     dist = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2).sqrt()
@@ -56,7 +57,8 @@ class MaskGenerator(nn.Module):
 
     The default (``hidden_channels=1``, ``kernel_size=7``, ``depth=2``) is the paper's generator: 344 + 2 + 344 = 690
     parameters. GroupNorm with one group normalises over hidden channels *and* kernel offsets, so even with a single
-    hidden channel it cannot collapse to its bias the way a LayerNorm over a size-1 channel axis does (upstream bug).
+    hidden channel it cannot collapse to its bias the way a LayerNorm over a size-1 channel axis does (upstream bug 2
+    in docs/design.md).
 
     ``output_scale`` multiplies the last conv's output by ``1/sqrt(fan_in)`` (``"sqrt_fan_in"``, the default),
     ``1/fan_in`` (``"fan_in"``) or 1 (``"none"``); fan_in = ``hidden_channels * k³`` = 343 for the paper's

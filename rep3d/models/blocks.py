@@ -143,7 +143,7 @@ class UnetrDecoder3d(nn.Module):
         super().__init__()
         w = list(widths)
         if len(w) != 4:
-            raise ValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
+            raise Rep3DValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
 
         def basic(cin: int, cout: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)

@@ -27,12 +27,10 @@ from typing import Any
 
 from torch import nn
 
-from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
-from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
-from rep3d.data.phantom import PHANTOM_CLASSES
 from rep3d.layers.mask import DEFAULT_MASK_FORM
 from rep3d.models.registry import build_model, default_cfgs, register, resolve_cfg
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
+from rep3d.presets import DEFAULT_ROI, PAPER_CT, PHANTOM
 
 PAPER = dict(
     paper_ids="arXiv:2505.19603",
@@ -44,14 +42,11 @@ UXNET_PAPER = dict(
     paper_name="3D UX-Net: A Large Kernel Volumetric ConvNet Modernizing Hierarchical Transformer",
     license="apache-2.0",
 )
-# 3-D metadata of the paper's AMOS-CT recipe (DESIGN §4): the defaults a base-size model is trained and run with.
-CT_RECIPE = dict(
-    roi_size=(96, 96, 96), spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0), orientation="RAS",
-    modality="CT",
-)
+# 3-D metadata of the paper's AMOS-CT recipe (rep3d.presets): the defaults a base-size model is trained and run with.
+CT_RECIPE = PAPER_CT.model_cfg()
 
 
-def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), paper: dict = PAPER,
+def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = DEFAULT_ROI, paper: dict = PAPER,
          **kwargs: Any) -> dict[str, Any]:
     # timm assumes 2-D: input_size is (C, H, W) of an axial slice; the 3-D ROI lives in rep3d's own key.
     return {
@@ -64,10 +59,9 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), p
 # Weights trained by rep3d on its SYNTHETIC phantoms (rep3d/weights/rep3d_tiny_phantom.md has the card):
 #   rep3d phantom data/phantom --num-train 40 --num-test 10 --seed 0
 #   rep3d train --data data/phantom --out runs/tiny_phantom --recipe phantom
-#   python -m rep3d.hub.bundle runs/tiny_phantom rep3d_tiny_phantom
+#   python -m rep3d.bundle runs/tiny_phantom rep3d_tiny_phantom -o rep3d/weights
 PHANTOM_WEIGHTS = _cfg(
-    num_classes=len(PHANTOM_CLASSES), roi_size=(64, 64, 64), spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW,
-    class_names=list(PHANTOM_CLASSES), dataset="rep3d-phantom", synthetic=True,
+    num_classes=len(PHANTOM.class_names), **PHANTOM.model_cfg(), dataset="rep3d-phantom", synthetic=True,
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
     bundled="rep3d_tiny_phantom.safetensors",
     sha256="9e09234ec2aef61c0dd9a3ff1a383b3482f0b86a0af759eee29e389550ad058c",
@@ -83,7 +77,7 @@ WEIGHTS_MODEL_ARGS: dict[str, dict[str, Any]] = {
 
 default_cfgs = default_cfgs({
     "rep3d_tiny.phantom": PHANTOM_WEIGHTS,
-    **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else (96, 96, 96))
+    **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else DEFAULT_ROI)
        for size in ("tiny", "small", "base", "large") for suffix in ("", "_fixed", "_vanilla", "_csla")},
     "uxnet3d_base": _cfg(paper=UXNET_PAPER),
     "uxnet3d_base_lrbm": _cfg(),

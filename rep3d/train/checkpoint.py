@@ -9,6 +9,12 @@ from typing import Any
 
 import torch
 
+from rep3d.errors import Rep3DError
+
+
+class CheckpointError(Rep3DError, RuntimeError):
+    """A training checkpoint exists but cannot be read (damaged, or written by an incompatible version)."""
+
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
@@ -34,7 +40,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"cannot read training checkpoint {path}: {exc}; it may be from another rep3d version "
+        raise CheckpointError(f"cannot read training checkpoint {path}: {exc}; it may be from another rep3d version "
                            "or damaged — start a new run with another --out") from exc
 
 

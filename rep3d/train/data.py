@@ -14,20 +14,19 @@ import torch
 from monai import transforms as T
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rep3d.inference.preprocess import model_space_transforms
 from rep3d.train.recipes import TrainConfig
 
 
 def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
-    """Deterministic part: load, orient, resample to ``cfg.spacing``, window to [0, 1], crop to the body."""
+    """Deterministic part: load, then the Predictor's own preprocessing (orient, resample to ``cfg.spacing``, window
+    to [0, 1]: :func:`rep3d.inference.model_space_transforms`), then crop to the body and pad to the ROI."""
     keys = ["image", "label"] if with_label else ["image"]
-    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
-    lo, hi = cfg.intensity_window
     return T.Compose([
         T.LoadImaged(keys, image_only=True),
         T.EnsureChannelFirstd(keys),
-        T.Orientationd(keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        T.Spacingd(keys, pixdim=cfg.spacing, mode=modes),
-        T.ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation,
+                                intensity_window=cfg.intensity_window, label_key="label" if with_label else None),
         T.CropForegroundd(keys, source_key="image", allow_smaller=True),
         T.SpatialPadd(keys, spatial_size=cfg.roi_size),
         T.EnsureTyped(keys, track_meta=False),
@@ -35,7 +34,7 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
 
 
 def augmentation(cfg: TrainConfig) -> T.Compose:
-    """Random part (DESIGN §4): pos/neg crops, intensity shift, small rotation and scaling. No flips: left and
+    """Random part (the paper's recipe): pos/neg crops, intensity shift, small rotation and scaling. No flips: left and
     right organs are told apart by position."""
     keys = ["image", "label"]
     pos, neg = cfg.pos_neg_ratio

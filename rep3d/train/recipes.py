@@ -1,4 +1,5 @@
-"""Training recipes as data: the paper's (DESIGN §4), a CPU-sized phantom recipe, and per-dataset presets."""
+"""Training recipes as data: the paper's (arXiv 2505.19603), a CPU-sized phantom recipe; the dataset presets (spacing,
+window, orientation) come from :mod:`rep3d.presets`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
-from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
+from rep3d.errors import Rep3DValueError
+from rep3d.presets import PAPER_CT, PHANTOM, PRESETS, get_preset
 
 
 @dataclass
@@ -22,10 +23,10 @@ class TrainConfig:
     dataset_preset: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     # preprocessing (model space)
-    roi_size: tuple[int, int, int] = (96, 96, 96)
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
-    intensity_window: tuple[float, float] = (-125.0, 275.0)
-    orientation: str = "RAS"
+    roi_size: tuple[int, int, int] = PAPER_CT.roi_size
+    spacing: tuple[float, float, float] = PAPER_CT.spacing
+    intensity_window: tuple[float, float] = PAPER_CT.intensity_window
+    orientation: str = PAPER_CT.orientation
     # sampling and augmentation
     crops_per_subject: int = 2
     subjects_per_step: int = 1
@@ -64,7 +65,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+            raise Rep3DValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
         out = cls(**values)
         for name in ("roi_size", "spacing", "intensity_window", "pos_neg_ratio"):
             setattr(out, name, tuple(getattr(out, name)))
@@ -72,36 +73,27 @@ class TrainConfig:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # DESIGN §4: 96³ pos/neg crops, 2 per subject, DiceCE, AdamW 1e-4 / wd 0.08, 60k iterations, val every 500
-    "paper": dict(model="rep3d_base", roi_size=(96, 96, 96), iterations=60_000, lr=1e-4, weight_decay=0.08,
+    # the paper's: 96³ pos/neg crops, 2 per subject, DiceCE, AdamW 1e-4 / wd 0.08, 60k iterations, val every 500
+    "paper": dict(model="rep3d_base", roi_size=PAPER_CT.roi_size, iterations=60_000, lr=1e-4, weight_decay=0.08,
                   warmup_steps=500, val_every=500, checkpoint_every=500),
     # Sized for a 2-core CPU in well under an hour: rep3d_tiny on 64³ crops of the synthetic phantom.
-    "phantom": dict(model="rep3d_tiny", dataset_preset="phantom", roi_size=(64, 64, 64), iterations=1500,
+    "phantom": dict(model="rep3d_tiny", dataset_preset="phantom", roi_size=PHANTOM.roi_size, iterations=1500,
                     lr=2e-3, weight_decay=0.01, warmup_steps=50, val_every=250, checkpoint_every=50,
                     sw_batch_size=1, workers=1),
 }
 
-# Spacing (mm) and intensity windows of the paper's datasets (DESIGN §4) and of rep3d's phantom.
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "amos_ct": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "amos_mri": dict(spacing=(1.0, 1.0, 1.0), intensity_window=(0.0, 1000.0)),
-    "kits": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "msd_pancreas": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "msd_hepatic_vessel": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(0.0, 230.0)),
-    "phantom": dict(spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW),
-}
+DATASET_PRESETS: dict[str, dict[str, Any]] = {name: preset.recipe_values() for name, preset in PRESETS.items()}
+"""What each preset of :data:`rep3d.presets.PRESETS` sets in a :class:`TrainConfig` (spacing, window, orientation)."""
 
 
 def build_config(recipe: str = "paper", dataset_preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Recipe defaults, then the dataset preset, then explicit overrides (``None`` values are ignored)."""
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        raise Rep3DValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     values: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
     preset = dataset_preset or values.get("dataset_preset")
     if preset is not None:
-        if preset not in DATASET_PRESETS:
-            raise ValueError(f"unknown dataset preset {preset!r}; choose one of {sorted(DATASET_PRESETS)}")
-        values.update(DATASET_PRESETS[preset])
+        values.update(get_preset(preset).recipe_values())
         values["dataset_preset"] = preset
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
