@@ -24,6 +24,7 @@ from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
 from rep3d.train.checkpoint import atomic_save, load_state, rng_state, set_rng_state
 from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
@@ -100,7 +101,8 @@ class Trainer:
                             if self.ctx.is_main else [])
         self.sampler = StepSampler(len(self.train_set), cfg.iterations, self.start_step, cfg.seed,
                                    cfg.subjects_per_step, self.ctx.rank, self.ctx.world_size)
-        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main)
+        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main,
+                          extra_fields=list(mask_health_scalars(self.model)))
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_runtime(self) -> None:
@@ -221,6 +223,7 @@ class Trainer:
                                  self.autocast_dtype)
             row["val_mean_dice"] = mean_dice(per_class)
             row.update({f"val_dice_{n}": d for n, d in zip(self.class_names[1:], per_class)})
+            row.update(mask_health_scalars(self.model))  # saturation / a frozen generator shows up here
             bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
             if row["val_mean_dice"] > self.best["dice"]:
                 self.best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
