@@ -82,7 +82,7 @@ SIZES = {
     "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
 }
 # the paper's block (no residual) for every rep3d_* name, the paper's generator for the learnable mask
-PAPER_GENERATOR = dict(mask_form="softmax", generator_hidden_channels=1, generator_kernel_size=7, generator_depth=2,
+PAPER_GENERATOR = dict(mask_form="additive", generator_hidden_channels=1, generator_kernel_size=7, generator_depth=2,
                        generator_output_scale="sqrt_fan_in")
 VARIANTS = {"": dict(modulation="lrbm", block_residual=False, **PAPER_GENERATOR),
             "_fixed": dict(modulation="fixed", block_residual=False),
@@ -307,7 +307,7 @@ def test_bundled_weights_build_the_architecture_they_were_trained_with():
             "rep3d_tiny.phantom"]["block_residual"])
     for key, value in WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"].items():
         assert tagged.model_args[key] == value, key
-    assert bare.model_args["block_residual"] is False and bare.model_args["mask_form"] == "softmax"
+    assert bare.model_args["block_residual"] is False and bare.model_args["mask_form"] == "additive"
     assert overridden.model_args["block_residual"] != WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"]["block_residual"]
 
 
