@@ -15,7 +15,8 @@ Block "plain" is the paper's ``GELU(BN(dwconv(x, W ⊙ M)))`` with no residual s
 
 Suffixes: none = learnable mask (``lrbm``, the method; the paper's generator, two k7 convs with one hidden channel,
 690 parameters per block, output scaled by 1/sqrt(fan-in); ``mask_form="additive"``, the paper's
-``M = P + f(P)``), ``_fixed`` = distance prior only, ``_vanilla`` = plain large kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy;
+``M = P + f(P)``), ``_fixed`` = distance prior only, ``_vanilla`` = plain large kernel, ``_csla`` = plain large
+kernel + parallel 3³ branch merged at deploy;
 ``uxnet3d_base_lrbm`` = UX-Net + mask. The mask knobs ``mask_form``, ``generator_hidden_channels``,
 ``generator_kernel_size``, ``generator_depth``, ``generator_output_scale`` are model kwargs; all of them are
 recorded in ``model.model_args`` and hence in a saved model's config.
