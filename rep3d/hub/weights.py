@@ -287,6 +287,7 @@ def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
     """Load ``state`` into ``model`` as it is (no adaptation): shape mismatches always, and with ``strict`` missing or
     unexpected keys, raise :class:`Rep3DWeightsError` saying whether the weights belong to another architecture."""
     expected = model.state_dict()
+    check_tensor_values(state, expected, name, where)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]
@@ -308,6 +309,32 @@ def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
         warnings.warn(f"{name}: non-strict load from {where}: {_key_report(missing, unexpected, [])}", UserWarning,
                       stacklevel=4)
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def check_tensor_values(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str,
+                        where: str) -> None:
+    """Raise :class:`Rep3DWeightsError` naming the tensor when a weight the model holds as floating point comes as an
+    integer, boolean or complex tensor (``load_state_dict`` would cast it silently) or holds NaN / inf.
+
+    Integer buffers of the model (BatchNorm's ``num_batches_tracked``) may stay integers."""
+    for key, tensor in state.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            given, wanted = (str(t.dtype).removeprefix("torch.") for t in (tensor, target))
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} is {given}, but the model holds it as {wanted}: integer, boolean or "
+                "complex values are not trained weights (a quantised or wrongly converted file?)",
+                "export the floating-point weights (state_dict of the trained model) and load those", reason="dtype",
+            )
+        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        if bad:
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}: a "
+                "model loaded from it computes NaN", "use a checkpoint saved before training diverged (or re-export "
+                "the weights)", reason="non_finite",
+            )
 
 
 def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str], show: int = 4) -> str:
