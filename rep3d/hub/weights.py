@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ STEM_KEY = INPUT_CONV_KEYS[0]
 DEFAULT_CLASSIFIER = "decoder.out.conv.conv"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "network")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_REFUSED_GLOBAL = re.compile(r"unsupported global", re.IGNORECASE)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -124,13 +126,16 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
+        # torch words the refusal of a pickled global differently across versions: "Unsupported global: GLOBAL
+        # os.system was not an allowed global" (2.4-2.6), "Trying to load unsupported GLOBAL posix.system whose module
+        # posix is blocked" (2.14)
+        detail = next((line.strip() for line in str(err).splitlines() if _REFUSED_GLOBAL.search(line)), None)
         if detail is None:  # not a refusal of a Python object: garbage or a damaged pickle
             raise Rep3DWeightsError(name, where, "not a readable PyTorch checkpoint (corrupt or truncated pickle "
                                     "stream, or not a checkpoint at all)", "download or export it again",
                                     reason="corrupt") from err
         raise Rep3DWeightsError(
-            name, where, "the checkpoint holds pickled Python objects besides tensors, and rep3d never executes "
+            name, where, "the file holds code: pickled Python objects besides tensors, and rep3d never executes "
             f"pickled code (torch.load(weights_only=True) refused: {detail})",
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
@@ -141,6 +146,9 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
 
 
 def verify_sha256(path: Path, expected: str, name: str, where: str) -> None:
+    if not (isinstance(expected, str) and re.fullmatch(r"[0-9a-fA-F]{64}", expected)):
+        raise Rep3DWeightsError(name, where, f"the expected sha256 is {expected!r}, not 64 hexadecimal digits",
+                                "give the sha256 as a hex string (sha256sum FILE), or leave it out", reason="config")
     actual = sha256_file(path)
     if actual != expected.lower():
         raise Rep3DWeightsError(

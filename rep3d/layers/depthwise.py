@@ -62,6 +62,9 @@ def depthwise_conv3d(
         ops (a sum over 21^3 taps is where low precision hurts).
     """
     _check_args(x, weight, bias, backend)
+    if x.numel() == 0:  # batch 0 or a zero-size axis: an empty output of the input's shape, as F.conv3d gives
+        y = x + weight.sum().to(x.dtype) * 0  # keeps weight (and bias) in the graph: zero gradients, not None
+        return y if bias is None else y + bias.to(x.dtype).view(1, -1, 1, 1, 1)
     ksize = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
     if ksize != tuple(weight.shape[2:]):
         weight = crop_kernel(weight, ksize)
