@@ -120,9 +120,11 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     strict = kwargs.pop("pretrained_strict", True)
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    if not pretrained and pretrained_cfg is None and variant in ARCH_CFGS:
+    own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
+    if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
         # A bare name means the architecture. timm would resolve it to the default tag's cfg (for rep3d_tiny the
-        # phantom weights': 9 class names, phantom spacing, "SYNTHETIC"), which describes weights not loaded here.
+        # phantom weights': 9 classes and their names, phantom spacing, "SYNTHETIC"), which describes weights that are
+        # not loaded here: none, or the caller's own file. Only pretrained=True alone loads the default tag.
         pretrained_cfg = dict(ARCH_CFGS[variant])
     cfg = resolve_cfg(variant, pretrained_cfg, overlay)
     if not pretrained:  # the weights a cfg describes are not loaded: nothing about them may travel with the model
