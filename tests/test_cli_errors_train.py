@@ -160,6 +160,15 @@ def test_resume_from_a_checkpoint_whose_config_is_unusable_says_so(capsys, tmp_p
                           inputs=(last,))
 
 
+def test_resume_from_a_checkpoint_whose_weights_do_not_fit_its_model_says_so(capsys, tmp_path, phantom):
+    out = tmp_path / "run"
+    cfg = build_config("phantom", data=str(phantom), out=str(out), iterations=2, roi_size=(32, 32, 32),
+                       model_args={"kernel_size": 3}, workers=0, threads=1)
+    last = _write_last(out, {**_full_state(), "config": cfg.to_dict()})  # "model" holds one foreign tensor
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume"], "train", "does not fit the run",
+                          inputs=(last, phantom))
+
+
 # --------------------------------------------------------------------------------------------- import-official
 
 def _official(tmp_path: Path, **sizes) -> Path:
