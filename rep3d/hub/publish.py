@@ -189,6 +189,14 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _tta_row(axes: Any) -> str:
+    if axes is None:
+        return "not recorded: `--tta` is refused"
+    if not axes:
+        return "none: trained without flips, so `--tta` is refused"
+    return f"flips along axes {', '.join(map(str, axes))} (trained with these flips)"
+
+
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
     meta = config["rep3d"]["metadata"]
@@ -226,7 +234,8 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
               f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
               f"| orientation | {meta.get('orientation', 'unknown')} |",
               f"| modality | {meta.get('modality', 'unknown')} |",
-              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |", ""]
+              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
+              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |", ""]
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

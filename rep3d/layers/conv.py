@@ -15,7 +15,7 @@ from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_volume, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
-from rep3d.layers.mask import ModulatedKernelParam
+from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
 
 Modulation = Literal["lrbm", "fixed"] | None
 
@@ -28,9 +28,10 @@ class RepLKConv3d(nn.Module):
         y = BN(conv(x, W * M)) [+ BN_s(conv(x, W_s))]
 
     where ``M`` is the receptive-field mask (``modulation="lrbm"`` learnable, ``"fixed"`` the distance prior,
-    ``None`` no mask) and the optional ``small_kernel`` branch is the CSLA / RepLKNet parallel small conv. With
-    ``norm=False`` there is no BatchNorm and the branches are summed as kernels; ``bias=True`` adds a learnable
-    per-channel bias after everything (as in 3D UX-Net's depthwise conv).
+    ``None`` no mask; ``mask_form`` and the ``generator_*`` knobs shape the learnable one, see
+    :class:`~rep3d.layers.ModulatedKernelParam`) and the optional ``small_kernel`` branch is the CSLA / RepLKNet
+    parallel small conv. With ``norm=False`` there is no BatchNorm and the branches are summed as kernels;
+    ``bias=True`` adds a learnable per-channel bias after everything (as in 3D UX-Net's depthwise conv).
 
     :meth:`reparameterize` folds mask, BatchNorms and small branch into one depthwise conv with bias; the module
     then holds only ``weight`` ``[C, 1, k, k, k]`` and ``bias`` ``[C]`` and its state_dict loads into a module built
@@ -50,7 +51,11 @@ class RepLKConv3d(nn.Module):
         deploy: bool = False,
         beta: float = 1.0,
         learnable_beta: bool = False,
-        mask_hidden_channels: int = 4,
+        mask_form: MaskForm = DEFAULT_MASK_FORM,
+        generator_hidden_channels: int = 1,
+        generator_kernel_size: int = 7,
+        generator_depth: int = 2,
+        generator_output_scale: OutputScale = "sqrt_fan_in",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
     ) -> None:
@@ -82,7 +87,9 @@ class RepLKConv3d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.modulation = (
             ModulatedKernelParam(self.kernel_size, modulation, beta=beta, learnable_beta=learnable_beta,
-                                 hidden_channels=mask_hidden_channels)
+                                 mask_form=mask_form, generator_hidden_channels=generator_hidden_channels,
+                                 generator_kernel_size=generator_kernel_size, generator_depth=generator_depth,
+                                 generator_output_scale=generator_output_scale)
             if modulation is not None else None
         )
         self.bn = nn.BatchNorm3d(channels, eps=bn_eps, momentum=bn_momentum) if norm else None
@@ -117,6 +124,11 @@ class RepLKConv3d(nn.Module):
             # Only the conv is recomputed: BatchNorm stays outside, so its running stats update once per step.
             return checkpoint(depthwise_conv3d, x, weight, bias, backend=self.conv_backend, use_reentrant=False)
         return depthwise_conv3d(x, weight, bias, backend=self.conv_backend)
+
+    def mask_stats(self) -> dict[str, float | None] | None:
+        """:meth:`ModulatedKernelParam.mask_stats` of the mask, or ``None`` without one (unmodulated or deployed)."""
+        modulation = getattr(self, "modulation", None)
+        return modulation.mask_stats() if modulation is not None else None
 
     @torch.no_grad()
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
 from rep3d.train.checkpoint import (
     CheckpointError,
@@ -33,7 +34,7 @@ from rep3d.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from rep3d.train.data import CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
     DistContext,
@@ -110,11 +111,14 @@ class Trainer:
         if self.ctx.is_main:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        self.train_set = CachedVolumes(self.dataset.train, cfg)
-        self.val_volumes = [preprocessing(cfg)(dict(item)) for item in self.dataset.val] if self.ctx.is_main else []
+        num_classes = len(self.class_names)  # label values are checked against it as the volumes are cached
+        self.train_set = CachedVolumes(self.dataset.train, cfg, num_classes)
+        self.val_volumes = ([preprocessing(cfg, num_classes=num_classes)(dict(item)) for item in self.dataset.val]
+                            if self.ctx.is_main else [])
         self.sampler = StepSampler(len(self.train_set), cfg.iterations, self.start_step, cfg.seed,
                                    cfg.subjects_per_step, self.ctx.rank, self.ctx.world_size)
-        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main)
+        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main,
+                          extra_fields=list(mask_health_scalars(self.model)))
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_runtime(self) -> None:
@@ -145,6 +149,7 @@ class Trainer:
             roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
             orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
             class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
@@ -239,6 +244,7 @@ class Trainer:
                                  self.autocast_dtype)
             row["val_mean_dice"] = mean_dice(per_class)
             row.update({f"val_dice_{n}": d for n, d in zip(self.class_names[1:], per_class)})
+            row.update(mask_health_scalars(self.model))  # saturation / a frozen generator shows up here
             bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
             if row["val_mean_dice"] > self.best["dice"]:
                 self.best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
@@ -314,7 +320,8 @@ class Trainer:
     def _test(self, wall: float) -> dict[str, Any]:
         """Dice of the best (published) model on the labelled test cases; republishes with the test Dice."""
         best_model = create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
-        test_volumes = [preprocessing(self.cfg)(dict(item)) for item in self.dataset.test_labeled]
+        test_volumes = [preprocessing(self.cfg, num_classes=len(self.class_names))(dict(item))
+                        for item in self.dataset.test_labeled]
         test = evaluate(best_model, test_volumes, self.cfg, self.class_names, self.device, self.autocast_dtype)
         self.publish(best_model, wall, test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
