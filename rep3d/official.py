@@ -182,6 +182,13 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         "depths": depths, "kernel_size": get(f"{enc}.stages.0.0.dwconv.weight").shape[-1],
         "hidden_size": get("encoder5.layer.conv1.conv.weight").shape[0],
     }
+    kernel = tuple(get(f"{enc}.stages.0.0.dwconv.weight").shape[2:])
+    if any(k % 2 == 0 for k in kernel):
+        raise Rep3DWeightsError(
+            name, where, f"the checkpoint's depthwise kernels are {'x'.join(map(str, kernel))} (an even size): rep3d's "
+            "'same'-padded convs need odd kernels, so no rep3d model computes this network's function",
+            "import a checkpoint trained with odd kernels (the official models use 21 or 7)", reason="architecture",
+        )
     if family == "uxnet_3d":
         pw1 = get(f"{enc}.stages.0.0.pwconv1.weight")
         args["mlp_ratio"] = pw1.shape[0] // widths[0]

@@ -189,5 +189,4 @@ def test_overwrite_replaces_earlier_outputs_but_never_a_foreign_file(tmp_path, c
     assert digests(out).keys() == first.keys() and digests(scan) == {str(scan): before[str(scan)]}
 
 
-# ------------------------------------------------------------------------------------------------ train,
-# import-official (harden-train adds its cases below this line)
+# train and import-official cases: tests/test_cli_errors_train.py

@@ -68,7 +68,7 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
     input_size = tuple(timm_cfg.get("input_size") or (model.in_chans, 96, 96))
     timm_cfg["input_size"] = (model.in_chans, *input_size[1:])
     meta = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS and k not in _SOURCE_META and v is not None}
-    if cfg.get("tag"):
+    if cfg.get("tag") and cfg.get("weights_source"):  # a tag names weights: only loaded weights have that origin
         meta.setdefault("origin", f"{cfg['architecture']}.{cfg['tag']}")
     for key, value in (metadata or {}).items():
         if value is None:
@@ -79,7 +79,10 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
             meta[key] = value
     config: dict[str, Any] = {"architecture": cfg["architecture"], "num_classes": model.num_classes}
     class_names = meta.get("class_names")
-    if class_names and len(class_names) == model.num_classes:
+    if class_names is not None and (not isinstance(class_names, (list, tuple))
+                                    or len(class_names) != model.num_classes):
+        del meta["class_names"]  # names of another head (e.g. a tag's before its head was re-initialised)
+    elif class_names:
         config["label_names"] = list(class_names)
     config["model_args"] = model_args
     config["pretrained_cfg"] = timm_cfg

@@ -74,6 +74,9 @@ def depthwise_conv3d(
         bad = int((~torch.isfinite(x)).sum())
         raise Rep3DValueError(f"depthwise_conv3d: x holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; "
                               "the fft engine would spread each one over its whole channel: clean the input first")
+    if x.numel() == 0:  # batch 0 or a zero-size axis: an empty output of the input's shape, as F.conv3d gives
+        y = x + weight.sum().to(x.dtype) * 0  # keeps weight (and bias) in the graph: zero gradients, not None
+        return y if bias is None else y + bias.to(x.dtype).view(1, -1, 1, 1, 1)
     ksize = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
     if ksize != tuple(weight.shape[2:]):
         weight = crop_kernel(weight, ksize)

@@ -21,12 +21,19 @@ from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
 from rep3d.data.msd import MSDDataset, load_msd_dataset
-from rep3d.errors import Rep3DDataError, Rep3DError
+from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
 from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
-from rep3d.train.checkpoint import atomic_save, load_state, rng_state, set_rng_state
+from rep3d.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_state,
+    remove_stale_temp_files,
+    rng_state,
+    set_rng_state,
+)
 from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
@@ -77,13 +84,22 @@ class Trainer:
         self.state_dir = self.out / STATE_DIR
         self.last_path = self.state_dir / "last.pt"
         self.command = command
+        if self.out.exists() and not self.out.is_dir():
+            raise Rep3DValueError(f"--out {self.out} is a file; give a folder for the run (it will hold the model and "
+                                  "train_state/)")
         state = None
         if resume:
             state = load_state(self.last_path)
-            cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+            try:
+                cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+            except (Rep3DError, TypeError, ValueError) as err:
+                raise CheckpointError(f"training checkpoint {self.last_path} holds an unusable config ({err}); "
+                                      "start a new run with another --out") from err
         elif self.last_path.exists():
             raise FileExistsError(f"{self.out} already holds a run ({self.last_path}); pass --resume to continue it, "
                                   "or choose another --out")
+        if self.ctx.is_main:  # killed checkpoint writes of an earlier process leave partial files behind
+            remove_stale_temp_files(self.last_path)
         self.cfg = cfg
         self._setup_runtime()
         self.dataset = self._load_dataset()
@@ -155,12 +171,17 @@ class Trainer:
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.start_step, self.best = state["step"], state["best"]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.start_step, self.best = int(state["step"]), dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"training checkpoint {self.last_path} does not fit the run it describes "
+                                  f"({type(err).__name__}: {detail}); start a new run with another --out") from err
         self.wall_before = state.get("wall_time_s", 0.0)
 
     # ------------------------------------------------------------------------------------------------ saving
