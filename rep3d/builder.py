@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import timm
@@ -78,10 +78,10 @@ def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint
     _check_architecture(config, name, where, "check the repository; a timm model loads with "
                         "timm.create_model('hf-hub:...')")
     commit = path.parent.name if re.fullmatch(r"[0-9a-f]{40}", path.parent.name) else revision
-    weights = weights_section(config)
-    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
-              "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256")}
-    return _model_from_config(config, source, pretrained, checkpoint_path, cache_dir=cache_dir, **kwargs)
+    filename, sha256 = _weights_entry(config, name, where)
+    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit, "hf_hub_filename": filename,
+              "sha256": sha256}
+    return _model_from_config(config, source, name, pretrained, checkpoint_path, cache_dir=cache_dir, **kwargs)
 
 
 def create_model_from_folder(folder: str | Path, pretrained: bool = False, *,
@@ -90,12 +90,17 @@ def create_model_from_folder(folder: str | Path, pretrained: bool = False, *,
     with ``pretrained=True`` load its weights (sha256-checked, strict). ``kwargs`` override model args."""
     folder = Path(folder)
     name = f"{LOCAL_DIR_PREFIX}{folder}"
+    fix = "point at a folder written by rep3d.save_pretrained"
+    if not folder.is_dir():
+        raise Rep3DWeightsError(name, str(folder), "the folder does not exist" if not folder.exists() else
+                                "this is a file, not a folder", fix, reason="not_found")
+    if not (folder / CONFIG_NAME).is_file():
+        raise Rep3DWeightsError(name, str(folder), f"the folder has no {CONFIG_NAME}", fix, reason="not_found")
     config = read_config(folder / CONFIG_NAME, name, str(folder / CONFIG_NAME))
-    _check_architecture(config, name, str(folder), "point at a folder written by rep3d.save_pretrained")
-    weights = weights_section(config)
-    source = {"source": "local-dir", "file": str(folder / weights.get("file", DEFAULT_FILENAME)),
-              "sha256": weights.get("sha256")}
-    return _model_from_config(config, source, pretrained, checkpoint_path, **kwargs)
+    _check_architecture(config, name, str(folder), fix)
+    filename, sha256 = _weights_entry(config, name, str(folder / CONFIG_NAME))
+    source = {"source": "local-dir", "file": str(folder / filename), "sha256": sha256}
+    return _model_from_config(config, source, name, pretrained, checkpoint_path, **kwargs)
 
 
 def _check_architecture(config: Mapping[str, Any], name: str, where: str, fix: str) -> None:
@@ -105,15 +110,49 @@ def _check_architecture(config: Mapping[str, Any], name: str, where: str, fix: s
                                 fix, reason="config")
 
 
-def _model_from_config(config: Mapping[str, Any], source: dict[str, Any], pretrained: bool,
+def _weights_entry(config: Mapping[str, Any], name: str, where: str) -> tuple[str, str | None]:
+    """``(file name, sha256)`` of ``config["rep3d"]["weights"]``, checked: the file must be a plain path inside the
+    folder / repository (no absolute path, no ``..``) and the sha256 64 hex digits."""
+    weights = weights_section(config)
+    filename, sha256 = weights.get("file", DEFAULT_FILENAME), weights.get("sha256")
+    fix = "re-publish the folder with rep3d.save_pretrained / push_to_hub"
+    parts = PurePosixPath(filename).parts if isinstance(filename, str) else ()
+    if not parts or PurePosixPath(filename).is_absolute() or PureWindowsPath(filename).is_absolute() or any(
+            part in ("..", "") for part in parts) or "\\" in filename:
+        raise Rep3DWeightsError(name, where, f"config.json names the weight file {filename!r}; it must be a file "
+                                "inside the model's folder (a relative path without '..')", fix, reason="config")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise Rep3DWeightsError(name, where, f"config.json gives the weights' sha256 as {sha256!r}; it must be 64 "
+                                "hexadecimal digits", fix, reason="config")
+    return filename, sha256
+
+
+def _model_from_config(config: Mapping[str, Any], source: dict[str, Any], name: str, pretrained: bool,
                        checkpoint_path: str | Path | None, **kwargs: Any) -> nn.Module:
     """Build ``config["architecture"]`` with its model args and 3-D metadata, weights from ``source``."""
+    fix = "re-publish the folder with rep3d.save_pretrained / push_to_hub (or fix model_args in its config.json)"
+    config_args = config.get("model_args")
+    if config_args is None:
+        config_args = {}
+    if not isinstance(config_args, dict):
+        raise Rep3DWeightsError(name, CONFIG_NAME, f"model_args must be a JSON object of constructor arguments, got "
+                                f"{type(config_args).__name__} {config_args!r}", fix, reason="config")
     cfg = {**(config.get("pretrained_cfg") or {}), **metadata_from_json(rep3d_section(config).get("metadata") or {}),
            "architecture": config["architecture"], **source}
     if config.get("label_names"):
         cfg["label_names"] = config["label_names"]
-    model_args = {**(config.get("model_args") or {}), **kwargs}
-    model = timm.create_model(config["architecture"], pretrained=pretrained, pretrained_cfg=cfg, **model_args)
+    model_args = {**config_args, **kwargs}
+    try:
+        model = timm.create_model(config["architecture"], pretrained=pretrained, pretrained_cfg=cfg, **model_args)
+    except TypeError as err:
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+        if unknown is None:
+            raise
+        key = unknown[1]
+        given = "config.json's model_args" if key in config_args and key not in kwargs else "the keyword arguments"
+        raise Rep3DWeightsError(name, CONFIG_NAME, f"{given} hold {key!r}, which {config['architecture']} does not "
+                                "take", fix if given.startswith("config") else "remove the argument", reason="config"
+                                ) from err
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
     return model

@@ -17,9 +17,10 @@ import torch
 from rep3d.builder import create_model
 from rep3d.data import make_phantom, save_nifti, save_overlay_png
 from rep3d.data.phantom import case_seed
+from rep3d.errors import Rep3DValueError
 from rep3d.inference import Predictor
 from rep3d.metrics import dice_per_class, mean_dice
-from rep3d.presets import PAPER_CT
+from rep3d.presets import PAPER_CT, PHANTOM_CLASSES
 
 DEMO_MODEL = "rep3d_tiny.phantom"
 DEMO_FILES = ("phantom_image.nii.gz", "phantom_label.nii.gz", "prediction.nii.gz", "demo.png")
@@ -45,10 +46,16 @@ def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL,
     weights, write :data:`DEMO_FILES` into ``out`` and return the Dice. ``on_model(model, phantom)`` is called
     once the model is built (the command prints a header there)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise Rep3DValueError(f"-o {out} is an existing file; the demo writes {len(DEMO_FILES)} files into a folder: "
+                              "give a folder path")
     t0 = time.perf_counter()
-    phantom = make_phantom(case_seed(seed, "demo", 0))
     model = create_model(model_name, pretrained=True)
+    if model.num_classes != len(PHANTOM_CLASSES):
+        raise Rep3DValueError(f"{model_name} predicts {model.num_classes} classes; the demo scores the phantom's "
+                              f"{len(PHANTOM_CLASSES)} ({', '.join(PHANTOM_CLASSES[1:])}): use --model {DEMO_MODEL}")
+    out.mkdir(parents=True, exist_ok=True)
+    phantom = make_phantom(case_seed(seed, "demo", 0))
     cfg = model.pretrained_cfg
     names = list(cfg.get("class_names") or [f"class_{i}" for i in range(model.num_classes)])
     if on_model is not None:

@@ -19,17 +19,19 @@ Official layout -> rep3d:
 ``encoder1..5``, ``decoder1..5``, ``out.conv.conv``    ``decoder.encoder1..5``, ``decoder.decoder1..5``, ``decoder.out``
 =====================================================  ============================================================
 
-Which form the official Rep3D kernels belong in. The official block assigns ``dwconv.weight = W * M`` inside its
-forward (upstream bug 3 in docs/design.md), so a saved ``dwconv.weight`` already carries the mask; and its mask
-generator's output is a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels
-into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the
-*unmodulated* form: ``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or
-that model folded (``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and
-``norm_w*`` are reported as dropped with this reason.
+Which form the official Rep3D kernels belong in. Whether a released ``dwconv.weight`` already carries a mask cannot
+be known: the released training forward crashes (its generator's second conv yields a 29³ mask for a 21³ kernel), so
+whatever trained a released checkpoint was unreleased code. What is known is how the official *inference* network
+(``deploy=True``) uses it: it ignores the generator and the prior and convolves with the saved kernel as it is. The
+importer reproduces that function, so the kernels go into the *unmodulated* form: ``rep3d_<size>_vanilla`` in train
+form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded (``form="deploy"``: one depthwise conv
+with bias per block). Loading them into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would multiply a mask the
+official inference network never applies. ``prior_map``, ``prior_conv*`` and ``norm_w*`` are reported as dropped with
+this reason.
 
-The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection (rep3d's default block adds one), so
-imported Rep3D models are built with ``residual=False``: the same function as the official network. 3D UX-Net blocks
-match the official ones as they are.
+The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection, as is rep3d's default (paper) block;
+imported Rep3D models are built with ``block_residual=False`` explicitly. 3D UX-Net blocks match the official ones as
+they are.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ from rep3d.models.zoo import SIZES
 logger = logging.getLogger(__name__)
 
 FAMILIES = {"rep3d": "Rep3D", "uxnet_3d": "3D UX-Net"}
-MASK_REASON = ("official mask generator, not needed: its LayerNorm over a single channel makes its output a constant, "
-               "and the official forward stores W * M into dwconv.weight, so the saved kernel already carries the mask "
-               "(imported into the unmodulated form)")
-PRIOR_REASON = "official distance-prior buffer: a constant, already applied to the saved dwconv.weight"
-NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual: the model is built with "
-                    "residual=False to compute the same function")
+MASK_REASON = ("official mask generator, not used by the official inference network: with deploy=True it ignores the "
+               "generator and convolves with the saved dwconv.weight as it is (whether that kernel already carries a "
+               "mask cannot be known: the released training forward crashes, so released checkpoints were trained by "
+               "unreleased code); imported into the unmodulated form, which computes that same function")
+PRIOR_REASON = ("official distance-prior buffer: a constant the official inference network (deploy=True) does not "
+                "apply; the saved dwconv.weight is used as it is")
+NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual, as rep3d's paper block does: "
+                    "the model is built with block_residual=False")
 DECODER_KEY = re.compile(r"^(encoder[1-5]|decoder[1-5]|out)\.(.+)$")
 
 
@@ -178,6 +182,13 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         "depths": depths, "kernel_size": get(f"{enc}.stages.0.0.dwconv.weight").shape[-1],
         "hidden_size": get("encoder5.layer.conv1.conv.weight").shape[0],
     }
+    kernel = tuple(get(f"{enc}.stages.0.0.dwconv.weight").shape[2:])
+    if any(k % 2 == 0 for k in kernel):
+        raise Rep3DWeightsError(
+            name, where, f"the checkpoint's depthwise kernels are {'x'.join(map(str, kernel))} (an even size): rep3d's "
+            "'same'-padded convs need odd kernels, so no rep3d model computes this network's function",
+            "import a checkpoint trained with odd kernels (the official models use 21 or 7)", reason="architecture",
+        )
     if family == "uxnet_3d":
         pw1 = get(f"{enc}.stages.0.0.pwconv1.weight")
         args["mlp_ratio"] = pw1.shape[0] // widths[0]
@@ -185,7 +196,7 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         if f"{enc}.stages.0.0.gamma" not in state:
             args["layer_scale_init_value"] = 0.0
     else:
-        args["residual"] = False  # the official block is GELU(BN(conv(x)))
+        args["block_residual"] = False  # the official block is GELU(BN(conv(x)))
     return args
 
 
@@ -206,8 +217,9 @@ def _check_unmodulated(model: nn.Module, architecture: str, family: str, name: s
                                                                    architecture, count=1)
         raise Rep3DWeightsError(
             name, where, f"{architecture!r} applies a mask or a parallel small kernel to its large kernels, but the "
-            "official kernels are plain (Rep3D's already carry their mask: the official forward stores W * M into "
-            "dwconv.weight); loading them there would change what they compute",
+            "official inference network (deploy=True) uses the saved kernels as they are, with no mask (whether they "
+            "already carry one cannot be known: the released training forward crashes); loading them there would "
+            "change what they compute",
             f"use model_name={plain!r} (or leave model_name unset)", reason="form",
         )
 
@@ -248,7 +260,7 @@ def load_official_checkpoint(
                 reason="architecture",
             )
         architecture = model_name
-        keep = ("in_chans", "num_classes", "kernel_size", "residual")
+        keep = ("in_chans", "num_classes", "kernel_size", "block_residual")
         args = {k: inferred[k] for k in keep if k in inferred} | model_kwargs
     model = create_model(architecture, **args)
     _check_unmodulated(model, architecture, family, name, where)

@@ -70,5 +70,6 @@ def threshold_oracle(name: str, checkpoint: str | None = None) -> nn.Module:
         "orientation": "RAS",
         "class_names": ["background", "bright"],
         "modality": "CT",
+        "tta_flip_axes": (0, 1, 2),  # a threshold is mirror-symmetric: every flip is safe
     }
     return model

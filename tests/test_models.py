@@ -5,6 +5,7 @@ import copy
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import rep3d
 from rep3d.errors import Rep3DValueError
@@ -80,8 +81,13 @@ SIZES = {
     "base": dict(widths=(48, 96, 192, 384), depths=(2, 2, 2, 2), hidden_size=768),
     "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
 }
-VARIANTS = {"": dict(modulation="lrbm"), "_fixed": dict(modulation="fixed"), "_vanilla": dict(modulation=None),
-            "_csla": dict(modulation=None, small_kernel=3)}
+# the paper's block (no residual) for every rep3d_* name, the paper's generator for the learnable mask
+PAPER_GENERATOR = dict(mask_form="additive", generator_hidden_channels=1, generator_kernel_size=7, generator_depth=2,
+                       generator_output_scale="sqrt_fan_in")
+VARIANTS = {"": dict(modulation="lrbm", block_residual=False, **PAPER_GENERATOR),
+            "_fixed": dict(modulation="fixed", block_residual=False),
+            "_vanilla": dict(modulation=None, block_residual=False),
+            "_csla": dict(modulation=None, small_kernel=3, block_residual=False)}
 EXPECTED = {f"rep3d_{size}{suffix}": (Rep3D, {**spec, **variant})
             for size, spec in SIZES.items() for suffix, variant in VARIANTS.items()}
 EXPECTED["uxnet3d_base"] = (UXNet3D, dict(SIZES["base"]))
@@ -208,6 +214,101 @@ def test_rep3d_class_defaults_are_the_paper_base():
     model = Rep3D()
     assert model.encoder.widths == (48, 96, 192, 384) and model.encoder.depths == (2, 2, 2, 2)
     assert model.encoder.stages[0][0].dwconv.kernel_size == (21, 21, 21)
+
+
+# --- the paper's block and generator -------------------------------------------------------------------------------
+
+def _official_block(x, conv):
+    """The official Rep3D block: GELU(BN(conv(x, W * M))), no residual, written with plain torch ops."""
+    bn = conv.bn
+    k = conv.kernel_size[0]
+    y = F.conv3d(x, conv.weight * conv.modulation.mask(), padding=k // 2, groups=conv.channels)
+    return F.gelu(F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
+
+
+def _randomise_batchnorms(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
+
+
+def test_rep3d_base_blocks_compute_the_official_block_function():
+    """The paper's encoder is a plain stack: every rep3d_base block is GELU(BN(dwconv21(x, W * M))), no shortcut."""
+    torch.manual_seed(0)
+    model = rep3d.create_model("rep3d_base").eval()
+    _randomise_batchnorms(model)
+    blocks = [b for stage in model.encoder.stages for b in stage]
+    assert len(blocks) == 8
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            assert block.dwconv.kernel_size == (21, 21, 21) and block.dwconv.modulation_mode == "lrbm"
+            x = torch.randn(1, block.dwconv.channels, 4, 5, 3)
+            torch.testing.assert_close(block(x), _official_block(x, block.dwconv), rtol=1e-5, atol=1e-5,
+                                       msg=f"block {i}")
+
+
+def test_block_residual_adds_the_shortcut_as_an_option():
+    torch.manual_seed(0)
+    plain = rep3d.create_model("rep3d_tiny", kernel_size=5).eval()
+    residual = rep3d.create_model("rep3d_tiny", kernel_size=5, block_residual=True).eval()
+    residual.load_state_dict(plain.state_dict())  # the shortcut has no parameters
+    assert residual.model_args["block_residual"] is True and plain.model_args["block_residual"] is False
+    x = torch.randn(2, 12, 4, 4, 4)
+    with torch.no_grad():
+        want = _official_block(x, plain.encoder.stages[0][0].dwconv)
+        torch.testing.assert_close(plain.encoder.stages[0][0](x), want)
+        torch.testing.assert_close(residual.encoder.stages[0][0](x), x + want)
+    with pytest.raises(ValueError, match="block_residual=True"):
+        rep3d.create_model("rep3d_tiny", kernel_size=5, drop_path_rate=0.1)
+    assert rep3d.create_model("rep3d_tiny", kernel_size=5, block_residual=True, drop_path_rate=0.1) is not None
+
+
+@pytest.mark.parametrize("name", ["rep3d_tiny", "rep3d_base"])
+def test_paper_named_models_use_the_papers_generator(name):
+    with torch.device("meta"):
+        model = rep3d.create_model(name)
+    for conv in (m for m in model.modules() if isinstance(m, rep3d.layers.RepLKConv3d)):
+        assert sum(p.numel() for p in conv.modulation.generator.parameters()) == 690
+        assert conv.modulation.mask_form == model.model_args["mask_form"]
+
+
+def test_generator_knobs_are_saved_and_rebuild_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    knobs = dict(mask_form="tanh", generator_kernel_size=3, generator_hidden_channels=2, generator_depth=3,
+                 block_residual=True)
+    model = rep3d.create_model("rep3d_tiny", num_classes=3, kernel_size=5, **knobs).eval()
+    _randomise_batchnorms(model)
+    rep3d.save_pretrained(model, tmp_path / "m")
+    again = rep3d.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).eval()
+    for key, value in knobs.items():
+        assert again.model_args[key] == value, key
+    gen = again.encoder.stages[0][0].dwconv.modulation.generator
+    assert (gen.kernel_size, gen.hidden_channels, gen.depth) == (3, 2, 3)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+        deployed = rep3d.reparameterize_model(again)
+    assert not [n for n in deployed.state_dict() if "generator" in n or "modulation" in n]
+
+
+def test_bundled_weights_build_the_architecture_they_were_trained_with():
+    """A tag pins its weights' constructor arguments: changing a default can never silently change what they
+    compute, and a bare architecture name still builds the paper's model."""
+    from rep3d.models.zoo import WEIGHTS_MODEL_ARGS
+
+    with torch.device("meta"):
+        tagged = rep3d.create_model("rep3d_tiny.phantom")
+        bare = rep3d.create_model("rep3d_tiny")
+        overridden = rep3d.create_model("rep3d_tiny.phantom", block_residual=not WEIGHTS_MODEL_ARGS[
+            "rep3d_tiny.phantom"]["block_residual"])
+    for key, value in WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"].items():
+        assert tagged.model_args[key] == value, key
+    assert bare.model_args["block_residual"] is False and bare.model_args["mask_form"] == "additive"
+    assert overridden.model_args["block_residual"] != WEIGHTS_MODEL_ARGS["rep3d_tiny.phantom"]["block_residual"]
 
 
 # ---------------------------------------------------------------------- timm's feature-extraction arguments, honoured

@@ -146,7 +146,9 @@ def test_official_rep3d_layout_maps_every_key_or_reports_why_it_is_dropped(tmp_p
         leaf = key.split(".")[-2] if key.endswith(("weight", "bias")) else key.split(".")[-1]
         assert leaf in ("prior_map", "prior_conv", "prior_conv2", "norm_w", "norm_w2")
         assert reason == (PRIOR_REASON if leaf == "prior_map" else MASK_REASON)
-    assert "constant" in MASK_REASON and "already carries the mask" in MASK_REASON
+    # the reason states what is known (the inference network ignores the generator), not a guess about training
+    assert "deploy=True" in MASK_REASON and "cannot be known" in MASK_REASON
+    assert "so the saved kernel already carries" not in MASK_REASON
     state = model.state_dict()
     assert all(torch.equal(state[target], sd[key]) for key, target in report.mapped.items())
     assert report.mapped["rep3d.stages.0.0.norm.running_var"] == "encoder.stages.0.0.dwconv.bn.running_var"
@@ -202,7 +204,7 @@ def test_masked_or_foreign_model_names_are_refused_with_the_reason(tmp_path, nam
         load_official_checkpoint(tmp_path / "ckpt.pth", name, widths=(4, 8, 16, 32), depths=(1, 2, 1, 1),
                                  hidden_size=16)
     if fix:
-        assert info.value.reason == "form" and fix in info.value.fix and "already carry their mask" in str(info.value)
+        assert info.value.reason == "form" and fix in info.value.fix and "cannot be known" in str(info.value)
     else:
         assert info.value.reason == "architecture"
 

@@ -105,10 +105,15 @@ def test_existing_outputs_are_not_overwritten_without_the_flag(tmp_path, oracle,
     write_scan(tmp_path / "a.nii.gz")
     out = tmp_path / "out"
     assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet"]) == 0
-    (out / "a_seg.nii.gz").write_bytes(b"keep me")
+    earlier = (out / "a_seg.nii.gz").read_bytes()
     assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet"]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
-    assert (out / "a_seg.nii.gz").read_bytes() == b"keep me"
+    assert (out / "a_seg.nii.gz").read_bytes() == earlier
+    (out / "a_seg.nii.gz").unlink()
+    write_scan(out / "a_seg.nii.gz")  # not an earlier output: --overwrite never replaces it
+    assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet", "--overwrite"]) == 1
+    assert "was not written by rep3d predict" in capsys.readouterr().err
+    (out / "a_seg.nii.gz").write_bytes(earlier)
     assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet", "--overwrite"]) == 0
     assert nib.load(out / "a_seg.nii.gz").shape == (37, 29, 23)
 

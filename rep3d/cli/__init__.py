@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Rep3DError, OSError) as err:
         if args.debug:
             raise
-        message = str(err).strip() or type(err).__name__
+        # one line, whatever the exception's own layout (a Rep3DWeightsError puts its fix on a second line)
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         print(f"rep3d {args.command}: error: {message}", file=sys.stderr)
         return 1
 

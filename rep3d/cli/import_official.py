@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rep3d.errors import Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.official import load_official_checkpoint
 
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # a Rep3DWeightsError (unreadable / unknown checkpoint) reaches rep3d.cli.main's handler: one line, exit 1
+    if args.output.exists() and not args.output.is_dir():
+        raise Rep3DValueError(f"-o {args.output} is a file; give a folder to write config.json, model.safetensors "
+                              "and README.md into")
     model, result = load_official_checkpoint(args.checkpoint, args.model, form=args.form, strict=args.strict,
                                              report=False)
     description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "

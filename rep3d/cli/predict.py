@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
-from rep3d.inference import AUTO, InputError, Predictor, find_volumes, output_stem
+from rep3d.errors import Rep3DValueError
+from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
+from rep3d.inference.io import PREDICTION_DESCRIPTION
+from rep3d.inference.predictor import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--roi-size", type=int, nargs=3, metavar=("D", "H", "W"), help="override the cfg's ROI"
     )
-    parser.add_argument("--tta", action="store_true", help="average over flips (8x slower)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the flips the model was trained with (up to 8x slower); refused for a "
+                             "model trained without flips or whose config does not say")
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
     )
@@ -48,19 +56,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <name>_prob.nii.gz: float32 softmax, classes last",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--nonfinite", type=_nonfinite_arg, default="error", metavar="error|replace:VALUE",
+        help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
+             "with a warning)",
+    )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier outputs of rep3d predict (never inputs or other files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _nonfinite_arg(text: str) -> str | float:
+    if text == "error":
+        return text
+    kind, _, value = text.partition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if kind != "replace" or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected 'error' or 'replace:VALUE' with a finite VALUE, got {text!r}")
+    return number
 
 
 def _report(name: str, message: str) -> None:
     where = "" if message.startswith(name) else f"{name}: "
+    message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
     tqdm.write(f"rep3d predict: error: {where}{message}", file=sys.stderr)
 
 
+def _written_by_rep3d(path: Path) -> bool:
+    """Whether ``path`` is a label map / probability file an earlier ``rep3d predict`` wrote (its header says so)."""
+    try:
+        import nibabel as nib
+
+        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
+    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+        return False
+
+
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``: refuses clashing names and existing
-    outputs (unless ``overwrite``)."""
+    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``.
+
+    Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
+    ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
+    ``rep3d predict`` wrote are replaced, never anything else.
+    """
     jobs, errors, claimed = [], [], {}
+    inputs = {p.resolve(): p for p in files}
     for path in files:
         stem = output_stem(path)
         seg = outdir / f"{stem}_seg.nii.gz"
@@ -69,12 +112,36 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        existing = [p for p in (seg, prob) if p is not None and p.exists()]
+        outputs = [p for p in (seg, prob) if p is not None]
+        clash = next((p for p in outputs if p.resolve() in inputs), None)
+        if clash is not None:
+            errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
+                                      "write the outputs to another folder with -o"))
+            continue
+        existing = [p for p in outputs if p.exists()]
         if existing and not overwrite:
             errors.append((str(path), f"{existing[0]} exists; pass --overwrite to replace it"))
             continue
+        foreign = next((p for p in existing if not p.is_file() or not _written_by_rep3d(p)), None)
+        if foreign is not None:
+            errors.append((str(path), f"{foreign} exists and was not written by rep3d predict; --overwrite only "
+                                      "replaces earlier outputs: move it or choose another -o"))
+            continue
         jobs.append((path, seg, prob))
     return jobs, errors
+
+
+def check_output_folder(outdir: Path) -> None:
+    """Refuse, before any model is built, an ``-o`` that is a file or that cannot be created / written."""
+    if outdir.exists() and not outdir.is_dir():
+        raise Rep3DValueError(f"-o {outdir} is an existing file; give a folder for the <name>_seg.nii.gz outputs")
+    parent = outdir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise Rep3DValueError(f"-o {outdir}: {parent} is a file, so the folder cannot be created; give a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Rep3DValueError(f"-o {outdir}: {parent} is not writable; give a folder you can write to")
 
 
 def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
@@ -82,7 +149,14 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
     done, errors = 0, []
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
-            pred = predictor(path, probabilities=prob is not None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", InputWarning)
+                pred = predictor(path, probabilities=prob is not None)
+            for warning in caught:
+                if issubclass(warning.category, InputWarning):
+                    tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             pred.save(seg)
             if prob is not None:
                 pred.save_probabilities(prob)
@@ -102,6 +176,8 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
 
 def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
+    check_output_folder(outdir)
+    resolve_device(args.device)  # an unknown device fails before the model is built
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused
@@ -117,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
-            tta=args.tta, progress=not args.quiet,
+            tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         outdir.mkdir(parents=True, exist_ok=True)
         done, failed = segment_files(predictor, jobs, args.quiet)

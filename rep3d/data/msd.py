@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from rep3d.data.nifti import header_affine
 from rep3d.data.phantom import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
@@ -36,6 +37,7 @@ from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
 TEST_LABELED_KEY = "test_labeled"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class MSDLayoutError(Rep3DDataError):
@@ -110,6 +112,8 @@ def write_msd_dataset(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     root = Path(outdir)
+    if root.exists() and not root.is_dir():
+        raise Rep3DValueError(f"{root} is an existing file; give a folder path for the MSD dataset")
     if (root / "dataset.json").exists() and not overwrite:
         raise FileExistsError(
             f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"
@@ -257,6 +261,68 @@ def _file_lists(root: Path, json_path: Path, meta: dict[str, Any]) -> tuple[list
     return pairs, test, test_labeled
 
 
+def check_label_values(label: Any, num_classes: int, where: str) -> None:
+    """Refuse a label volume whose values are not integer class indices ``0..num_classes-1``.
+
+    Raises:
+        Rep3DDataError: non-finite or non-integer values (a scaled or interpolated label), or values outside the
+            classes of ``dataset.json``, naming ``where``, the values and the fix.
+    """
+    if hasattr(label, "detach"):  # torch / MONAI tensor
+        import torch
+
+        values = torch.unique(label.detach().cpu().as_subclass(torch.Tensor)).numpy()
+    else:
+        values = np.unique(np.asarray(label))
+    if not np.all(np.isfinite(values)):
+        raise Rep3DDataError(f"{where}: the label holds NaN or infinite values; labels must be integer class "
+                             f"indices 0..{num_classes - 1}: re-save it as integers")
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        raise Rep3DDataError(
+            f"{where}: the label holds non-integer values ({', '.join(f'{v:g}' for v in fractional[:5])}); labels "
+            f"must be integer class indices 0..{num_classes - 1} (a scaled (scl_slope) or interpolated label?): "
+            "re-save it as integers"
+        )
+    outside = values[(values < 0) | (values >= num_classes)]
+    if outside.size:
+        raise Rep3DDataError(
+            f"{where}: the label holds value(s) {', '.join(f'{v:g}' for v in outside[:5])} outside 0..{num_classes - 1}"
+            f" (dataset.json 'labels' lists {num_classes} classes); fix the label, or add its classes to dataset.json"
+        )
+
+
+def _check_pair_headers(pairs: list[dict[str, str]]) -> None:
+    """Each label must lie on its image's voxel grid: same spatial shape, same affine (headers only, no voxels)."""
+    import nibabel as nib
+
+    for pair in pairs:
+        image, label = pair["image"], pair["label"]
+        if not (image.endswith(NIFTI_SUFFIXES) and label.endswith(NIFTI_SUFFIXES)):
+            continue
+        try:
+            img_hdr, lab_hdr = nib.load(image).header, nib.load(label).header
+        except Exception as err:  # noqa: BLE001 - whatever nibabel says, the file is not a readable NIfTI
+            raise Rep3DDataError(f"{image} / {label}: cannot read the NIfTI headers ({type(err).__name__}: {err})"
+                                 ) from err
+        img_shape, lab_shape = img_hdr.get_data_shape(), lab_hdr.get_data_shape()
+        if len(lab_shape) > 3 and any(n != 1 for n in lab_shape[3:]):
+            raise Rep3DDataError(f"{label}: a label must be one 3-D volume of class indices, got shape {lab_shape}")
+        if tuple(lab_shape[:3]) != tuple(img_shape[:3]):
+            raise Rep3DDataError(
+                f"{label}: label shape {tuple(lab_shape[:3])} differs from its image's {tuple(img_shape[:3])} "
+                f"({image}); image and label must share one voxel grid: resample the label onto the image (nearest)"
+            )
+        img_affine, _ = header_affine(img_hdr, image)
+        lab_affine, _ = header_affine(lab_hdr, label)
+        if not np.allclose(img_affine, lab_affine, rtol=1e-4, atol=1e-3):
+            raise Rep3DDataError(
+                f"{label}: the label's voxel-to-world affine differs from its image's ({image}): "
+                f"{np.round(lab_affine, 4).tolist()} vs {np.round(img_affine, 4).tolist()}; image and label must "
+                "share one voxel grid: fix the label's header (or resample it onto the image)"
+            )
+
+
 def _validation_indices(num_pairs: int, val_fraction: float, num_val: int | None, seed: int) -> set[int]:
     """A seeded random subset of the training indices (see :func:`load_msd_dataset`)."""
     if num_val is None:
@@ -292,6 +358,9 @@ def load_msd_dataset(
         MSDLayoutError: missing folder / ``dataset.json``, malformed JSON, missing keys, labels not
             ``0..K-1``, ``numTraining`` disagreeing with the list, or (``check_files``) files that do not
             exist -- listing them.
+        Rep3DDataError: (``check_files``, from the NIfTI headers only) a label whose shape or affine differs from
+            its image's, or a header without a usable affine. Label *values* are checked when the volumes are
+            loaded (:func:`check_label_values`).
     """
     root = Path(root).expanduser()
     json_path = root / "dataset.json"
@@ -305,6 +374,7 @@ def load_msd_dataset(
         if absent:
             shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
             raise MSDLayoutError(f"{json_path} lists {len(absent)} file(s) that do not exist: {shown}")
+        _check_pair_headers(pairs + test_labeled)
     val_idx = _validation_indices(len(pairs), val_fraction, num_val, seed)
     return MSDDataset(
         root=root.resolve(),

@@ -29,13 +29,15 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 
-from rep3d.errors import Rep3DValueError, Rep3DWeightsError
+from rep3d.errors import Rep3DWeightsError
 from rep3d.hub.config import BUNDLED_PREFIX, DEFAULT_FILENAME
 from rep3d.version import __version__
 
@@ -65,10 +67,24 @@ def bundled_weights_dir() -> Path:
 
 
 def split_hub_id(hub_id: str) -> tuple[str, str | None]:
-    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> revision ``None``."""
-    repo_id, _, revision = hub_id.partition("@")
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> revision ``None``.
+
+    Raises :class:`Rep3DWeightsError` (reason ``config``) for an id the Hub cannot hold (``../etc``, spaces, ...)."""
+    repo_id, _, revision = str(hub_id).partition("@")
+    problem = None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise Rep3DValueError(f"Hub model id must look like 'org/name' or 'org/name@revision', got {hub_id!r}")
+        problem = "a Hub model id must look like 'org/name' or 'org/name@revision'"
+    else:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            problem = f"not a valid Hub repository id ({err})"
+    if problem is not None:
+        raise Rep3DWeightsError(
+            f"hf-hub:{hub_id}", "the Hub model id", f"{problem}, got {hub_id!r}",
+            "use the id shown on the model's Hub page: ORG/NAME with letters, digits, '-', '_' or '.' (no spaces, "
+            "no '..'), optionally @REVISION", reason="config",
+        )
     return repo_id, revision or None
 
 

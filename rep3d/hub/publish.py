@@ -68,7 +68,7 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
     input_size = tuple(timm_cfg.get("input_size") or (model.in_chans, 96, 96))
     timm_cfg["input_size"] = (model.in_chans, *input_size[1:])
     meta = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS and k not in _SOURCE_META and v is not None}
-    if cfg.get("tag"):
+    if cfg.get("tag") and cfg.get("weights_source"):  # a tag names weights: only loaded weights have that origin
         meta.setdefault("origin", f"{cfg['architecture']}.{cfg['tag']}")
     for key, value in (metadata or {}).items():
         if value is None:
@@ -79,7 +79,10 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
             meta[key] = value
     config: dict[str, Any] = {"architecture": cfg["architecture"], "num_classes": model.num_classes}
     class_names = meta.get("class_names")
-    if class_names and len(class_names) == model.num_classes:
+    if class_names is not None and (not isinstance(class_names, (list, tuple))
+                                    or len(class_names) != model.num_classes):
+        del meta["class_names"]  # names of another head (e.g. a tag's before its head was re-initialised)
+    elif class_names:
         config["label_names"] = list(class_names)
     config["model_args"] = model_args
     config["pretrained_cfg"] = timm_cfg
@@ -186,6 +189,14 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _tta_row(axes: Any) -> str:
+    if axes is None:
+        return "not recorded: `--tta` is refused"
+    if not axes:
+        return "none: trained without flips, so `--tta` is refused"
+    return f"flips along axes {', '.join(map(str, axes))} (trained with these flips)"
+
+
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
     meta = config["rep3d"]["metadata"]
@@ -223,7 +234,8 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
               f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
               f"| orientation | {meta.get('orientation', 'unknown')} |",
               f"| modality | {meta.get('modality', 'unknown')} |",
-              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |", ""]
+              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
+              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |", ""]
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ STEM_KEY = INPUT_CONV_KEYS[0]
 DEFAULT_CLASSIFIER = "decoder.out.conv.conv"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "network")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_REFUSED_GLOBAL = re.compile(r"unsupported global", re.IGNORECASE)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -124,13 +126,16 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
+        # torch words the refusal of a pickled global differently across versions: "Unsupported global: GLOBAL
+        # os.system was not an allowed global" (2.4-2.6), "Trying to load unsupported GLOBAL posix.system whose module
+        # posix is blocked" (2.14)
+        detail = next((line.strip() for line in str(err).splitlines() if _REFUSED_GLOBAL.search(line)), None)
         if detail is None:  # not a refusal of a Python object: garbage or a damaged pickle
             raise Rep3DWeightsError(name, where, "not a readable PyTorch checkpoint (corrupt or truncated pickle "
                                     "stream, or not a checkpoint at all)", "download or export it again",
                                     reason="corrupt") from err
         raise Rep3DWeightsError(
-            name, where, "the checkpoint holds pickled Python objects besides tensors, and rep3d never executes "
+            name, where, "the file holds code: pickled Python objects besides tensors, and rep3d never executes "
             f"pickled code (torch.load(weights_only=True) refused: {detail})",
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
@@ -141,6 +146,9 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
 
 
 def verify_sha256(path: Path, expected: str, name: str, where: str) -> None:
+    if not (isinstance(expected, str) and re.fullmatch(r"[0-9a-fA-F]{64}", expected)):
+        raise Rep3DWeightsError(name, where, f"the expected sha256 is {expected!r}, not 64 hexadecimal digits",
+                                "give the sha256 as a hex string (sha256sum FILE), or leave it out", reason="config")
     actual = sha256_file(path)
     if actual != expected.lower():
         raise Rep3DWeightsError(
@@ -287,6 +295,7 @@ def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
     """Load ``state`` into ``model`` as it is (no adaptation): shape mismatches always, and with ``strict`` missing or
     unexpected keys, raise :class:`Rep3DWeightsError` saying whether the weights belong to another architecture."""
     expected = model.state_dict()
+    check_tensor_values(state, expected, name, where)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]
@@ -308,6 +317,32 @@ def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
         warnings.warn(f"{name}: non-strict load from {where}: {_key_report(missing, unexpected, [])}", UserWarning,
                       stacklevel=4)
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def check_tensor_values(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str,
+                        where: str) -> None:
+    """Raise :class:`Rep3DWeightsError` naming the tensor when a weight the model holds as floating point comes as an
+    integer, boolean or complex tensor (``load_state_dict`` would cast it silently) or holds NaN / inf.
+
+    Integer buffers of the model (BatchNorm's ``num_batches_tracked``) may stay integers."""
+    for key, tensor in state.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            given, wanted = (str(t.dtype).removeprefix("torch.") for t in (tensor, target))
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} is {given}, but the model holds it as {wanted}: integer, boolean or "
+                "complex values are not trained weights (a quantised or wrongly converted file?)",
+                "export the floating-point weights (state_dict of the trained model) and load those", reason="dtype",
+            )
+        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        if bad:
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}: a "
+                "model loaded from it computes NaN", "use a checkpoint saved before training diverged (or re-export "
+                "the weights)", reason="non_finite",
+            )
 
 
 def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str], show: int = 4) -> str:

@@ -11,8 +11,16 @@ The ``rep3d predict`` / ``rep3d evaluate`` commands live in :mod:`rep3d.cli`.
 """
 
 from rep3d.inference.evaluate import LabelledCase, evaluate_cases, evaluate_dataset
-from rep3d.inference.io import NIFTI_SUFFIXES, InputError, Prediction, find_volumes, load_volume, output_stem
-from rep3d.inference.predictor import AUTO, FALLBACK_ROI, FALLBACK_WINDOWS, Predictor
+from rep3d.inference.io import (
+    NIFTI_SUFFIXES,
+    InputError,
+    InputWarning,
+    Prediction,
+    find_volumes,
+    load_volume,
+    output_stem,
+)
+from rep3d.inference.predictor import AUTO, FALLBACK_ROI, FALLBACK_WINDOWS, NonFiniteInputWarning, Predictor
 from rep3d.inference.preprocess import model_space_transforms, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 
@@ -22,7 +30,9 @@ __all__ = [
     "FALLBACK_WINDOWS",
     "NIFTI_SUFFIXES",
     "InputError",
+    "InputWarning",
     "LabelledCase",
+    "NonFiniteInputWarning",
     "Prediction",
     "Predictor",
     "evaluate_cases",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rep3d.data.msd import load_msd_dataset
+from rep3d.data.msd import check_label_values, load_msd_dataset
 from rep3d.errors import Rep3DDataError
 from rep3d.inference.predictor import Predictor
 from rep3d.metrics import dice_per_class, mean_dice
@@ -30,14 +30,18 @@ class LabelledCase:
     label: Any
 
 
-def _label_array(label: Any) -> np.ndarray:
+def _label_array(label: Any, num_classes: int, where: str) -> np.ndarray:
     if isinstance(label, torch.Tensor):
-        return label.detach().cpu().numpy().astype(np.int64)
-    if isinstance(label, np.ndarray):
-        return label.astype(np.int64)
-    import nibabel as nib
+        array = label.detach().cpu().numpy()
+    elif isinstance(label, np.ndarray):
+        array = label
+    else:
+        import nibabel as nib
 
-    return np.asarray(nib.load(str(label)).dataobj).astype(np.int64)
+        array = np.asarray(nib.load(str(label)).dataobj)
+        where = str(label)
+    check_label_values(array, num_classes, where)  # never truncate 0.5 to 0, never index past the classes
+    return array.astype(np.int64)
 
 
 def evaluate_cases(predictor: Predictor, cases: Iterable[LabelledCase], class_names: Sequence[str]) -> dict:
@@ -48,7 +52,7 @@ def evaluate_cases(predictor: Predictor, cases: Iterable[LabelledCase], class_na
     rows = []
     for case in cases:
         prediction = predictor(case.image)
-        truth = _label_array(case.label)
+        truth = _label_array(case.label, len(names), case.name)
         if truth.shape != prediction.label.shape:
             raise Rep3DDataError(f"{case.name}: label shape {truth.shape} differs from the image's "
                                  f"{prediction.label.shape}; image and label must share one voxel grid")

@@ -7,6 +7,7 @@ Arrays use MONAI's channel-first NIfTI order ``[C, X, Y, Z]`` (``X, Y, Z`` = the
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine
 from rep3d.errors import Rep3DDataError, Rep3DValueError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PREDICTION_DESCRIPTION = b"rep3d prediction"
+"""``descrip`` of every NIfTI a :class:`Prediction` writes: how ``rep3d predict --overwrite`` knows its own outputs."""
+
+
+class InputWarning(UserWarning):
+    """An input was segmented, but something in it was repaired on the way (``rep3d predict`` prints these)."""
 
 
 class InputError(Rep3DDataError):
@@ -59,23 +67,23 @@ def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
 
     if isinstance(header, nib.Nifti1Header):
         klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        hdr = header.copy()
+        # the input's header with its forms rewritten to the affine the prediction was made on (the one
+        # header_affine chose, in the header's own unit): a stale pixdim or a broken sform is not copied
+        hdr = header_with_affine(header, affine, "output header")
         hdr.set_data_dtype(data.dtype)
         hdr["cal_min"], hdr["cal_max"] = 0, 0
         hdr.set_intent(intent)
-        hdr["descrip"] = b"rep3d prediction"
+        hdr["descrip"] = PREDICTION_DESCRIPTION
         hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
         if data.ndim == 4:  # the 4th axis holds classes, not time
             hdr.set_xyzt_units(xyz=hdr.get_xyzt_units()[0], t="unknown")
             hdr["pixdim"][4] = 1.0
-        img = klass(data, None, header=hdr)  # affine None: keep the header's qform and sform as they are
-        if not np.allclose(img.header.get_best_affine(), affine, atol=1e-4):
-            raise AssertionError("header affine does not match the prediction's affine")  # pragma: no cover
-        return img
+        return klass(data, None, header=hdr)  # affine None: keep the header's qform and sform as set above
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_intent(intent)
+    img.header["descrip"] = PREDICTION_DESCRIPTION
     return img
 
 
@@ -124,16 +132,28 @@ def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Ca
         source = str(path)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
+        is_nifti = path.name.endswith(NIFTI_SUFFIXES)
+        if is_nifti:
+            import nibabel as nib
+
+            try:
+                header = nib.load(str(path)).header
+            except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+                raise InputError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from err
+            try:
+                _, form = header_affine(header, str(path))  # before any voxel is read or any window is run
+            except Rep3DDataError as err:
+                raise InputError(str(err)) from err
+            if form == "qform" and int(header["sform_code"]) > 0:
+                warnings.warn(f"{path}: the sform is singular or not finite; using the qform instead (as ITK does)",
+                              InputWarning, stacklevel=3)
         try:
             from monai.transforms import LoadImage
 
-            image = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+            reader = NiftiReader() if is_nifti else None
+            image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
         except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
             raise InputError(f"{path}: cannot read it as an image ({type(err).__name__}: {err})") from err
-        if path.name.endswith(NIFTI_SUFFIXES):
-            import nibabel as nib
-
-            header = nib.load(str(path)).header
         what = str(path)
     else:
         tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
-from rep3d.inference.io import Prediction, load_volume
+from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
 from rep3d.inference.preprocess import to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
@@ -64,14 +65,68 @@ def _match_case(new: str, old: str) -> str:
     return new.upper() if old.isupper() else new.title() if old.istitle() else new
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"`` -> cuda if available else cpu; otherwise the device named, refused (with the fix) when
+    torch does not know it or it is not here."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise Rep3DValueError(f"device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from err
+    if device.type not in ("cpu", "cuda"):
+        raise Rep3DValueError(f"device {str(device)!r} is not supported by rep3d inference; use cpu, cuda, cuda:N "
+                              "or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Rep3DValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise Rep3DValueError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
+
+
+def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
+    """The flip axes TTA may use: those training recorded in ``cfg['tta_flip_axes']`` (or the requested subset)."""
+    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    recorded = cfg.get("tta_flip_axes")
+    if recorded is None:
+        raise Rep3DValueError(
+            f"tta: the config of {name} does not record which flips its training used (pretrained_cfg key "
+            "'tta_flip_axes'), and flip TTA on a model trained without flips lowers Dice (anatomy is not "
+            "mirror-symmetric); run without --tta, or, if it was trained with flips along axes A, set "
+            "model.pretrained_cfg['tta_flip_axes'] = [A, ...]"
+        )
+    allowed = tuple(int(a) for a in recorded)
+    if not allowed:
+        raise Rep3DValueError(
+            f"tta: {name} was trained without flips (tta_flip_axes: []), so flip TTA would lower its Dice "
+            "(anatomy is not mirror-symmetric); run without --tta (tta=False)"
+        )
+    axes = allowed if requested is AUTO else tuple(int(a) for a in requested)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {requested}")
+    if not set(axes) <= set(allowed):
+        raise Rep3DValueError(f"tta_axes {axes}: {name} was trained with flips along axes {allowed} only; flips "
+                              f"along other axes lower its Dice: use a subset of {allowed}")
+    return axes
+
+
+class NonFiniteInputWarning(InputWarning):
+    """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
+
+
+def _nonfinite_policy(value: str | float) -> str | float:
+    if isinstance(value, str) and value == "error":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise Rep3DValueError(f"nonfinite must be 'error' or a finite number to put in place of NaN / inf voxels, "
+                              f"got {value!r}")
+    return number
 
 
 def _triple(name: str, value: Any, kind: type) -> tuple:
@@ -105,14 +160,23 @@ class Predictor:
             buffers would take more than a third of its free memory, then ``"cpu"``), or a device.
         amp: autocast (float16 on CUDA, bfloat16 on CPU); probabilities are accumulated in float32.
         tta: average the softmax over all flips of ``tta_axes`` (2^len(tta_axes) forward passes per window).
-            Flips along the left-right axis swap the channels of left/right class pairs found in
-            ``class_names`` (``left_kidney`` <-> ``right_kidney``) so lateralised classes stay correct.
-        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``.
+            Only flips the weights were trained to be invariant to are used: training records the flip axes of its
+            augmentation in ``pretrained_cfg['tta_flip_axes']`` (``[]``: trained without flips). TTA is refused
+            for a model trained without flips (flipping a model that never saw mirrored anatomy lowers Dice) and
+            for a model whose cfg does not record it. Flips along the left-right axis swap the channels of
+            left/right class pairs found in ``class_names`` (``left_kidney`` <-> ``right_kidney``).
+        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``; ``AUTO``: all the recorded ones,
+            otherwise a subset of them.
         spacing: target voxel size (mm) along the oriented axes, or ``None``.
         orientation: axis codes (``"RAS"``) or ``None``.
         intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
         class_names: names of the output channels (index = label value).
         progress: tqdm bar over the windows of each volume.
+        nonfinite: what to do with NaN / infinite input voxels, which the FFT engine would spread over whole
+            feature maps (an all-background result): ``"error"`` (default) refuses the volume with
+            :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
+            units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
+            finite voxel is always refused.
     """
 
     def __init__(
@@ -127,12 +191,13 @@ class Predictor:
         stitch_device: str | torch.device = "auto",
         amp: bool = False,
         tta: bool = False,
-        tta_axes: Sequence[int] = (0, 1, 2),
+        tta_axes: Sequence[int] = AUTO,
         spacing: Sequence[float] | None = AUTO,
         orientation: str | None = AUTO,
         intensity_window: tuple[float, float] | None = AUTO,
         class_names: Sequence[str] | None = AUTO,
         progress: bool = False,
+        nonfinite: str | float = "error",
     ) -> None:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
@@ -144,12 +209,11 @@ class Predictor:
         self.in_chans = getattr(model, "in_chans", None) or cfg.get("in_chans")
         self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.stitch_device = stitch_device
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
-        self.tta_axes = tuple(int(a) for a in tta_axes)
-        if any(a not in (0, 1, 2) for a in self.tta_axes):
-            raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {tta_axes}")
+        self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
+        self.nonfinite = _nonfinite_policy(nonfinite)
         self.model = model.to(self.device).eval()
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
@@ -210,14 +274,35 @@ class Predictor:
             data, affine, self.in_chans,
             lambda: model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0)),
         )
+        image = self._replace_nonfinite(image, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         in_shape = tuple(int(s) for s in image.shape[1:])
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
                            intensity_window=self.intensity_window)
         grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
         probs = self.infer(x.as_tensor().float())  # [K, *grid] on the stitch device
+        if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
+            raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
+                                  "the input is; check the weights (e.g. load them with --checkpoint again)")
         label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
         return Prediction(label, in_affine, prob_out, header, self.class_names, source)
+
+    def _replace_nonfinite(self, image, what: str):
+        """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
+        finite = torch.isfinite(image)
+        if bool(finite.all()):
+            return image
+        bad, total = int((~finite).sum()), finite.numel()
+        how = ("replace them with a stated value: rep3d predict --nonfinite replace:VALUE, "
+               "Predictor(nonfinite=VALUE) (e.g. -1024, air in CT HU)")
+        if bad == total:
+            raise InputError(f"{what}: all {total} voxels are NaN or infinite; there is nothing to segment")
+        if self.nonfinite == "error":
+            raise InputError(f"{what}: {bad} of {total} voxels are NaN or infinite, which would corrupt the whole "
+                             f"segmentation; fix the scan, or {how}")
+        warnings.warn(f"{what}: replaced {bad} of {total} NaN / infinite voxels with {self.nonfinite:g}",
+                      NonFiniteInputWarning, stacklevel=3)
+        return torch.where(finite, image, torch.as_tensor(self.nonfinite, dtype=image.dtype))
 
     def _stitch_device_for(self, spatial: Sequence[int]) -> torch.device:
         if str(self.stitch_device) != "auto":

@@ -4,12 +4,20 @@ from rep3d.layers.conv import RepLKConv3d, is_deployed
 from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
-from rep3d.layers.mask import MaskGenerator, ModulatedKernelParam, distance_prior
+from rep3d.layers.mask import (
+    MASK_FORMS,
+    MaskGenerator,
+    ModulatedKernelParam,
+    distance_prior,
+    mask_health,
+    mask_health_scalars,
+)
 from rep3d.layers.norm import LayerNorm3d
 from rep3d.layers.settings import EngineSettings, engine_settings, get_engine_settings
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
+    "MASK_FORMS",
     "EngineSettings",
     "LayerNorm3d",
     "MaskGenerator",
@@ -26,6 +34,8 @@ __all__ = [
     "fold_batchnorm",
     "get_engine_settings",
     "is_deployed",
+    "mask_health",
+    "mask_health_scalars",
     "mask_lr_field",
     "pad_kernel",
     "useful_kernel_size",

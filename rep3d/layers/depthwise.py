@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_float, check_volume, kernel_size_3d
 from rep3d.layers.fft_conv import fft_depthwise_conv3d, fft_lengths, keep_spectra
 from rep3d.layers.fusion import crop_kernel
@@ -48,8 +49,14 @@ def depthwise_conv3d(
     bias: torch.Tensor | None = None,
     *,
     backend: Backend = "auto",
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """Depthwise convolution, stride 1, "same" zero padding, exact on every backend.
+
+    Non-finite input: a NaN or infinity in ``x`` makes the outputs it touches non-finite, and the engines differ in
+    which outputs those are. ``"direct"`` spreads it to the kernel's footprint around the voxel (as ``F.conv3d``
+    does); ``"fft"`` spreads it to the whole ``[D, H, W]`` map of its channel, since every frequency sums every
+    voxel. Pass ``check_finite=True`` to refuse such input instead (one extra pass over ``x``).
 
     Args:
         x: ``[B, C, D, H, W]`` input, float16/bfloat16/float32/float64, any spatial size (also smaller
@@ -58,6 +65,7 @@ def depthwise_conv3d(
         bias: optional ``[C]``.
         backend: ``"direct"`` (native conv on the exactly-cropped kernel), ``"fft"`` or ``"auto"``
             (:func:`choose_backend`).
+        check_finite: raise :class:`~rep3d.errors.Rep3DValueError` if ``x`` holds a NaN or infinity.
 
     Returns:
         ``[B, C, D, H, W]`` in the dtype of ``x``. The FFT path computes float16/bfloat16 inputs in float32.
@@ -65,6 +73,13 @@ def depthwise_conv3d(
         ops (a sum over 21^3 taps is where low precision hurts).
     """
     _check_args(x, weight, bias, backend)
+    if check_finite and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise Rep3DValueError(f"depthwise_conv3d: x holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; "
+                              "the fft engine would spread each one over its whole channel: clean the input first")
+    if x.numel() == 0:  # batch 0 or a zero-size axis: an empty output of the input's shape, as F.conv3d gives
+        y = x + weight.sum().to(x.dtype) * 0  # keeps weight (and bias) in the graph: zero gradients, not None
+        return y if bias is None else y + bias.to(x.dtype).view(1, -1, 1, 1, 1)
     ksize = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
     if ksize != tuple(weight.shape[2:]):
         weight = crop_kernel(weight, ksize)

@@ -4,6 +4,7 @@ Building a model by name with weights is :func:`rep3d.create_model` (:mod:`rep3d
 package; ``rep3d.models`` itself never imports the builder.
 """
 
+from rep3d.layers.mask import mask_health, mask_health_scalars
 from rep3d.models import zoo  # noqa: F401  (registers the names)
 from rep3d.models.blocks import RepLKBlock3d, UnetrDecoder3d, UXBlock3d
 from rep3d.models.deploy import count_macs, is_deployed, reparameterize_model
@@ -22,6 +23,8 @@ __all__ = [
     "is_deployed",
     "is_model",
     "list_models",
+    "mask_health",
+    "mask_health_scalars",
     "model_info",
     "reparameterize_model",
 ]

@@ -31,12 +31,21 @@ VOLUME_METADATA: dict[str, dict[str, Any]] = {}
 """rep3d's own cfg keys per ``arch`` / ``arch.tag``: roi_size, spacing, intensity_window, orientation, modality,
 class_names, dataset, metrics, synthetic, and the weight-source keys bundled, sha256, hf_revision."""
 
+ARCH_CFGS: dict[str, dict[str, Any]] = {}
+"""timm keys of each untagged ``arch`` cfg: what the bare name means when no weights are loaded (see
+:func:`build_model`)."""
+WEIGHT_CLAIM_KEYS = ("class_names", "label_names", "label_descriptions", "dataset", "synthetic", "metrics",
+                     "description", "origin", "command", "training")
+"""cfg keys that describe trained weights (what they were trained on, how well they do): a model carries them only
+when those weights were loaded into it."""
+
 MODEL_ARG_KEYS = ("in_chans", "num_classes")
 _SOURCE_KEYS = ("file", "url", "hf_hub_id", "bundled")  # an overlay naming one replaces the registered source
 _SOURCE_BOUND_KEYS = ("bundled", "sha256", "hf_revision", "hf_hub_filename")  # describe one registered weight file
 
-__all__ = ["BUNDLED_PREFIX", "VOLUME_METADATA", "build_model", "check_name", "default_cfgs", "is_model",
-           "list_models", "register", "resolve_cfg", "volume_metadata"]
+__all__ = ["ARCH_CFGS", "BUNDLED_PREFIX", "VOLUME_METADATA", "WEIGHT_CLAIM_KEYS", "build_model", "check_name",
+           "default_cfgs", "drop_mismatched_class_names", "is_model", "list_models", "register", "resolve_cfg",
+           "volume_metadata"]
 
 
 def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -56,6 +65,8 @@ def default_cfgs(cfgs: dict[str, dict[str, Any]]) -> dict:
         if cfg.get("bundled") and not cfg.get("file"):
             timm_cfgs[name]["file"] = BUNDLED_PREFIX + cfg["bundled"]
         VOLUME_METADATA[name.rstrip("*")] = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS}
+        if "." not in name:
+            ARCH_CFGS[name.rstrip("*")] = {**timm_cfgs[name], "architecture": name.rstrip("*")}
     return generate_default_cfgs(timm_cfgs)
 
 
@@ -107,7 +118,19 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
-    cfg = resolve_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
+    if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
+        # A bare name means the architecture. timm would resolve it to the default tag's cfg (for rep3d_tiny the
+        # phantom weights': 9 classes and their names, phantom spacing, "SYNTHETIC"), which describes weights that are
+        # not loaded here: none, or the caller's own file. Only pretrained=True alone loads the default tag.
+        pretrained_cfg = dict(ARCH_CFGS[variant])
+    cfg = resolve_cfg(variant, pretrained_cfg, overlay)
+    if not pretrained:  # the weights a cfg describes are not loaded: nothing about them may travel with the model
+        for key in WEIGHT_CLAIM_KEYS:
+            if key not in (overlay or {}):  # ...unless the caller states it for this model
+                cfg.pop(key, None)
     if pretrained:
         check_weights_available(cfg, list_models(pretrained=True))
     model_args = dict(kwargs)
@@ -117,6 +140,7 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     cfg.update(extra)
     model_args.update({k: getattr(model, k) for k in MODEL_ARG_KEYS})
     model.model_args = model_args
+    drop_mismatched_class_names(cfg, model.num_classes)
     if pretrained:
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
     if not features_only:
@@ -125,6 +149,14 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     feature_model.pretrained_cfg = feature_model.default_cfg = cfg
     feature_model.in_chans = model.in_chans
     return feature_model
+
+
+def drop_mismatched_class_names(cfg: dict[str, Any], num_classes: int) -> None:
+    """Remove ``class_names`` / ``label_names`` from ``cfg`` (in place) unless they name ``num_classes`` classes."""
+    for key in ("class_names", "label_names"):
+        names = cfg.get(key)
+        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
+            cfg.pop(key)
 
 
 def is_model(name: str) -> bool:

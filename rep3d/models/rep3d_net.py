@@ -28,7 +28,10 @@ class Rep3DEncoder(nn.Module):
 
     Stem (conv k7 stride 2 + LayerNorm), stages of large-kernel blocks separated by LayerNorm + conv(k2, stride 2)
     downsamplers; every stage output goes through its own LayerNorm (``norms.i``) to become an encoder feature.
-    ``block="replk"`` gives Rep3D's plain large-kernel blocks, ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks.
+    ``block="replk"`` gives Rep3D's plain large-kernel blocks ``GELU(BN(conv(x, W * M)))`` (``block_residual=True``
+    adds a residual shortcut, a deviation from the paper), ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks. Other
+    ``block_kwargs`` (``mask_form``, ``generator_hidden_channels``, ``generator_kernel_size``, ``generator_depth``,
+    ``beta``, ...) go to every block's :class:`~rep3d.layers.RepLKConv3d`.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class Rep3DEncoder(nn.Module):
         conv_backend: Backend = "auto",
         deploy: bool = False,
         stem_kernel_size: int = 7,
+        block_residual: bool | None = None,
         **block_kwargs,
     ) -> None:
         super().__init__()
@@ -56,6 +60,11 @@ class Rep3DEncoder(nn.Module):
             if block != "replk":
                 raise Rep3DValueError("Rep3DEncoder: small_kernel (CSLA branch) is only defined for block='replk'")
             block_kwargs["small_kernel"] = small_kernel
+        if block == "replk":
+            block_kwargs["residual"] = bool(block_residual)  # None / False: the paper's plain block
+        elif block_residual is False:
+            raise Rep3DValueError("Rep3DEncoder: block='ux' blocks always have their residual; block_residual=False is "
+                                  "only defined for block='replk'")
         self.in_chans = in_chans
         self.widths = tuple(widths)
         self.depths = tuple(depths)

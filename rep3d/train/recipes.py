@@ -11,6 +11,9 @@ from typing import Any
 from rep3d.errors import Rep3DValueError
 from rep3d.presets import PAPER_CT, PHANTOM, PRESETS, get_preset
 
+ROI_MULTIPLE = 16
+"""Every registered model downsamples by 16: training crops are multiples of it."""
+
 
 @dataclass
 class TrainConfig:
@@ -69,7 +72,47 @@ class TrainConfig:
         out = cls(**values)
         for name in ("roi_size", "spacing", "intensity_window", "pos_neg_ratio"):
             setattr(out, name, tuple(getattr(out, name)))
+        out.validate()
         return out
+
+    def validate(self) -> None:
+        """Raise :class:`Rep3DValueError` naming the option when a value cannot run (a zero step count, a zero
+        validation interval, an ROI the models cannot take, ...), before any data is loaded."""
+        def bad(option: str, value: Any, want: str) -> Rep3DValueError:
+            return Rep3DValueError(f"{option} must be {want}, got {value!r}")
+
+        for name, option in (("iterations", "--iterations"), ("val_every", "--val-every"),
+                             ("checkpoint_every", "--checkpoint-every"), ("crops_per_subject", "--crops-per-subject"),
+                             ("subjects_per_step", "subjects_per_step"), ("sw_batch_size", "sw_batch_size")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(option, value, "a positive integer")
+        for name, option in (("warmup_steps", "--warmup-steps"), ("num_val", "--num-val"), ("workers", "--workers"),
+                             ("threads", "--threads"), ("seed", "--seed")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(option, value, "an integer >= 0")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad("--lr", self.lr, "a positive finite number")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise bad("--weight-decay", self.weight_decay, "a finite number >= 0")
+        if len(self.roi_size) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < ROI_MULTIPLE * 2
+                                          or s % ROI_MULTIPLE for s in self.roi_size):
+            raise bad("--roi", self.roi_size, f"3 multiples of {ROI_MULTIPLE} (the models' total stride), each at "
+                      f"least {2 * ROI_MULTIPLE} (the decoder's instance norm needs more than one voxel at 1/16 "
+                      "resolution)")
+        if len(self.spacing) != 3 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
+                                             for s in self.spacing):
+            raise bad("--spacing", self.spacing, "3 positive numbers (mm)")
+        lo_hi = self.intensity_window
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in lo_hi) or \
+                lo_hi[0] >= lo_hi[1]:
+            raise bad("--window", lo_hi, "two finite numbers LO < HI")
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise bad("sw_overlap", self.sw_overlap, "in [0, 1)")
+        if not isinstance(self.model_args, dict):
+            raise bad("model_args", self.model_args, "a dict of model constructor arguments")
 
 
 RECIPES: dict[str, dict[str, Any]] = {

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,13 @@ def lr_lambda(cfg: TrainConfig):
 class RunLog:
     """Rank-0 CSV + TensorBoard scalars; on resume, rows after the resumed step are dropped."""
 
-    def __init__(self, state_dir: Path, class_names: list[str], start_step: int, enabled: bool) -> None:
+    def __init__(self, state_dir: Path, class_names: list[str], start_step: int, enabled: bool,
+                 extra_fields: Sequence[str] = ()) -> None:
         self.enabled = enabled
         self.path = state_dir / "metrics.csv"
         self.fields = ["step", "loss", "lr", "seconds", "samples_per_s", "val_mean_dice"] + [
             f"val_dice_{name}" for name in class_names[1:]
-        ]
+        ] + list(extra_fields)
         self.writer = None
         if not enabled:
             return

@@ -21,12 +21,20 @@ from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
 from rep3d.data.msd import MSDDataset, load_msd_dataset
-from rep3d.errors import Rep3DDataError, Rep3DError
+from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
-from rep3d.train.checkpoint import atomic_save, load_state, rng_state, set_rng_state
-from rep3d.train.data import CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_state,
+    remove_stale_temp_files,
+    rng_state,
+    set_rng_state,
+)
+from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
     DistContext,
@@ -76,13 +84,22 @@ class Trainer:
         self.state_dir = self.out / STATE_DIR
         self.last_path = self.state_dir / "last.pt"
         self.command = command
+        if self.out.exists() and not self.out.is_dir():
+            raise Rep3DValueError(f"--out {self.out} is a file; give a folder for the run (it will hold the model and "
+                                  "train_state/)")
         state = None
         if resume:
             state = load_state(self.last_path)
-            cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+            try:
+                cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+            except (Rep3DError, TypeError, ValueError) as err:
+                raise CheckpointError(f"training checkpoint {self.last_path} holds an unusable config ({err}); "
+                                      "start a new run with another --out") from err
         elif self.last_path.exists():
             raise FileExistsError(f"{self.out} already holds a run ({self.last_path}); pass --resume to continue it, "
                                   "or choose another --out")
+        if self.ctx.is_main:  # killed checkpoint writes of an earlier process leave partial files behind
+            remove_stale_temp_files(self.last_path)
         self.cfg = cfg
         self._setup_runtime()
         self.dataset = self._load_dataset()
@@ -94,11 +111,14 @@ class Trainer:
         if self.ctx.is_main:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        self.train_set = CachedVolumes(self.dataset.train, cfg)
-        self.val_volumes = [preprocessing(cfg)(dict(item)) for item in self.dataset.val] if self.ctx.is_main else []
+        num_classes = len(self.class_names)  # label values are checked against it as the volumes are cached
+        self.train_set = CachedVolumes(self.dataset.train, cfg, num_classes)
+        self.val_volumes = ([preprocessing(cfg, num_classes=num_classes)(dict(item)) for item in self.dataset.val]
+                            if self.ctx.is_main else [])
         self.sampler = StepSampler(len(self.train_set), cfg.iterations, self.start_step, cfg.seed,
                                    cfg.subjects_per_step, self.ctx.rank, self.ctx.world_size)
-        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main)
+        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main,
+                          extra_fields=list(mask_health_scalars(self.model)))
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_runtime(self) -> None:
@@ -129,6 +149,7 @@ class Trainer:
             roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
             orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
             class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
@@ -150,12 +171,17 @@ class Trainer:
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.start_step, self.best = state["step"], state["best"]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.start_step, self.best = int(state["step"]), dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"training checkpoint {self.last_path} does not fit the run it describes "
+                                  f"({type(err).__name__}: {detail}); start a new run with another --out") from err
         self.wall_before = state.get("wall_time_s", 0.0)
 
     # ------------------------------------------------------------------------------------------------ saving
@@ -218,6 +244,7 @@ class Trainer:
                                  self.autocast_dtype)
             row["val_mean_dice"] = mean_dice(per_class)
             row.update({f"val_dice_{n}": d for n, d in zip(self.class_names[1:], per_class)})
+            row.update(mask_health_scalars(self.model))  # saturation / a frozen generator shows up here
             bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
             if row["val_mean_dice"] > self.best["dice"]:
                 self.best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
@@ -293,7 +320,8 @@ class Trainer:
     def _test(self, wall: float) -> dict[str, Any]:
         """Dice of the best (published) model on the labelled test cases; republishes with the test Dice."""
         best_model = create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
-        test_volumes = [preprocessing(self.cfg)(dict(item)) for item in self.dataset.test_labeled]
+        test_volumes = [preprocessing(self.cfg, num_classes=len(self.class_names))(dict(item))
+                        for item in self.dataset.test_labeled]
         test = evaluate(best_model, test_volumes, self.cfg, self.class_names, self.device, self.autocast_dtype)
         self.publish(best_model, wall, test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
