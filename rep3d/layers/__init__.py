@@ -13,10 +13,12 @@ from rep3d.layers.mask import (
     mask_health_scalars,
 )
 from rep3d.layers.norm import LayerNorm3d
+from rep3d.layers.settings import EngineSettings, engine_settings, get_engine_settings
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
     "MASK_FORMS",
+    "EngineSettings",
     "LayerNorm3d",
     "MaskGenerator",
     "ModulatedKernelParam",
@@ -26,9 +28,11 @@ __all__ = [
     "csla_lr_field",
     "depthwise_conv3d",
     "distance_prior",
+    "engine_settings",
     "fast_fft_length",
     "fft_lengths",
     "fold_batchnorm",
+    "get_engine_settings",
     "is_deployed",
     "mask_health",
     "mask_health_scalars",
