@@ -47,7 +47,9 @@ def _target_output(model: nn.Module, x: torch.Tensor, target: str) -> torch.Tens
         raise Rep3DValueError(f"effective_receptive_field: target={target!r} needs a model with forward_intermediates "
                               f"(a rep3d model); {type(model).__name__} has none: use target='logits'")
     stage = int(target.removeprefix("stage")) - 1
-    return model.forward_intermediates(x, indices=[stage])[0]
+    # the raw stage output: after the feature LayerNorm (over channels) the channel sum is a constant, and the
+    # gradient of the traced quantity would be zero
+    return model.forward_intermediates(x, indices=[stage], norm=False)[0]
 
 
 def _input_centre(in_shape: Sequence[int], out_shape: Sequence[int], out_centre: Sequence[int]) -> tuple[float, ...]:
@@ -75,7 +77,8 @@ def effective_receptive_field(
             and samples never mix. ``target="stageN"`` needs ``forward_intermediates`` (rep3d models).
         inputs: ``[N, C, D, H, W]`` or an iterable of ``[C, D, H, W]`` / ``[1, C, D, H, W]`` volumes
             (see :func:`random_inputs`, :func:`msd_crops`); all of the same shape.
-        target: ``"logits"`` (the model output) or ``"stage1"`` .. ``"stage4"`` (encoder features).
+        target: ``"logits"`` (the model output) or ``"stage1"`` .. ``"stage4"`` (the raw stage outputs, before the
+            feature LayerNorm, whose channel sum would not depend on the input).
         n_samples: use at most this many inputs (default: all).
         radii, thresholds: for the summaries (:func:`erf_summary`).
 
