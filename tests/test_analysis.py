@@ -24,6 +24,7 @@ from rep3d.analysis import (
     random_inputs,
     ratio_by_ring,
     ring_errors,
+    stability_sweep,
     summarise_stability,
 )
 from rep3d.builder import create_model
@@ -130,6 +131,10 @@ def test_student_from_scratch_reduces_the_error_and_the_sweep_counts_divergence(
                                 lr=3e-2)
     assert record["loss"][-1] < 0.5 * record["loss"][0]
     assert np.mean(record["ring_error"][-1]) < np.mean(record["ring_error"][0])
+    sweep = stability_sweep(["vanilla"], lrs=(1e-3, 1e3), seeds=(0, 1), channels=1, size=6, kernel_size=3, steps=3)
+    assert sweep["summary"]["vanilla"]["0.001"]["divergence_rate"] == 0.0
+    assert sweep["summary"]["vanilla"]["1000"]["divergence_rate"] == 1.0  # Adam moves each weight by ~1e3
+    assert len(sweep["runs"]) == 4
     runs = [dict(variant="v", lr=1e-3, final_loss=1.0, diverged=False), dict(variant="v", lr=1e-3, final_loss=3.0,
             diverged=False), dict(variant="v", lr=1e-3, final_loss=float("nan"), diverged=True)]
     summary = summarise_stability(runs)["v"]["0.001"]

@@ -24,7 +24,7 @@ from rep3d.analysis.erf import (
     radial_profile,
     random_inputs,
 )
-from rep3d.analysis.figures import save_erf_png, save_masks_png
+from rep3d.analysis.figures import save_convergence_png, save_erf_png, save_masks_png
 from rep3d.analysis.masks import mask_report, ratio_by_ring
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "random_inputs",
     "ratio_by_ring",
     "ring_errors",
+    "save_convergence_png",
     "save_erf_png",
     "save_masks_png",
     "set_effective_kernel",

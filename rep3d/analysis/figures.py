@@ -38,8 +38,9 @@ def _paste_panel(canvas, draw, rgb: np.ndarray, x: int, y: int, side: int, title
 
 
 def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str, Sequence[float]]], title: str,
-               *, log: bool = False) -> None:
-    """A minimal line plot of ``series`` (``(label, y values at x = 0, 1, ...)``) inside ``box`` (x0, y0, x1, y1)."""
+               *, log: bool = False, x_last: str | None = None) -> None:
+    """A minimal line plot of ``series`` (``(label, y values at x = 0, 1, ...)``) inside ``box`` (x0, y0, x1, y1);
+    ``x_last`` labels the right end of the x axis (default: the last index)."""
     x0, y0, x1, y1 = box
     draw.text((x0, y0), title, fill=(255, 255, 255))
     top, bottom, left, right = y0 + TITLE_H + 4, y1 - 14, x0 + 40, x1 - 4
@@ -54,11 +55,12 @@ def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str,
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
     n = max(len(y) for y in ys)
-    label = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.3g}")
+    label = (lambda v: f"{10 ** v:.2g}") if log else (lambda v: f"{v:.3g}")
     draw.text((x0, top), label(hi), fill=(200, 200, 200))
     draw.text((x0, bottom - 10), label(lo), fill=(200, 200, 200))
     draw.text((left, bottom + 2), "0", fill=(200, 200, 200))
-    draw.text((right - 24, bottom + 2), f"{n - 1}", fill=(200, 200, 200))
+    draw.text((right - 30, bottom + 2), x_last or f"{n - 1}", fill=(200, 200, 200))
+    spacing = min(90, (right - left - 8) // max(len(series), 1))
     for idx, (name, _) in enumerate(series):
         y = ys[idx]
         colour = LINE_COLOURS[idx % len(LINE_COLOURS)]
@@ -74,7 +76,7 @@ def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str,
             draw.line(points, fill=colour, width=2)
         elif points:
             draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2), fill=colour)
-        draw.text((left + 4 + 90 * idx, top + 2), name, fill=colour)
+        draw.text((left + 4 + spacing * idx, top + 2), name, fill=colour)
 
 
 def save_erf_png(path: str | Path, result: ERFResult, *, title: str = "", side: int = 192) -> Path:
@@ -99,7 +101,8 @@ def save_erf_png(path: str | Path, result: ERFResult, *, title: str = "", side: 
                      f"{name}, log10 |grad|, 3 decades")
     x = 3 * (side + PAD) + PAD
     _line_plot(draw, (x, y, x + plot_w, y + side + TITLE_H), [("mean |grad| per ring", result.summary[
-        "radial_profile"])], "radial profile (ring = distance, voxels)", log=True)
+        "radial_profile"])], "radial profile (ring = distance, voxels)", log=True,
+               x_last=f"r {len(result.summary['radial_profile']) - 1}")
     return _save(canvas, path)
 
 
@@ -140,3 +143,27 @@ def _save(canvas, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)
     return path
+
+
+def save_convergence_png(path: str | Path, records: Sequence[dict[str, Any]], *, rings: Sequence[int] = (0, 2, 5, 10),
+                         title: str = "", panel: int = 260) -> Path:
+    """Teacher-kernel convergence: one panel per run (:func:`rep3d.analysis.kernel_convergence` record), the
+    relative error of the effective kernel on a few distance ``rings`` against the record index (log scale)."""
+    from PIL import Image, ImageDraw
+
+    cols = min(4, max(1, len(records)))
+    rows = -(-len(records) // cols)
+    height = panel * 2 // 3
+    canvas = Image.new("RGB", (cols * (panel + PAD) + PAD, rows * (height + PAD) + TITLE_H + PAD), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((PAD, PAD), f"relative error of the effective kernel per distance ring vs step {title}",
+              fill=(255, 255, 255))
+    for n, rec in enumerate(records):
+        errors = np.asarray(rec["ring_error"], dtype=np.float64)
+        x, y = PAD + (n % cols) * (panel + PAD), TITLE_H + PAD + (n // cols) * (height + PAD)
+        series = [(f"r{r}", errors[:, r]) for r in rings if r < errors.shape[1]]
+        steps = rec["steps"]
+        flag = " DIVERGED" if rec.get("diverged") else ""
+        _line_plot(draw, (x, y, x + panel, y + height), series,
+                   f"{rec['variant']} lr {rec['lr']:g}{flag}", log=True, x_last=f"step {steps[-1]}")
+    return _save(canvas, path)
