@@ -163,6 +163,7 @@ def test_rep3d_erf_writes_png_and_json(tmp_path, capsys, with_data):
     numbers = json.loads(out.with_suffix(".json").read_text())
     assert numbers["target"] == "stage1" and numbers["roi"] == [32, 32, 32] and numbers["n_samples"] == 1
     assert numbers["inputs"].startswith("crops of") == with_data
+    assert numbers["weights"] == "random initialisation (untrained)"  # a bare architecture has no weights
     assert set(numbers["area_ratio"]) == {"0.2", "0.3", "0.5", "0.99"}
     assert 0 < numbers["area_ratio"]["0.2"] <= numbers["area_ratio"]["0.99"] <= 1
     assert numbers["mass_within"]["32"] == pytest.approx(1.0)
@@ -173,7 +174,9 @@ def test_rep3d_masks_writes_png_and_json_with_mask_stats(tmp_path):
     assert main(["masks", "rep3d_tiny.phantom", "-o", str(tmp_path) + "/"]) == 0
     with Image.open(tmp_path / "masks.png") as img:
         img.verify()
-    blocks = json.loads((tmp_path / "masks.json").read_text())["blocks"]
+    written = json.loads((tmp_path / "masks.json").read_text())
+    assert written["weights"] == "pretrained"
+    blocks = written["blocks"]
     assert len(blocks) == 4
     for block in blocks.values():
         assert {"ratio_by_ring", "mask_stats", "mode", "mask_form"} <= set(block)

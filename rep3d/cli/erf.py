@@ -43,18 +43,23 @@ def output_paths(output: str, stem: str) -> tuple[Path, Path]:
 
 
 def load_model(args: argparse.Namespace):
-    """The model of ``MODEL``: pretrained weights where it has them (a tag or a saved folder), else initialised."""
+    """``(model, weights)`` for ``MODEL``: pretrained weights where it has them (a tag, a saved folder, a Hub
+    model), the ``--checkpoint``, or the random initialisation (a bare architecture name, ``--random-init``);
+    ``weights`` says which, for the outputs."""
     name = args.model
     pretrained = not args.checkpoint and not args.random_init and ("." in name.split("/")[-1]
                                                                    or name.startswith(("local-dir:", "hf-hub:")))
-    return create_model(name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    model = create_model(name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "pretrained" if pretrained else \
+        "random initialisation (untrained)"
+    return model, weights
 
 
 def run(args: argparse.Namespace) -> int:
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     png, js = output_paths(args.output, f"erf_{args.target}")
-    model = load_model(args)
+    model, weights = load_model(args)
     # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
     predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
     roi = list(predictor.roi_size)
@@ -68,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
         inputs = random_inputs((in_chans, *roi), args.n_samples, seed=args.seed)
         source = "standard-normal noise"
     result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples)
-    save_erf_png(png, result, title=f"{args.model}, {source}, roi {roi}")
+    save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
     js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "checkpoint": args.checkpoint, "inputs": source, "roi": roi,
+    js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
                               "seed": args.seed, **result.to_json()}, indent=2) + "\n")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
-    print(f"ERF of {args.target} of {args.model} over {result.n_samples} inputs ({source}); volume fraction holding "
+    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); volume fraction holding "
           f"{ratios}")
     print(f"wrote {png} and {js}")
     return 0

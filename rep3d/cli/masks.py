@@ -22,17 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     png, js = output_paths(args.output, "masks")
-    model = load_model(args)
+    model, weights = load_model(args)
     report = mask_report(model)
-    save_masks_png(png, report, title=f"[{args.model}]")
+    save_masks_png(png, report, title=f"[{args.model}, {weights}]")
     blocks = {name: {k: v for k, v in block.items() if k not in ("mask", "prior")} for name, block in report.items()}
     js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "checkpoint": args.checkpoint, "blocks": blocks}, indent=2) + "\n")
+    js.write_text(json.dumps({"model": args.model, "weights": weights, "blocks": blocks}, indent=2) + "\n")
     width = max(len(n) for n in blocks)
     print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative")
     for name, block in blocks.items():
         s = block["mask_stats"]
         print(f"{name.ljust(width)}  {block['mode']:<6} {str(block['mask_form']):<9} {s['ratio_centre']:10.4f}  "
               f"{s['ratio_edge']:8.4f}  {s['at_bound']:8.4f}  {s['negative']:8.4f}")
-    print(f"wrote {png} and {js}")
+    print(f"{args.model}: {weights} weights\nwrote {png} and {js}")
     return 0
