@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
                               "seed": args.seed, **result.to_json()}, indent=2) + "\n")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
-    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); volume fraction holding "
-          f"{ratios}")
+    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); "
+          f"volume fraction holding {ratios}")
     print(f"wrote {png} and {js}")
     return 0
