@@ -2,11 +2,12 @@
 
 A single large-kernel depthwise layer (``--channels`` C, ``--size`` S³ inputs, ``--kernel`` K, default 4 @ 24³,
 K = 21) learns to reproduce a depthwise conv with a known random teacher kernel (i.i.d. normal, the same scale at
-every offset) from fresh standard-normal inputs, once per variant: the learnable mask in each form
-(``lrbm-additive`` ... ``lrbm-tanh``), the fixed prior, a plain large kernel and CSLA (large + parallel 3³ branch).
-No BatchNorm, so the folded kernel (``W * M``, plus the padded small branch for CSLA) is directly the teacher's
-counterpart. Printed: the relative error of that effective kernel per distance ring at a few steps; the claim under
-test is that masked kernels fit the centre first and the periphery later.
+every offset; ``--teacher prior``: decaying like the distance prior) from fresh standard-normal inputs, once per
+variant: the learnable mask in each form (``lrbm-additive`` ... ``lrbm-tanh``), the fixed prior, a plain large
+kernel and CSLA (large + parallel 3³ branch). No BatchNorm, so the folded kernel (``W * M``, plus the padded small
+branch for CSLA) is directly the teacher's counterpart. Printed: the relative error of that effective kernel per
+distance ring at a few steps; the claim under test is that masked kernels fit the centre first and the periphery
+later.
 
 ``--sweep`` runs the stability experiment instead: the same training at each ``--lrs`` for each ``--seeds``, and
 prints per variant and learning rate the divergence rate (loss not finite or above 1000x the loss of a zero kernel)
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rep3d.analysis import VARIANTS, kernel_convergence, save_convergence_png, stability_sweep
+from rep3d.analysis import TEACHER_ENVELOPES, VARIANTS, kernel_convergence, save_convergence_png, stability_sweep
 
 SHOW_RINGS = (0, 1, 2, 4, 6, 8, 10)
 
@@ -41,8 +42,8 @@ SHOW_RINGS = (0, 1, 2, 4, 6, 8, 10)
 def _header(args: argparse.Namespace) -> str:
     lr = f"lrs {' '.join(f'{x:g}' for x in args.lrs)}, seeds {args.seeds}" if args.sweep else f"lr {args.lr:g}"
     return (f"C={args.channels}, S={args.size}^3, K={args.kernel}, batch {args.batch_size}, {lr}, "
-            f"{args.steps} steps, Adam, float32, FFT engine, threads {torch.get_num_threads()}, torch "
-            f"{torch.__version__}, {platform.processor() or platform.machine()}")
+            f"{args.steps} steps, {args.teacher} teacher, Adam, float32, FFT engine, threads "
+            f"{torch.get_num_threads()}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
 
 
 def convergence(args: argparse.Namespace) -> dict:
@@ -50,7 +51,7 @@ def convergence(args: argparse.Namespace) -> dict:
     for variant in args.variants:
         rec = kernel_convergence(variant, channels=args.channels, size=args.size, kernel_size=args.kernel,
                                  steps=args.steps, lr=args.lr, batch_size=args.batch_size, record_every=args.every,
-                                 seed=args.seeds[0])
+                                 seed=args.seeds[0], teacher_envelope=args.teacher)
         records.append(rec)
         print(f"{variant}: {rec['wall_s']:.1f} s{' DIVERGED' if rec['diverged'] else ''}", flush=True)
     rings = [r for r in SHOW_RINGS if r < len(records[0]["ring_error"][0])]
@@ -85,7 +86,7 @@ def sweep(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = stability_sweep(args.variants, args.lrs, args.seeds, channels=args.channels, size=args.size,
                              kernel_size=args.kernel, steps=args.steps, batch_size=args.batch_size,
-                             record_every=max(args.steps, 1))
+                             record_every=max(args.steps, 1), teacher_envelope=args.teacher)
     print(f"stability sweep ({_header(args)}; {time.perf_counter() - start:.0f} s)")
     print("| variant | lr | diverged | final loss mean | final loss var |")
     print("|---|---|---|---|---|")
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=20, help="record the ring errors every N steps")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--teacher", default="uniform", choices=TEACHER_ENVELOPES,
+                        help="teacher kernel: the same scale at every offset (uniform) or decaying like the prior")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the convergence runs")
     parser.add_argument("--sweep", action="store_true", help="run the stability sweep over --lrs x --seeds")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])

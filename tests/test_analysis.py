@@ -26,11 +26,13 @@ from rep3d.analysis import (
     ring_errors,
     stability_sweep,
     summarise_stability,
+    teacher_kernel,
 )
 from rep3d.builder import create_model
 from rep3d.cli import main
 from rep3d.data import write_msd_dataset
 from rep3d.errors import Rep3DValueError
+from rep3d.layers import distance_prior
 
 
 def _depthwise(kernel: torch.Tensor) -> nn.Conv3d:
@@ -124,6 +126,15 @@ def test_student_started_at_the_teacher_keeps_zero_error_at_every_ring(variant):
     errors = np.asarray(record["ring_error"])
     assert record["steps"] == [0, 3, 6] and errors.shape == (3, 4)  # rings 0..3 of a 5³ kernel
     assert (errors == 0).all() and record["loss"] == [0.0, 0.0, 0.0] and not record["diverged"]
+
+
+def test_teacher_envelopes_have_unit_output_scale_and_the_prior_shape():
+    uniform = teacher_kernel(3, 5, seed=2, dtype=torch.float64)
+    prior = teacher_kernel(3, 5, seed=2, dtype=torch.float64, envelope="prior")
+    assert float(uniform.pow(2).sum(dim=(1, 2, 3, 4)).mean()) == pytest.approx(1.0)
+    assert float(prior.pow(2).sum(dim=(1, 2, 3, 4)).mean()) == pytest.approx(1.0)
+    ratio = prior / uniform / distance_prior(5, dtype=torch.float64)  # one common factor everywhere
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.flatten()[0])))
 
 
 def test_student_from_scratch_reduces_the_error_and_the_sweep_counts_divergence():

@@ -2,6 +2,7 @@
 convergence / stability experiments (a consumer layer, like :mod:`rep3d.inference`)."""
 
 from rep3d.analysis.convergence import (
+    TEACHER_ENVELOPES,
     VARIANTS,
     kernel_convergence,
     ring_errors,
@@ -32,6 +33,7 @@ __all__ = [
     "ERFResult",
     "MASS_RADII",
     "TARGETS",
+    "TEACHER_ENVELOPES",
     "VARIANTS",
     "effective_receptive_field",
     "erf_summary",

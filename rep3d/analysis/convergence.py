@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from rep3d.errors import Rep3DValueError
-from rep3d.layers import MASK_FORMS, RepLKConv3d, depthwise_conv3d, pad_kernel
+from rep3d.layers import MASK_FORMS, RepLKConv3d, depthwise_conv3d, distance_prior, pad_kernel
 
 VARIANTS: tuple[str, ...] = (*(f"lrbm-{form}" for form in MASK_FORMS), "fixed", "vanilla", "csla")
 """Student layers: ``lrbm-<mask_form>`` (learnable mask), ``fixed`` (M = P), ``vanilla`` (no mask), ``csla``
 (large kernel + parallel 3³ branch)."""
+TEACHER_ENVELOPES: tuple[str, ...] = ("uniform", "prior")
 
 
 def student_layer(variant: str, channels: int, kernel_size: int, *, conv_backend: str = "fft") -> RepLKConv3d:
@@ -62,13 +63,21 @@ def ring_errors(kernel: np.ndarray | torch.Tensor, teacher: np.ndarray | torch.T
         return np.sqrt(err / ref)
 
 
-def teacher_kernel(channels: int, kernel_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32
-                   ) -> torch.Tensor:
-    """A seeded random teacher ``[C, 1, k, k, k]``: i.i.d. normal with std ``1 / sqrt(k³)`` (unit output variance
-    for unit-variance input), the same scale at every offset so that no ring starts easier."""
+def teacher_kernel(channels: int, kernel_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                   envelope: str = "uniform") -> torch.Tensor:
+    """A seeded random teacher ``[C, 1, k, k, k]``, i.i.d. normal, scaled to unit output variance for unit-variance
+    input. ``envelope="uniform"``: the same scale at every offset, so that no ring starts easier (and the prior of a
+    masked student is no help); ``"prior"``: multiplied by the distance prior ``P`` (the kind of kernel the prior
+    assumes, large at the centre and decaying outwards)."""
+    if envelope not in TEACHER_ENVELOPES:
+        raise Rep3DValueError(f"teacher envelope must be one of {TEACHER_ENVELOPES}, got {envelope!r}")
     gen = torch.Generator().manual_seed(10_000 + seed)
-    return torch.randn((channels, 1, kernel_size, kernel_size, kernel_size), generator=gen, dtype=dtype) \
-        * kernel_size**-1.5
+    kernel = torch.randn((channels, 1, kernel_size, kernel_size, kernel_size), generator=gen, dtype=torch.float64)
+    if envelope == "prior":
+        kernel = kernel * distance_prior(kernel_size, dtype=torch.float64)
+    # unit output variance: sum of squared weights per channel = 1 in expectation
+    scale = (kernel.pow(2).sum(dim=(1, 2, 3, 4)).mean()) ** -0.5
+    return (kernel * scale).to(dtype)
 
 
 @torch.no_grad()
@@ -98,6 +107,7 @@ def kernel_convergence(
     record_every: int = 10,
     seed: int = 0,
     teacher: torch.Tensor | None = None,
+    teacher_envelope: str = "uniform",
     start_at_teacher: bool = False,
     optimizer: str = "adam",
     dtype: torch.dtype = torch.float32,
@@ -110,7 +120,7 @@ def kernel_convergence(
 
     Args:
         variant: one of :data:`VARIANTS`.
-        teacher: ``[C, 1, k, k, k]``; default :func:`teacher_kernel` (seeded by ``seed``).
+        teacher: ``[C, 1, k, k, k]``; default :func:`teacher_kernel` (seeded by ``seed``, ``teacher_envelope``).
         start_at_teacher: set the student's effective kernel to the teacher before training, and use that folded
             kernel (equal to ``teacher`` up to rounding) as the teacher: a check of the instrument, whose loss,
             gradient and ring errors are then exactly zero at every step.
@@ -125,9 +135,10 @@ def kernel_convergence(
         ``ring_error[i][r]`` is :func:`ring_errors` at ring ``r`` after ``steps[i]`` steps.
     """
     torch.manual_seed(seed)
+    teacher_given = teacher
     student = student_layer(variant, channels, kernel_size, conv_backend=conv_backend).to(dtype)
     if teacher is None:
-        teacher = teacher_kernel(channels, kernel_size, seed=seed, dtype=dtype)
+        teacher = teacher_kernel(channels, kernel_size, seed=seed, dtype=dtype, envelope=teacher_envelope)
     teacher = teacher.to(dtype)
     if tuple(teacher.shape) != (channels, 1, kernel_size, kernel_size, kernel_size):
         raise Rep3DValueError(f"kernel_convergence: teacher must be [{channels}, 1, {kernel_size}, {kernel_size}, "
@@ -145,6 +156,7 @@ def kernel_convergence(
     record: dict[str, Any] = {"variant": variant, "lr": lr, "seed": seed, "channels": channels, "size": size,
                               "kernel_size": kernel_size, "batch_size": batch_size, "dtype": str(dtype),
                               "optimizer": optimizer, "conv_backend": conv_backend,
+                              "teacher_envelope": teacher_envelope if teacher_given is None else "given",
                               "steps": [], "loss": [], "ring_error": [], "diverged": False}
 
     def log(step: int, loss: float) -> None:
