@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phantom", "write a synthetic CT phantom dataset in MSD layout"),
     "train": ("train", "train a model on an MSD-layout dataset"),
     "evaluate": ("evaluate", "per-class Dice of a model on the labelled cases of an MSD dataset"),
+    "erf": ("erf", "effective receptive field of a model: PNG (slices, radial profile) and JSON of its numbers"),
+    "masks": ("masks", "learned receptive-field masks against the distance prior, per block: PNG and JSON"),
     "models": ("models", "list registered models with params and MACs"),
     "import-official": ("import_official", "convert an official Rep3D / 3D UX-Net checkpoint"),
 }
