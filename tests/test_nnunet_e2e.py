@@ -91,8 +91,9 @@ def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path):
     plans = json.loads(plans_file.read_text())
     rep3d_cfg = plans["configurations"]["3d_fullres_rep3d"]
     assert rep3d_cfg["inherits_from"] == "3d_fullres" and all(s % 16 == 0 for s in rep3d_cfg["patch_size"])
-    with pytest.raises(ValueError, match="--overwrite"):
-        rep3d_main(["nnunet-plans", "-d", str(DATASET_ID)])
+    before = plans_file.read_bytes()
+    assert rep3d_main(["nnunet-plans", "-d", str(DATASET_ID)]) == 1  # exists: refused, file untouched
+    assert plans_file.read_bytes() == before
 
     # 3. one iteration with nnU-Net's own trainer on the rep3d configuration
     cpu = torch.device("cpu")

@@ -201,9 +201,10 @@ def test_importing_rep3d_and_the_integration_does_not_import_nnunet(monkeypatch)
     for name in [n for n in sys.modules if n.startswith("rep3d.integrations")]:
         monkeypatch.delitem(sys.modules, name)
     importlib.reload(rep3d)
-    for name in ("nnunet", "nnunet.network", "nnunet.plans", "nnunet.weights", "nnunet.commands.plans",
-                 "nnunet.commands.export", "nnunet.commands.pretrained", "nnunet.commands.trainer_path"):
+    for name in ("nnunet", "nnunet.network", "nnunet.plans", "nnunet.weights"):
         importlib.import_module(f"rep3d.integrations.{name}")
+    for name in ("nnunet_plans", "nnunet_export", "nnunet_pretrained", "nnunet_trainer_path"):
+        importlib.reload(importlib.import_module(f"rep3d.cli.{name}"))
     assert not any(n.startswith("rep3d.integrations") for n in vars(rep3d))
 
 

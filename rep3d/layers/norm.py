@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rep3d.errors import Rep3DValueError
+
 
 class LayerNorm3d(nn.LayerNorm):
     """LayerNorm over the channel axis of a channels-first volume ``[B, C, D, H, W]``."""
@@ -15,7 +17,7 @@ class LayerNorm3d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.normalized_shape[0]:
-            raise ValueError(
+            raise Rep3DValueError(
                 f"LayerNorm3d expects [B, {self.normalized_shape[0]}, D, H, W], got shape {tuple(x.shape)}"
             )
         x = x.permute(0, 2, 3, 4, 1)
