@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rep3d.layers.checks import check_float, kernel_size_3d
+from rep3d.layers.checks import check_float, is_exporting, kernel_size_3d
 
 MaskMode = Literal["lrbm", "fixed"]
 
@@ -122,13 +122,19 @@ class ModulatedKernelParam(nn.Module):
         return prior * (1.0 + torch.tanh(self.generator(prior)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # nested on purpose: TorchScript drops only a block under a bare ``torch.jit.is_scripting()`` test
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if not is_exporting(weight):
+                self._check_weight(weight)
+        return weight * self.mask().to(weight.dtype)
+
+    def _check_weight(self, weight: torch.Tensor) -> None:
         check_float(weight, "ModulatedKernelParam", "weight")
         if weight.ndim != 5 or tuple(weight.shape[2:]) != self.kernel_size:
             raise ValueError(
                 f"ModulatedKernelParam was built for kernels [C, C_in, {', '.join(map(str, self.kernel_size))}], "
                 f"got weight of shape {tuple(weight.shape)}"
             )
-        return weight * self.mask().to(weight.dtype)
 
     def extra_repr(self) -> str:
         learn = ", learnable_beta=True" if self.log_beta is not None else ""
