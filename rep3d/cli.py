@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rep3d.train", "train a model on an MSD-layout dataset"),
     "evaluate": ("rep3d.evaluate", "per-class Dice of a model on the labelled cases of an MSD dataset"),
     "models": ("rep3d.models.table", "list registered models with params and MACs"),
+    "export": ("rep3d.export_cli", "export a folded model to ONNX, TorchScript, torch.export or a MONAI bundle"),
     "import-official": ("rep3d.official", "convert an official Rep3D / 3D UX-Net checkpoint"),
 }
 
