@@ -249,3 +249,21 @@ def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
     label = np.asarray(ours.dataobj)
     assert len(np.unique(label)) > 1  # a label map with content, not a constant
     np.testing.assert_array_equal(np.asarray(theirs.dataobj), label)
+
+
+def test_timm_fx_feature_extractor_matches_the_getter():
+    import timm
+
+    x = torch.randn(1, 1, 32, 32, 32)
+    out = {}
+    for cls in ("fx", "getter"):
+        torch.manual_seed(0)
+        model = timm.create_model("rep3d_tiny", features_only=True, feature_cls=cls, kernel_size=5).eval()
+        with torch.no_grad():
+            out[cls] = model(x)
+    assert type(model).__name__ == "FeatureGetterNet"
+    assert len(out["fx"]) == 4
+    for a, b in zip(out["fx"], out["getter"], strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="feature_cls='hook' is not supported"):
+        timm.create_model("rep3d_tiny", features_only=True, feature_cls="hook")

@@ -102,7 +102,12 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     """
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    kwargs.pop("feature_cls", None)
+    feature_cls = kwargs.pop("feature_cls", None) or "getter"
+    if feature_cls not in ("getter", "fx"):
+        raise ValueError(
+            f"feature_cls={feature_cls!r} is not supported by rep3d models; use 'getter' (the default: the encoder's "
+            "forward_intermediates) or 'fx' (a torch.fx graph of the encoder)"
+        )
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
@@ -123,7 +128,13 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
 
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
     if features_only:
-        feature_model = FeatureGetterNet(model, out_indices=out_indices)
+        if feature_cls == "fx":
+            from timm.models._features_fx import FeatureGraphNet
+
+            # feature_info names modules relative to the encoder, which the fx graph is traced from
+            feature_model = FeatureGraphNet(model.encoder, out_indices=out_indices)
+        else:
+            feature_model = FeatureGetterNet(model, out_indices=out_indices)
         feature_model.pretrained_cfg = feature_model.default_cfg = cfg
         feature_model.in_chans = model.in_chans
         return feature_model
