@@ -3,7 +3,7 @@
     python benchmarks/export_latency.py --models rep3d_tiny rep3d_base --roi 96 --threads 2 --repeats 3
 
 Per model (deployed form, random weights, 16 classes, batch 1, float32, CPU): the median of ``--repeats`` timed
-forwards after one warm-up, for
+forwards after one warm-up, the variants taking turns in each round (the machine is shared), for
 
 * ``eager auto`` / ``eager direct``: PyTorch with the default engine choice / the direct engine forced;
 * ``compiled``: ``torch.compile(model)`` (default backend, engine ``auto``);
@@ -12,7 +12,9 @@ forwards after one warm-up, for
 
 Ratios are to ``eager auto`` measured in the same run (the machine is shared: compare ratios, not seconds). With
 ``--profile`` the ORT runs are profiled and the time per ONNX op type is printed: where ORT loses its time.
-Results go to ``benchmarks/results/export_latency.json`` (``--out``).
+Results go to ``benchmarks/results/export_latency.json`` (``--out``). ``--layer`` times one deployed layer
+instead (12 channels, 32^3, k21): eager vs ORT for the FFT engine with 5-smooth and power-of-two lengths and for
+the direct engine.
 """
 
 from __future__ import annotations
@@ -74,30 +76,71 @@ def bench_model(name: str, roi: int, threads: int, repeats: int, variants: list[
     row: dict = {"model": name, "input": list(x.shape), "seconds": {}, "conv_path": conv_path(deployed, x)}
     with torch.no_grad():
         reference = deployed(x)
+    nets = {backend: prepare_model(deployed, backend)[0] for backend in ("auto", "direct")}
+    runners, sessions = {}, {}
     for variant in variants:
         backend = "direct" if variant.endswith("direct") else "auto"
-        net, _ = prepare_model(deployed, backend)
+        net = nets[backend]
         if variant.startswith("eager"):
-            fn = net
+            runners[variant] = net
         elif variant == "compiled":
-            fn = torch.compile(net)
+            runners[variant] = torch.compile(net)
         elif variant == "TorchScript":
-            fn = torch.jit.script(net)
+            runners[variant] = torch.jit.script(net)
         else:
             path = workdir / f"{name}_{backend}.onnx"
             export_onnx(net, path, x)
-            session = ort_session(path, threads, str(workdir / f"{name}_{backend}") if profile else None)
-            fn = lambda t, s=session: torch.from_numpy(s.run(None, {"image": t.numpy()})[0])  # noqa: E731
-        with torch.no_grad():
-            times = timed(fn, x, repeats)
-            error = float((fn(x) - reference).abs().max())
-        row["seconds"][variant] = statistics.median(times)
-        row.setdefault("max_abs_error", {})[variant] = error
-        if profile and variant.startswith("ORT"):
+            session = sessions[variant] = ort_session(path, threads, str(workdir / f"{name}_{backend}") if profile
+                                                      else None)
+            runners[variant] = lambda t, s=session: torch.from_numpy(s.run(None, {"image": t.numpy()})[0])
+    # one warm-up each (compilation, allocators, oneDNN's primitive cache), then the variants in turns, so that
+    # every round compares them under the same load of this shared machine
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with torch.no_grad():
+        for variant in variants:
+            row.setdefault("max_abs_error", {})[variant] = float((runners[variant](x) - reference).abs().max())
+        for _ in range(repeats):
+            for variant in variants:
+                start = time.perf_counter()
+                runners[variant](x)
+                times[variant].append(time.perf_counter() - start)
+    for variant in variants:
+        row["seconds"][variant] = statistics.median(times[variant])
+        row.setdefault("runs", {})[variant] = times[variant]
+        print(f"  {name} {variant}: {row['seconds'][variant]:.3f} s (runs {[round(t, 3) for t in times[variant]]}, "
+              f"max abs error vs eager {row['max_abs_error'][variant]:.2g})", flush=True)
+    if profile:
+        for variant, session in sessions.items():
             row.setdefault("ort_op_seconds", {})[variant] = op_type_times(session.end_profiling())
-        print(f"  {name} {variant}: {statistics.median(times):.3f} s (runs {[round(t, 3) for t in times]}, "
-              f"max abs error vs eager {error:.2g})", flush=True)
     return row
+
+
+def bench_layer(threads: int, repeats: int, workdir: Path, channels: int = 12, size: int = 32,
+                kernel: int = 21) -> list[dict]:
+    """One deployed large-kernel layer in eager PyTorch vs onnxruntime, per engine and FFT length rule."""
+    import contextlib
+
+    from rep3d.export import power_of_two_fft_lengths
+    from rep3d.layers import RepLKConv3d
+    from rep3d.layers.fft_conv import fft_lengths
+
+    conv = RepLKConv3d(channels, kernel, deploy=True).eval()
+    x = torch.randn(1, channels, size, size, size)
+    rows = []
+    for engine, lengths in (("fft", "5-smooth"), ("fft", "power of two"), ("direct", "-")):
+        conv.conv_backend = engine
+        ctx = power_of_two_fft_lengths() if lengths == "power of two" else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            length = fft_lengths((size,) * 3, (kernel,) * 3)[0] if engine == "fft" else None
+            eager = statistics.median(timed(conv, x, repeats))
+            path = workdir / f"layer_{engine}_{len(rows)}.onnx"
+            export_onnx(conv, path, x)
+        session = ort_session(path, threads)
+        ort_s = statistics.median(timed(lambda t, s=session: s.run(None, {"image": t.numpy()}), x, repeats))
+        rows.append({"engine": engine, "fft_length": length, "eager_s": eager, "ort_s": ort_s})
+        print(f"  layer {channels}ch {size}^3 k{kernel} {engine} (FFT length {length}): eager {eager:.3f} s, "
+              f"ORT {ort_s:.3f} s ({ort_s / eager:.1f}x)", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--profile", action="store_true", help="per-op-type time of the ORT runs")
+    parser.add_argument("--layer", action="store_true",
+                        help="only one deployed 12-channel 32^3 k21 layer: eager vs ORT per engine / FFT length")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "export_latency.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -116,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, float32, "
           f"batch 1, {args.roi}^3, median of {args.repeats} after one warm-up")
     rows = []
+    if args.layer:
+        with tempfile.TemporaryDirectory() as tmp:
+            layer = bench_layer(args.threads, args.repeats, Path(tmp))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "layer": layer},
+                                       indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows.append(bench_model(name, args.roi, args.threads, args.repeats, args.variants, args.profile,

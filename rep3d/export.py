@@ -9,7 +9,8 @@ Which large-kernel conv path a graph holds:
 * TorchScript: the native direct conv on the uncropped kernel (a script graph must hold for any size, and a
   Python ``autograd.Function`` cannot be serialised), so batch and spatial sizes are dynamic.
 * exported program / ONNX with static shapes: the engine ``conv_backend`` picks at the export ROI, per layer
-  (``"auto"``: the cost model; FFT becomes ONNX ``DFT``), the kernel cropped to what meets a map of that size.
+  (``"auto"``: the cost model), the kernel cropped to what meets a map of that size. In ONNX the FFT becomes
+  ``DFT`` ops with power-of-two lengths (:func:`power_of_two_fft_lengths`).
 * exported program / ONNX with ``dynamic={"batch"}`` or ``{"spatial"}``: the direct engine (its graph does not
   depend on the sizes; dynamic spatial sizes also drop the size-dependent crop). Spatial sizes stay multiples of
   the network's stride (16) and at least two strides.
@@ -363,6 +364,8 @@ def export_model(
     notes = []
     if fmt == "onnx":
         notes.append(f"ONNX opset {opset}")
+        if "fft on" in path_note:
+            notes.append("FFT layers are ONNX DFT ops with power-of-two lengths (onnxruntime's fast DFT case)")
     return ExportReport(fmt, output, tuple(check.shape), error, span, path_note, dyn, folded, notes)
 
 
