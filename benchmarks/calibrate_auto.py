@@ -4,16 +4,19 @@ Both engines of :func:`rep3d.layers.depthwise_conv3d` are timed round-robin per 
 ``--repeats``: other processes only ever add time; a slow configuration where one engine is more than
 ``--clear`` times faster is timed once). Then one line per configuration with
 the cost model's estimates, the rule's pick and whether it was within 10 % of the faster engine. ``--fit``
-refits :data:`rep3d.layers.depthwise.COST_MODEL` to saved measurements.
+refits :data:`rep3d.layers.depthwise.COST_MODEL` to saved measurements; ``--fit-cuda`` refits the CUDA rule
+(:data:`rep3d.layers.depthwise.CUDA_RULE`) to the engine table of ``benchmarks/gpu_suite.py``.
 
     python benchmarks/calibrate_auto.py --wait-idle 20 --json benchmarks/results/calibrate_cpu.json
     python benchmarks/calibrate_auto.py --fit benchmarks/results/calibrate_cpu*.json
+    python benchmarks/calibrate_auto.py --fit-cuda benchmarks/results/gpu_h200/engine_table.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rep3d.layers import choose_backend, depthwise_conv3d, useful_kernel_size  # noqa: E402
-from rep3d.layers.depthwise import cost_features, estimate_ms  # noqa: E402
+from rep3d.layers.depthwise import CUDA_RULE, cost_features, dtype_class, estimate_ms, flop_estimates  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_backends import wait_for_idle  # noqa: E402
@@ -156,6 +159,83 @@ def evaluate(rows: list[dict], log=print) -> int:
     return misses
 
 
+# ---------------------------------------------------------------------------------------------------- CUDA rule
+
+
+def fit_cuda_rule(rows: list[dict], float32_precision: str = "fp32_tf32_on") -> dict:
+    """Refit :data:`CUDA_RULE`'s ``fft_flop_weight`` to engine-table rows (``benchmarks/gpu_suite.py``).
+
+    The rule picks FFT iff ``weight * fft_flops < direct_flops`` (:func:`flop_estimates`), one weight per
+    (gradients, dtype class); so a row is decided by its flop ratio ``r = direct / fft`` alone: FFT iff
+    ``weight < r``. For each group the weight is chosen among the midpoints between neighbouring ratios (and beyond
+    both ends) to minimise the worst ``time(picked) / time(faster engine)``, then the mean; ties go to the middle
+    of the best interval. float32 rows are taken at ``float32_precision`` (PyTorch's default lets cuDNN use TF32);
+    rows of the other float32 setting are evaluated, not fitted.
+
+    Returns a JSON-able dict: the refitted groups with their worst ratio, the worst ratio of the rule in force
+    (``current_worst_ratio``) and of the measured ``auto`` column against every path (``..._vs_all_paths``),
+    a ``CUDA_RULE`` snippet, and one entry per row.
+    """
+    usable = [r for r in rows if {"direct", "fft"} <= set(r["ms"])]
+    groups: dict[tuple[bool, str], list[dict]] = {}
+    detail = []
+    for r in usable:
+        grad = r["pass"] == "fwd+bwd"
+        dtype = getattr(torch, r.get("dtype", "float32"))
+        shape = (r["batch"], r["channels"], r["spatial"], r["spatial"], r["spatial"])
+        kernel = (r["cropped_kernel"],) * 3
+        flops = flop_estimates(shape, kernel, grad)
+        ms = r["ms"]
+        best_engine = min(ms["direct"], ms["fft"])
+        current = choose_backend(shape, kernel, "cuda", dtype, grad)
+        entry = dict(precision=r.get("precision"), patch=r.get("patch"), channels=r["channels"],
+                     spatial=r["spatial"], batch=r["batch"], kernel=r["cropped_kernel"], requires_grad=grad,
+                     dtype_class=dtype_class(dtype), flop_ratio=flops["direct"] / flops["fft"],
+                     direct_ms=ms["direct"], fft_ms=ms["fft"], current_pick=current,
+                     current_ratio=ms[current] / best_engine,
+                     auto_vs_all_paths=ms["auto"] / min(ms.values()) if "auto" in ms else None)
+        detail.append(entry)
+        if entry["dtype_class"] != "float32" or r.get("precision", float32_precision) == float32_precision:
+            groups.setdefault((grad, entry["dtype_class"]), []).append(entry)
+    fitted = []
+    for (grad, kind), entries in sorted(groups.items()):
+        ratios = sorted({e["flop_ratio"] for e in entries})
+        candidates = [ratios[0] / 2] + [math.sqrt(a * b) for a, b in zip(ratios, ratios[1:])] + [ratios[-1] * 2]
+
+        def score(w: float, entries=entries) -> tuple[float, float]:
+            rs = [(e["fft_ms"] if w < e["flop_ratio"] else e["direct_ms"]) / min(e["fft_ms"], e["direct_ms"])
+                  for e in entries]
+            return max(rs), sum(rs) / len(rs)
+
+        scores = [score(w) for w in candidates]
+        best = min(scores)
+        tied = [w for w, sc in zip(candidates, scores) if sc == best]
+        weight = math.sqrt(tied[0] * tied[-1])  # the middle (geometric) of the optimal candidates
+        fitted.append(dict(requires_grad=grad, dtype_class=kind, weight=weight, worst_ratio=score(weight)[0],
+                           mean_ratio=score(weight)[1], rows=len(entries)))
+    measured = {(g["requires_grad"], g["dtype_class"]): g["weight"] for g in fitted}
+    weights = {**CUDA_RULE["fft_flop_weight"], **measured}  # type: ignore[dict-item]
+    entries_py = "".join(
+        f"        ({grad}, {kind!r}): {w:.3g},{'' if (grad, kind) in measured else '  # not in the table: kept'}\n"
+        for (grad, kind), w in sorted(weights.items())
+    )
+    snippet = (
+        'CUDA_RULE = {\n    "measured": True,\n    "source": "<GPU, torch version, date of the table>",\n'
+        '    "fft_flop_weight": {\n' + entries_py + "    },\n}"
+    )
+    vs_all = [e["auto_vs_all_paths"] for e in detail if e["auto_vs_all_paths"] is not None]
+    return dict(
+        rule_in_force=str(CUDA_RULE["source"]),
+        current_worst_ratio=max((e["current_ratio"] for e in detail), default=math.nan),
+        measured_auto_worst_vs_all_paths=max(vs_all, default=math.nan),
+        rows_used=len(detail),
+        groups=fitted,
+        cuda_rule_python=snippet,
+        note="groups without rows keep their current weight; float32 is fitted on " + float32_precision + " rows",
+        rows=detail,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -164,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="JSON",
         help="no measuring: fit COST_MODEL to earlier --json outputs and evaluate the rule on them",
+    )
+    p.add_argument(
+        "--fit-cuda",
+        type=Path,
+        metavar="JSON",
+        help="no measuring: refit the CUDA rule to a gpu_suite.py engine_table.json and print the proposal",
     )
     p.add_argument("--spatial", type=int, nargs="+", default=list(GRID_S))
     p.add_argument("--kernels", type=int, nargs="+", default=list(GRID_K))
@@ -188,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.fit_cuda:
+        fit = fit_cuda_rule(json.loads(args.fit_cuda.read_text())["rows"])
+        print(json.dumps({k: v for k, v in fit.items() if k not in ("rows", "cuda_rule_python")}, indent=1))
+        print(fit["cuda_rule_python"])
+        return 0
     if args.fit:
         rows = [_as_calibration_row(r) for f in args.fit for r in json.loads(f.read_text())["rows"]]
         rows = [r for r in rows if r is not None]

@@ -2,9 +2,9 @@
 
 Each check times variants of one knob side by side (round-robin, median of ``--repeats``), fwd+bwd, float32:
 
-* ``chunk``: channel-group budget of the FFT engine (``fft_conv.CHUNK_BYTES``);
+* ``chunk``: channel-group budget of the FFT engine (engine setting ``chunk_bytes``);
 * ``length``: smallest 5-smooth length vs smallest *even* 5-smooth length (``fft_lengths``);
-* ``spectra``: keeping the forward spectra for the backward vs recomputing them (``fft_conv.SAVE_SPECTRA``);
+* ``spectra``: keeping the forward spectra for the backward vs recomputing them (engine setting ``save_spectra``);
 * ``direct-backward``: rep3d's direct path (backward of native forward convs) vs PyTorch's native autograd
   for small kernels, where the direct path is what ``auto`` picks.
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conv_backends import wait_for_idle  # noqa: E402
 
-from rep3d.layers import depthwise_conv3d, fft_conv  # noqa: E402
+from rep3d.layers import depthwise_conv3d, engine_settings, fft_conv  # noqa: E402
 
 
 def side_by_side(variants: dict[str, Callable[[], None]], repeats: int, wait: float) -> dict[str, float]:
@@ -71,6 +71,14 @@ def with_setting(obj, name: str, value, f: Callable[[], None]) -> Callable[[], N
     return run
 
 
+def with_engine_settings(f: Callable[[], None], **settings) -> Callable[[], None]:
+    def run() -> None:
+        with engine_settings(**settings):
+            f()
+
+    return run
+
+
 def check_chunk(args) -> None:
     print("\n## chunk budget (fft fwd+bwd, ms)")
     budgets = {"4 MiB": 4 * 2**20, "16 MiB": 16 * 2**20, "64 MiB": 64 * 2**20, "one group": 2**62}
@@ -78,7 +86,7 @@ def check_chunk(args) -> None:
     for b, c, s in [(1, 48, 48), (2, 48, 48), (1, 96, 24), (1, 48, 64)]:
         x, w = _inputs(b, c, s, 21)
         f = fwd_bwd(x, w, "fft")
-        v = {n: with_setting(fft_conv.CHUNK_BYTES, "cpu", size, f) for n, size in budgets.items()}
+        v = {n: with_engine_settings(f, chunk_bytes={"cpu": size}) for n, size in budgets.items()}
         ms = side_by_side(v, args.repeats, args.wait_idle)
         print(f"| {b} | {c} @ {s}³ | " + " | ".join(f"{ms[n]:.0f}" for n in budgets) + " |", flush=True)
 
@@ -110,8 +118,8 @@ def check_spectra(args) -> None:
     for b, c, s in [(1, 48, 48), (1, 96, 24), (1, 192, 12), (1, 384, 6), (2, 96, 24)]:
         x, w = _inputs(b, c, s, min(21, 2 * s - 1))
         f = fwd_bwd(x, w, "fft")
-        v = {"recompute": with_setting(fft_conv, "SAVE_SPECTRA", False, f)}
-        v["keep"] = with_setting(fft_conv, "SAVE_SPECTRA", True, f)
+        v = {"recompute": with_engine_settings(f, save_spectra=False)}
+        v["keep"] = with_engine_settings(f, save_spectra=True)
         ms = side_by_side(v, args.repeats, args.wait_idle)
         print(
             f"| {b} | {c} @ {s}³ | {ms['recompute']:.1f} | {ms['keep']:.1f} | "

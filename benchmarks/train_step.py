@@ -20,11 +20,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
+def time_train_steps(
+    model,
+    x,
+    y,
+    *,
+    repeats: int,
+    amp_dtype=None,
+    slow_s: float = float("inf"),
+) -> dict:
+    """Median wall time of one training step (DiceCE + AdamW, as ``rep3d train``) and the peak CUDA memory.
+
+    ``model`` is on the device already, ``x`` ``[B, C, *S]`` and ``y`` ``[B, 1, *S]`` are the batch;
+    ``amp_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the step under autocast (float16 with a
+    GradScaler). One untimed warm-up step first (allocator, FFT plans, optimizer state); a warm-up slower than
+    ``slow_s`` is the only step (``steps_timed`` 1, its time includes the one-time setup). CUDA timings are
+    synchronised; ``peak_cuda_bytes`` is ``torch.cuda.max_memory_allocated`` over the timed steps (None on CPU).
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    device = x.device
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step() -> float:
+        sync()
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync()
+        return time.perf_counter() - t
+
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = step()
+    times = [warm] if warm > slow_s else [step() for _ in range(repeats)]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"median_step_s": statistics.median(times), "steps_timed": len(times), "warmup_s": warm,
+            "step_s_all": times, "peak_cuda_bytes": peak, "samples_per_s": x.shape[0] / statistics.median(times)}
+
+
 def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
     import resource
 
     import torch
-    from monai.losses import DiceCELoss
 
     import rep3d
 
@@ -34,33 +84,16 @@ def one_config(args: argparse.Namespace, checkpointing: bool) -> dict:
     fmt = torch.channels_last_3d if args.channels_last else torch.contiguous_format
     model = rep3d.create_model(args.model, num_classes=args.classes).to(device, memory_format=fmt).train()
     model.set_grad_checkpointing(checkpointing)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     x = torch.randn(args.batch, 1, args.roi, args.roi, args.roi, device=device).to(memory_format=fmt)
     y = torch.randint(0, args.classes, (args.batch, 1, args.roi, args.roi, args.roi), device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    step()  # warm-up: allocator, FFT plans, optimizer state
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    timed = time_train_steps(model, x, y, repeats=args.repeats)
+    peak = timed["peak_cuda_bytes"]
+    if device.type != "cuda":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"model": args.model, "grad_checkpointing": checkpointing, "roi": args.roi, "batch": args.batch,
             "threads": args.threads, "device": args.device, "channels_last": args.channels_last,
-            "median_step_s": statistics.median(times),
+            "median_step_s": timed["median_step_s"],
             "peak_bytes": peak, "peak_measure": "cuda max_memory_allocated" if device.type == "cuda" else "ru_maxrss",
             "rss_before_steps_bytes": rss_before * 1024, "torch": torch.__version__}
 

@@ -1,15 +1,18 @@
 """rep3d: large-kernel re-parameterized 3D convolutions (Rep3D, arXiv 2505.19603)."""
 
-__version__ = "0.1.0"
-
-from rep3d import layers, models  # noqa: E402,F401
-from rep3d.hub import Rep3DWeightsError, push_to_hub, save_pretrained  # noqa: E402
-from rep3d.models import create_model, list_models, model_info, reparameterize_model  # noqa: E402
-from rep3d.official import load_official_checkpoint  # noqa: E402
+from rep3d import layers, models  # noqa: F401
+from rep3d.builder import create_model, list_models, model_info
+from rep3d.errors import Rep3DError, Rep3DWeightsError
+from rep3d.hub import push_to_hub, save_pretrained
+from rep3d.models import reparameterize_model
+from rep3d.official import load_official_checkpoint
+from rep3d.version import __version__
 
 __all__ = [
     "Predictor",
+    "Rep3DError",
     "Rep3DWeightsError",
+    "__version__",
     "create_model",
     "data",
     "layers",
@@ -24,7 +27,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # lazy: the predictor and data pipeline pull in MONAI's transforms and nibabel
+    # resolved on first use: `import rep3d` stays free of the consumer layer (NIfTI I/O, resampling, phantoms);
+    # rep3d.inference itself imports the builder, which is already loaded here
     if name == "Predictor":
         from rep3d.inference import Predictor
 

@@ -1,66 +1,75 @@
-"""``rep3d demo``: segment a freshly generated SYNTHETIC phantom with the bundled ``rep3d_tiny.phantom`` weights.
+"""The demo: segment a freshly generated SYNTHETIC phantom with the bundled ``rep3d_tiny.phantom`` weights.
 
-No data and no network: the phantom is generated, the weights ship with the package. Prints per-class Dice
-against the phantom's ground truth and writes the image, truth, prediction (NIfTI) and an overlay PNG.
+No data and no network: the phantom is generated, the weights ship with the package. :func:`run_demo` scores
+per-class Dice against the phantom's ground truth and writes the image, truth, prediction (NIfTI) and an overlay
+PNG; ``rep3d demo`` prints its result.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rep3d.builder import create_model
+from rep3d.data import make_phantom, save_nifti, save_overlay_png
+from rep3d.data.phantom import case_seed
+from rep3d.errors import Rep3DValueError
+from rep3d.inference import Predictor
+from rep3d.metrics import dice_per_class, mean_dice
+from rep3d.presets import PAPER_CT, PHANTOM_CLASSES
+
 DEMO_MODEL = "rep3d_tiny.phantom"
+DEMO_FILES = ("phantom_image.nii.gz", "phantom_label.nii.gz", "prediction.nii.gz", "demo.png")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--out", default="rep3d-demo", help="output folder (default: ./rep3d-demo)")
-    parser.add_argument("--seed", type=int, default=2026, help="phantom seed (the bundled weights never saw it)")
-    parser.add_argument("--model", default=DEMO_MODEL, help="pretrained tag to run (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` measured: ``dice`` per class (classes ``class_names[1:]``) and their mean."""
+
+    model: str
+    params: int
+    shape: tuple[int, ...]
+    class_names: list[str]
+    dice: list[float]
+    mean: float
+    seconds: float
+    out: Path
 
 
-def run(args: argparse.Namespace) -> int:
-    import rep3d
-    from rep3d.data import make_phantom, save_nifti, save_overlay_png
-    from rep3d.data.phantom import case_seed
-    from rep3d.metrics import dice_per_class, mean_dice
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL, device: str | None = None,
+             on_model=None) -> DemoResult:
+    """Generate the phantom of ``seed`` (never seen in training), segment it with ``model_name``'s pretrained
+    weights, write :data:`DEMO_FILES` into ``out`` and return the Dice. ``on_model(model, phantom)`` is called
+    once the model is built (the command prints a header there)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise Rep3DValueError(f"-o {out} is an existing file; the demo writes {len(DEMO_FILES)} files into a folder: "
+                              "give a folder path")
     t0 = time.perf_counter()
-    phantom = make_phantom(case_seed(args.seed, "demo", 0))
-    model = rep3d.create_model(args.model, pretrained=True)
+    model = create_model(model_name, pretrained=True)
+    if model.num_classes != len(PHANTOM_CLASSES):
+        raise Rep3DValueError(f"{model_name} predicts {model.num_classes} classes; the demo scores the phantom's "
+                              f"{len(PHANTOM_CLASSES)} ({', '.join(PHANTOM_CLASSES[1:])}): use --model {DEMO_MODEL}")
+    out.mkdir(parents=True, exist_ok=True)
+    phantom = make_phantom(case_seed(seed, "demo", 0))
     cfg = model.pretrained_cfg
     names = list(cfg.get("class_names") or [f"class_{i}" for i in range(model.num_classes)])
-    print(f"rep3d demo: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-          f"weights trained on SYNTHETIC phantoms) on a new SYNTHETIC phantom "
-          f"{'x'.join(map(str, phantom.image.shape))} (seed {args.seed})")
-    predictor = rep3d.Predictor(model, device=args.device)
-    prediction = predictor(phantom.image[None], affine=phantom.affine)
+    if on_model is not None:
+        on_model(model, phantom)
+    prediction = Predictor(model, device=device)(phantom.image[None], affine=phantom.affine)
     seconds = time.perf_counter() - t0
-
     dice = dice_per_class(torch.from_numpy(prediction.label.astype(np.int64)),
                           torch.from_numpy(phantom.label.astype(np.int64)), len(names))
-    width = max(len(n) for n in names)
-    print(f"{'class'.ljust(width)}  Dice")
-    for name, d in zip(names[1:], dice):
-        print(f"{name.ljust(width)}  {d:.3f}")
-    print(f"{'mean'.ljust(width)}  {mean_dice(dice):.3f}")
-
-    save_nifti(out / "phantom_image.nii.gz", phantom.image, phantom.affine)
-    save_nifti(out / "phantom_label.nii.gz", phantom.label, phantom.affine)
-    prediction.save(out / "prediction.nii.gz")
-    window = tuple(cfg.get("intensity_window") or (-125.0, 275.0))
-    save_overlay_png(out / "demo.png", phantom.image, phantom.label, prediction.label, window,
+    save_nifti(out / DEMO_FILES[0], phantom.image, phantom.affine)
+    save_nifti(out / DEMO_FILES[1], phantom.label, phantom.affine)
+    prediction.save(out / DEMO_FILES[2])
+    window = tuple(cfg.get("intensity_window") or PAPER_CT.intensity_window)
+    save_overlay_png(out / DEMO_FILES[3], phantom.image, phantom.label, prediction.label, window,
                      spacing=np.abs(np.diag(phantom.affine)[:3]), class_names=names,
-                     title=f"SYNTHETIC phantom - {args.model} - mean Dice {mean_dice(dice):.3f}")
-    print(f"wrote {out}/phantom_image.nii.gz, phantom_label.nii.gz, prediction.nii.gz, demo.png "
-          f"({seconds:.1f} s for generation + segmentation)")
-    return 0
+                     title=f"SYNTHETIC phantom - {model_name} - mean Dice {mean_dice(dice):.3f}")
+    return DemoResult(model_name, sum(p.numel() for p in model.parameters()), tuple(phantom.image.shape), names, dice,
+                      mean_dice(dice), seconds, out)

@@ -38,7 +38,8 @@ class Rep3DWeightsError(Rep3DError, RuntimeError):
         fix: what the user can do about it.
         reason: a short machine-readable code (``"no_weights"``, ``"not_found"``, ``"offline"``, ``"unreachable"``,
             ``"repo_not_found"``, ``"revision_not_found"``, ``"entry_not_found"``, ``"truncated"``, ``"checksum"``,
-            ``"corrupt"``, ``"unsafe"``, ``"architecture"``, ``"keys"``, ``"form"``, ``"config"``).
+            ``"corrupt"``, ``"unsafe"``, ``"architecture"``, ``"keys"``, ``"form"``, ``"config"``, ``"dtype"``,
+            ``"non_finite"``).
     """
 
     def __init__(self, name: str, source: str, problem: str, fix: str, reason: str = "error") -> None:

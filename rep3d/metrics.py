@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from rep3d.errors import Rep3DValueError
+
 
 def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[float]:
     """Dice of classes ``1..num_classes-1`` between two integer label maps of equal shape.
@@ -13,7 +15,7 @@ def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, num_classes: 
     A class absent from both maps gives ``nan`` (excluded by :func:`mean_dice`), absent from one of them ``0``.
     """
     if prediction.shape != target.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
+        raise Rep3DValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
     out = []
     for c in range(1, num_classes):
         p, t = prediction == c, target == c

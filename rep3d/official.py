@@ -19,25 +19,25 @@ Official layout -> rep3d:
 ``encoder1..5``, ``decoder1..5``, ``out.conv.conv``    ``decoder.encoder1..5``, ``decoder.decoder1..5``, ``decoder.out``
 =====================================================  ============================================================
 
-Which form the official Rep3D kernels belong in. The official block assigns ``dwconv.weight = W * M`` inside its
-forward (DESIGN §5, bug 3), so a saved ``dwconv.weight`` already carries the mask; and its mask generator's output is
-a constant (bug 2: a LayerNorm over a single channel returns its bias). Loading the kernels into a masked model
-(``rep3d_*`` / ``rep3d_*_fixed``) would apply a mask a second time. They therefore go into the *unmodulated* form:
-``rep3d_<size>_vanilla`` in train form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded
-(``form="deploy"``: one depthwise conv with bias per block). ``prior_map``, ``prior_conv*`` and ``norm_w*`` are
-reported as dropped with this reason.
+Which form the official Rep3D kernels belong in. Whether a released ``dwconv.weight`` already carries a mask cannot
+be known: the released training forward crashes (its generator's second conv yields a 29³ mask for a 21³ kernel), so
+whatever trained a released checkpoint was unreleased code. What is known is how the official *inference* network
+(``deploy=True``) uses it: it ignores the generator and the prior and convolves with the saved kernel as it is. The
+importer reproduces that function, so the kernels go into the *unmodulated* form: ``rep3d_<size>_vanilla`` in train
+form (kernel + BatchNorm, ``form="train"``, fine-tunable) or that model folded (``form="deploy"``: one depthwise conv
+with bias per block). Loading them into a masked model (``rep3d_*`` / ``rep3d_*_fixed``) would multiply a mask the
+official inference network never applies. ``prior_map``, ``prior_conv*`` and ``norm_w*`` are reported as dropped with
+this reason.
 
-The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection (rep3d's default block adds one), so
-imported Rep3D models are built with ``residual=False``: the same function as the official network. 3D UX-Net blocks
-match the official ones as they are.
+The official Rep3D block is ``GELU(BN(conv(x)))`` without a residual connection, as is rep3d's default (paper) block;
+imported Rep3D models are built with ``block_residual=False`` explicitly. 3D UX-Net blocks match the official ones as
+they are.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +46,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.hub.weights import _load_exact, read_weights, sha256_file
+from rep3d.builder import create_model
+from rep3d.errors import Rep3DValueError, Rep3DWeightsError
+from rep3d.hub.weights import load_exact, read_weights, sha256_file
+from rep3d.layers import RepLKConv3d
+from rep3d.models import is_model, reparameterize_model
+from rep3d.models.zoo import SIZES
 
 logger = logging.getLogger(__name__)
 
 FAMILIES = {"rep3d": "Rep3D", "uxnet_3d": "3D UX-Net"}
-MASK_REASON = ("official mask generator, not needed: its LayerNorm over a single channel makes its output a constant, "
-               "and the official forward stores W * M into dwconv.weight, so the saved kernel already carries the mask "
-               "(imported into the unmodulated form)")
-PRIOR_REASON = "official distance-prior buffer: a constant, already applied to the saved dwconv.weight"
-NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual: the model is built with "
-                    "residual=False to compute the same function")
+MASK_REASON = ("official mask generator, not used by the official inference network: with deploy=True it ignores the "
+               "generator and convolves with the saved dwconv.weight as it is (whether that kernel already carries a "
+               "mask cannot be known: the released training forward crashes, so released checkpoints were trained by "
+               "unreleased code); imported into the unmodulated form, which computes that same function")
+PRIOR_REASON = ("official distance-prior buffer: a constant the official inference network (deploy=True) does not "
+                "apply; the saved dwconv.weight is used as it is")
+NO_RESIDUAL_NOTE = ("official Rep3D blocks compute GELU(BN(conv(x))) without a residual, as rep3d's paper block does: "
+                    "the model is built with block_residual=False")
 DECODER_KEY = re.compile(r"^(encoder[1-5]|decoder[1-5]|out)\.(.+)$")
 
 
@@ -176,6 +182,13 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         "depths": depths, "kernel_size": get(f"{enc}.stages.0.0.dwconv.weight").shape[-1],
         "hidden_size": get("encoder5.layer.conv1.conv.weight").shape[0],
     }
+    kernel = tuple(get(f"{enc}.stages.0.0.dwconv.weight").shape[2:])
+    if any(k % 2 == 0 for k in kernel):
+        raise Rep3DWeightsError(
+            name, where, f"the checkpoint's depthwise kernels are {'x'.join(map(str, kernel))} (an even size): rep3d's "
+            "'same'-padded convs need odd kernels, so no rep3d model computes this network's function",
+            "import a checkpoint trained with odd kernels (the official models use 21 or 7)", reason="architecture",
+        )
     if family == "uxnet_3d":
         pw1 = get(f"{enc}.stages.0.0.pwconv1.weight")
         args["mlp_ratio"] = pw1.shape[0] // widths[0]
@@ -183,15 +196,13 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
         if f"{enc}.stages.0.0.gamma" not in state:
             args["layer_scale_init_value"] = 0.0
     else:
-        args["residual"] = False  # the official block is GELU(BN(conv(x)))
+        args["block_residual"] = False  # the official block is GELU(BN(conv(x)))
     return args
 
 
 def _default_architecture(family: str, args: dict[str, Any]) -> str:
     if family == "uxnet_3d":
         return "uxnet3d_base"
-    from rep3d.models.zoo import SIZES
-
     for size, spec in SIZES.items():
         if (list(spec["widths"]), list(spec["depths"]), spec["hidden_size"]) == (
                 args["widths"], args["depths"], args["hidden_size"]):
@@ -200,16 +211,15 @@ def _default_architecture(family: str, args: dict[str, Any]) -> str:
 
 
 def _check_unmodulated(model: nn.Module, architecture: str, family: str, name: str, where: str) -> None:
-    from rep3d.layers import RepLKConv3d
-
     convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
     if any(m.modulation_mode is not None or m.small_kernel is not None for m in convs):
         plain = "uxnet3d_base" if family == "uxnet_3d" else re.sub(r"(_fixed|_csla|_vanilla)?$", "_vanilla",
                                                                    architecture, count=1)
         raise Rep3DWeightsError(
             name, where, f"{architecture!r} applies a mask or a parallel small kernel to its large kernels, but the "
-            "official kernels are plain (Rep3D's already carry their mask: the official forward stores W * M into "
-            "dwconv.weight); loading them there would change what they compute",
+            "official inference network (deploy=True) uses the saved kernels as they are, with no mask (whether they "
+            "already carry one cannot be known: the released training forward crashes); loading them there would "
+            "change what they compute",
             f"use model_name={plain!r} (or leave model_name unset)", reason="form",
         )
 
@@ -231,11 +241,8 @@ def load_official_checkpoint(
     does not understand and on model parameters left without a value; ``report=True`` also logs the report
     (logger ``rep3d.official``). ``model_kwargs`` override the inferred constructor arguments.
     """
-    from rep3d.models.deploy import reparameterize_model
-    from rep3d.models.registry import create_model, is_model
-
     if form not in ("train", "deploy"):
-        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+        raise Rep3DValueError(f"form must be 'train' or 'deploy', got {form!r}")
     path = Path(path)
     name, where = f"official checkpoint {path.name}", str(path)
     ignored: list[str] = []
@@ -253,7 +260,7 @@ def load_official_checkpoint(
                 reason="architecture",
             )
         architecture = model_name
-        keep = ("in_chans", "num_classes", "kernel_size", "residual")
+        keep = ("in_chans", "num_classes", "kernel_size", "block_residual")
         args = {k: inferred[k] for k in keep if k in inferred} | model_kwargs
     model = create_model(architecture, **args)
     _check_unmodulated(model, architecture, family, name, where)
@@ -282,43 +289,10 @@ def load_official_checkpoint(
             "check that this is an official Rep3D / 3D UX-Net checkpoint; strict=False (CLI --no-strict) imports "
             "the rest and reports these", reason="keys",
         )
-    _load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
+    load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
     if form == "deploy":
         model = reparameterize_model(model)
     model.pretrained_cfg["origin"] = f"official {FAMILIES[family]} checkpoint {path.name}"
     if report:
         logger.info("%s", result)
     return model, result
-
-
-# ---------------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="official checkpoint (.pth via torch.load(weights_only=True), "
-                        "or .safetensors)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="folder to write (config.json, model.safetensors, README.md; see rep3d.save_pretrained)")
-    parser.add_argument("--model", default=None, help="rep3d model name (default: inferred from tensor shapes)")
-    parser.add_argument("--form", choices=("train", "deploy"), default="train",
-                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded")
-    parser.add_argument("--no-strict", dest="strict", action="store_false",
-                        help="import even if some tensors are not understood (they are reported)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from rep3d.hub import save_pretrained
-
-    try:
-        model, result = load_official_checkpoint(args.checkpoint, args.model, form=args.form, strict=args.strict,
-                                                 report=False)
-    except Rep3DWeightsError as err:
-        print(f"rep3d import-official: {err}", file=sys.stderr)
-        return 1
-    description = (f"Converted by `rep3d import-official` from the official {result.family} checkpoint "
-                   f"`{args.checkpoint.name}`. The input table below is the paper's AMOS-CT recipe (rep3d's default "
-                   "for this architecture): confirm it matches the data the checkpoint was trained on.")
-    save_pretrained(model, args.output, description=description, license="other",
-                    command=f"rep3d import-official {args.checkpoint.name} -o {args.output.name} --form {args.form}")
-    print(result)
-    print(f"wrote {args.output}")
-    return 0

@@ -44,7 +44,12 @@ class SideOracle(nn.Module):
 
     in_chans, num_classes = 1, 3
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0  # forwards made so far: what a test of test-time augmentation counts
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         fg = (x > 0.5).float()
         n = x.shape[2]
         low = (torch.arange(n, dtype=x.dtype) < n / 2).float().view(1, 1, n, 1, 1)
@@ -56,7 +61,7 @@ class RGBOracle(ThresholdOracle):
 
 
 def threshold_oracle(name: str, checkpoint: str | None = None) -> nn.Module:
-    """``--model-factory tests.standins:threshold_oracle``: ignores the name, windows [0, 100] via its cfg."""
+    """A stand-in for ``create_model(name, ...)``: ignores the name, windows [0, 100] via its cfg."""
     model = ThresholdOracle()
     model.pretrained_cfg = {
         "roi_size": (16, 16, 16),
@@ -65,5 +70,6 @@ def threshold_oracle(name: str, checkpoint: str | None = None) -> nn.Module:
         "orientation": "RAS",
         "class_names": ["background", "bright"],
         "modality": "CT",
+        "tta_flip_axes": (0, 1, 2),  # a threshold is mirror-symmetric: every flip is safe
     }
     return model

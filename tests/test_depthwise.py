@@ -13,13 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rep3d.errors import Rep3DError
 from rep3d.layers import (
     RepLKConv3d,
     choose_backend,
     depthwise,
     depthwise_conv3d,
+    engine_settings,
     fft_conv,
     fft_lengths,
+    get_engine_settings,
     useful_kernel_size,
 )
 from rep3d.layers.fft_conv import fast_fft_length
@@ -124,15 +127,15 @@ def test_float32_matches_float64_reference_within_1e_5(backend):
 @pytest.mark.parametrize(
     ("spatial", "kernel"), [((7, 5, 6), (5, 3, 5)), ((4, 3, 5), (9, 5, 7)), ((9, 2, 3), (3, 3, 3))]
 )
-def test_direct_kernel_gradient_summed_over_depth_slabs_matches_native(monkeypatch, slab_voxels, spatial, kernel):
+def test_direct_kernel_gradient_summed_over_depth_slabs_matches_native(slab_voxels, spatial, kernel):
     # large maps sum grad_w over depth slabs (float32 accuracy); tiny limits force edge, middle and ragged slabs
-    monkeypatch.setattr(depthwise, "_GRAD_W_SLAB_VOXELS", slab_voxels)
     torch.manual_seed(5)
     x = torch.randn(2, 3, *spatial, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, *kernel, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, *spatial, dtype=torch.float64)
     want = torch.autograd.grad(_native(x, w), (x, w), g)
-    got = torch.autograd.grad(depthwise_conv3d(x, w, backend="direct"), (x, w), g)
+    with engine_settings(grad_w_slab_voxels=slab_voxels):
+        got = torch.autograd.grad(depthwise_conv3d(x, w, backend="direct"), (x, w), g)
     for a, b in zip(got, want, strict=True):
         assert _rel(a, b) < 1e-12
 
@@ -148,33 +151,72 @@ def test_direct_kernel_gradient_of_a_large_map_is_float32_accurate():
     assert _rel(gw, want) < 3e-6
 
 
-def test_fft_channel_groups_give_the_same_result_as_one_group(monkeypatch):
+def test_fft_channel_groups_give_the_same_result_as_one_group():
     torch.manual_seed(3)
     x = torch.randn(2, 5, 6, 7, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 1, 5, 5, 5, dtype=torch.float64, requires_grad=True)
     whole = depthwise_conv3d(x, w, backend="fft")
     gx, gw = torch.autograd.grad(whole.square().sum(), (x, w))
-    monkeypatch.setitem(fft_conv.CHUNK_BYTES, "cpu", 1)  # one channel per group
-    assert fft_conv.channel_chunk(2, 5, (8, 8, 8), 8, "cpu") == 1
-    split = depthwise_conv3d(x, w, backend="fft")
-    sx, sw = torch.autograd.grad(split.square().sum(), (x, w))
+    with engine_settings(chunk_bytes={"cpu": 1}):  # one channel per group
+        assert fft_conv.channel_chunk(2, 5, (8, 8, 8), 8, "cpu") == 1
+        split = depthwise_conv3d(x, w, backend="fft")
+        sx, sw = torch.autograd.grad(split.square().sum(), (x, w))
     for a, b in ((whole, split), (gx, sx), (gw, sw)):
         assert _rel(a, b) < 1e-13
 
 
 @pytest.mark.parametrize("save", [True, False])
-def test_fft_saved_and_recomputed_spectra_give_the_same_gradients(monkeypatch, save):
+def test_fft_saved_and_recomputed_spectra_give_the_same_gradients(save):
     torch.manual_seed(10)
     x = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, 7, 5, 3, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
     ref = torch.autograd.grad(_native(x, w), (x, w), g)
-    monkeypatch.setattr(fft_conv, "SAVE_SPECTRA", save)
-    got = torch.autograd.grad(depthwise_conv3d(x, w, backend="fft"), (x, w), g)
+    with engine_settings(save_spectra=save):
+        assert fft_conv.keep_spectra(2, 3, (8, 8, 8), 8) is save
+        got = torch.autograd.grad(depthwise_conv3d(x, w, backend="fft"), (x, w), g)
+        small = (x[:1, :2], w[:2])
+        assert torch.autograd.gradgradcheck(lambda x, w: depthwise_conv3d(x, w, backend="fft"), small)
     for a, b in zip(got, ref, strict=True):
         assert _rel(a, b) < 1e-12
-    small = (x[:1, :2], w[:2])
-    assert torch.autograd.gradgradcheck(lambda x, w: depthwise_conv3d(x, w, backend="fft"), small)
+
+
+def test_backward_after_the_settings_changed_still_matches_its_forward():
+    # the forward keeps spectra per channel group; a backward run under another group size must use the forward's
+    torch.manual_seed(11)
+    x = torch.randn(2, 5, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 1, 5, 7, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 6, 5, 7, dtype=torch.float64)
+    ref = torch.autograd.grad(_native(x, w), (x, w), g)
+    with engine_settings(save_spectra=True, chunk_bytes={"cpu": 1}):
+        y = depthwise_conv3d(x, w, backend="fft")
+    with engine_settings(chunk_bytes={"cpu": 2**30}):
+        got = torch.autograd.grad(y, (x, w), g)
+    for a, b in zip(got, ref, strict=True):
+        assert _rel(a, b) < 1e-12
+
+
+def test_engine_settings_restore_the_previous_values_also_after_an_error():
+    before = get_engine_settings()
+    with pytest.raises(RuntimeError, match="boom"), engine_settings(save_spectra=False, chunk_bytes={"cpu": 4096}):
+        now = get_engine_settings()
+        assert now.save_spectra is False and now.chunk_budget("cpu") == 4096
+        assert now.chunk_budget("cuda") == before.chunk_budget("cuda")  # entries merge
+        assert now.chunk_budget("xpu") == before.chunk_budget("cuda")  # other devices use cuda's budget
+        raise RuntimeError("boom")
+    assert get_engine_settings() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(save_spectra="yes"), dict(chunk_bytes={"cpu": 0}), dict(chunk_bytes=5), dict(grad_w_slab_voxels=-1),
+     dict(save_spectra_bytes=1.5)],
+)
+def test_invalid_engine_settings_are_refused_before_anything_changes(kwargs):
+    before = get_engine_settings()
+    with pytest.raises(Rep3DError), engine_settings(**kwargs):
+        pass
+    assert get_engine_settings() == before
 
 
 # Half precision. Reference: float64 conv of the *same* rounded inputs, so what is measured is the engine's
@@ -255,7 +297,45 @@ def _pick(shape, k, requires_grad, device="cpu", dtype=torch.float32):
 def test_auto_picks_fft_for_large_maps_with_large_kernels(requires_grad):
     for shape in [(1, 48, 48, 48, 48), (2, 96, 24, 24, 24), (1, 48, 64, 64, 64), (1, 96, 32, 32, 32)]:
         assert _pick(shape, 21, requires_grad) == "fft"
-        assert _pick(shape, 21, requires_grad, device="cuda") == "fft"
+
+
+def _cuda_rule_pick(shape, k, requires_grad, dtype=torch.float32):
+    # the documented CUDA rule, written out: FFT iff weight * FFT flops < direct flops
+    kernel = useful_kernel_size((k,) * 3, shape[2:])
+    flops = depthwise.flop_estimates(shape, kernel, requires_grad)
+    weight = depthwise.CUDA_RULE["fft_flop_weight"][(requires_grad, depthwise.dtype_class(dtype))]
+    return "fft" if weight * flops["fft"] < flops["direct"] else "direct"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_cuda_choice_follows_the_cuda_rule_not_the_cpu_model(requires_grad, dtype):
+    shapes = [(b, c, s, s, s) for b in (1, 2) for c in (48, 384) for s in (4, 6, 8, 12, 16, 24, 48)]
+    kernels = (3, 7, 11, 21)
+    cuda = {(sh, k): _pick(sh, k, requires_grad, "cuda", dtype) for sh in shapes for k in kernels}
+    for (sh, k), pick in cuda.items():
+        assert pick == _cuda_rule_pick(sh, k, requires_grad, dtype)
+    cpu = {(sh, k): _pick(sh, k, requires_grad, "cpu", dtype) for sh in shapes for k in kernels}
+    assert cpu != cuda  # the device type is honoured: the two rules differ somewhere on this grid
+
+
+def test_cuda_rule_shape_large_maps_fft_tiny_maps_and_small_kernels_direct():
+    # what the provisional (unmeasured) weights were chosen to give on Rep3D's stages, B = 2
+    assert not depthwise.CUDA_RULE["measured"]
+    for requires_grad in (False, True):
+        for c, s in ((48, 48), (96, 24), (192, 12), (48, 64), (96, 32), (192, 16)):
+            assert _pick((2, c, s, s, s), 21, requires_grad, "cuda") == "fft"
+        assert _pick((2, 384, 6, 6, 6), 21, requires_grad, "cuda") == "direct"
+        assert _pick((2, 48, 48, 48, 48), 3, requires_grad, "cuda") == "direct"
+
+
+def test_flop_estimates_count_three_convs_with_gradients():
+    shape, kernel = (2, 8, 12, 12, 12), (7, 7, 7)
+    fwd = depthwise.flop_estimates(shape, kernel, False)
+    bwd = depthwise.flop_estimates(shape, kernel, True)
+    assert fwd["direct"] == 2 * 2 * 8 * 12**3 * 7**3
+    assert bwd["direct"] == 3 * fwd["direct"]
+    assert bwd["fft"] > 2 * fwd["fft"]
 
 
 def test_auto_picks_direct_for_tiny_maps_and_small_kernels_in_inference():

@@ -255,13 +255,14 @@ def test_timm_fx_feature_extractor_matches_the_getter():
     import timm
 
     x = torch.randn(1, 1, 32, 32, 32)
-    out = {}
+    out, kinds = {}, {}
     for cls in ("fx", "getter"):
         torch.manual_seed(0)
         model = timm.create_model("rep3d_tiny", features_only=True, feature_cls=cls, kernel_size=5).eval()
+        kinds[cls] = type(model).__name__
         with torch.no_grad():
             out[cls] = model(x)
-    assert type(model).__name__ == "FeatureGetterNet"
+    assert kinds == {"fx": "VolumeFeatureGraph", "getter": "VolumeFeatureGetter"}
     assert len(out["fx"]) == 4
     for a, b in zip(out["fx"], out["getter"], strict=True):
         torch.testing.assert_close(a, b)

@@ -2,6 +2,7 @@
 
 import copy
 import importlib
+import math
 import pkgutil
 
 import pytest
@@ -12,13 +13,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import rep3d
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers import (
+    MASK_FORMS,
     LayerNorm3d,
     ModulatedKernelParam,
     RepLKConv3d,
     crop_kernel,
     distance_prior,
     fold_batchnorm,
+    mask_health,
+    mask_health_scalars,
     pad_kernel,
 )
 
@@ -30,6 +35,8 @@ MODES = {
     "csla+lrbm": dict(modulation="lrbm", small_kernel=3),
     "lrbm-no-norm": dict(modulation="lrbm", norm=False, small_kernel=3, bias=True),
     "learnable-beta": dict(modulation="lrbm", learnable_beta=True, beta=2.0),
+    "lrbm-additive": dict(modulation="lrbm", mask_form="additive"),
+    "lrbm-tanh": dict(modulation="lrbm", mask_form="tanh"),
 }
 
 
@@ -74,29 +81,197 @@ def test_mask_has_kernel_shape_for_every_kernel_size(k):
     assert ModulatedKernelParam(k, "fixed").mask().shape == (1, 1, k, k, k)
 
 
-def test_lrbm_mask_starts_close_to_prior_and_stays_positive_and_bounded():
+def test_lrbm_mask_starts_close_to_prior():
     torch.manual_seed(0)
-    mod = ModulatedKernelParam(9, "lrbm")
+    for form in MASK_FORMS:
+        mod = ModulatedKernelParam(9, "lrbm", mask_form=form)
+        mask, prior = mod.mask(), mod.prior_volume()
+        # multiplicative forms start within 20 % of P everywhere; the additive one within 0.05 of it (absolute)
+        assert ((mask - prior).abs() < (0.05 if form == "additive" else 0.2 * prior)).all(), form
+
+
+@pytest.mark.parametrize("form", ["exp", "softmax", "tanh"])
+def test_sign_keeping_forms_never_flip_a_kernel_sign_even_with_adversarial_generators(form):
+    """Upstream bug 4: the official mask is unbounded and can flip signs; the exp and tanh forms promise not to."""
+    torch.manual_seed(0)
+    mod = ModulatedKernelParam(9, "lrbm", mask_form=form)
     prior = mod.prior_volume()
-    ratio = mod.mask() / prior
-    assert ((ratio - 1).abs() < 0.1).all()
-    # adversarial generator weights: the mask must still not flip signs nor exceed 2P (upstream bug 4: unbounded)
     with torch.no_grad():
         for p in mod.generator.parameters():
-            p.normal_(0, 50.0)
+            p.normal_(0, 3.0)
     mask = mod.mask()
-    assert (mask >= 0).all() and (mask <= 2 * prior + 1e-6).all()
+    assert (mask >= 0).all()
+    if form == "tanh":
+        assert (mask <= 2 * prior + 1e-6).all()
 
 
-def test_every_generator_parameter_gets_gradient_after_one_backward():
-    """Upstream bug 2: a LayerNorm over one channel outputs its bias, so nothing upstream learned."""
+def _set_generator_output(mod: ModulatedKernelParam, value: float) -> None:
+    """Make the generator output the constant ``value`` everywhere (last conv: zero weight, bias = value / gain)."""
+    last = getattr(mod.generator, f"conv{mod.generator.depth}")
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(value / mod.generator.output_gain)
+
+
+class _FixedOutput(nn.Module):
+    """Stands in for the generator: returns a given tensor (and has no parameters)."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, prior: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
+@pytest.mark.parametrize(("form", "expected"), [
+    ("additive", lambda p, f: p + f), ("exp", lambda p, f: p * f.exp()),
+    ("softmax", lambda p, f: p * f.exp() / f.exp().mean()), ("tanh", lambda p, f: p * (1 + f.tanh())),
+])
+def test_mask_forms_compute_their_formula(form, expected):
+    mod = ModulatedKernelParam(5, "lrbm", mask_form=form)
+    f = torch.randn(1, 1, 5, 5, 5, generator=torch.Generator().manual_seed(0))
+    mod.generator = _FixedOutput(f)
+    prior = mod.prior_volume()
+    torch.testing.assert_close(mod.mask(), expected(prior, f))
+
+
+def test_softmax_form_keeps_the_mean_ratio_at_one_and_cannot_overflow():
+    """The mask's overall scale is absorbed by BatchNorm (or W): softmax removes that direction instead of letting the
+    generator drift along it (into tanh's ceiling, or exp's overflow)."""
+    mod = ModulatedKernelParam(7, "lrbm", mask_form="softmax")
+    for value in (0.0, 5.0, 200.0):
+        _set_generator_output(mod, value)
+        torch.testing.assert_close(mod.mask(), mod.prior_volume())  # a constant output changes nothing
+    f = torch.zeros(1, 1, 7, 7, 7)
+    f[0, 0, 3, 3, 3] = 500.0  # exp(500) overflows float32; softmax does not
+    mod.generator = _FixedOutput(f)
+    ratio = mod.mask() / mod.prior_volume()
+    assert torch.isfinite(ratio).all() and ratio.mean().item() == pytest.approx(1.0)
+    assert ratio[0, 0, 3, 3, 3].item() == pytest.approx(7**3)
+
+
+def test_paper_generator_has_690_parameters_and_every_one_learns_at_init():
+    """The paper's generator: two k7 convs with one hidden channel, GroupNorm and a sigmoid gate between them.
+    GroupNorm over 1 channel x 21³ offsets normalises over the volume, so unlike upstream's LayerNorm over a
+    size-1 channel axis it does not collapse to its bias: every parameter gets gradient from the first backward."""
     torch.manual_seed(0)
-    conv = RepLKConv3d(4, 7, modulation="lrbm", learnable_beta=True)
-    conv(torch.randn(2, 4, 6, 6, 6)).square().mean().backward()
-    named = dict(conv.modulation.named_parameters())
-    assert set(named) >= {"log_beta", "generator.conv1.weight", "generator.norm.weight", "generator.conv2.weight"}
-    for name, p in named.items():
+    conv = RepLKConv3d(3, 21)
+    gen = conv.modulation.generator
+    assert sum(p.numel() for p in gen.parameters()) == 344 + 2 + 344
+    assert [type(m).__name__ for m in gen.children()] == ["Conv3d", "GroupNorm", "Conv3d"]
+    conv(torch.randn(2, 3, 6, 6, 6)).square().mean().backward()
+    for name, p in gen.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(("scale", "low", "high"),
+                         [("fan_in", 0.0, 2.0), ("sqrt_fan_in", 2.0, 20.0), ("none", 40.0, math.inf)])
+def test_one_adam_step_moves_the_generator_output_by_the_scaled_amount(scale, low, high):
+    """Adam moves every weight by ~lr; unscaled, the 343 weights of the last conv add up to ~100x lr on the output."""
+    torch.manual_seed(0)
+    conv = RepLKConv3d(3, 21, generator_output_scale=scale)
+    gen, prior = conv.modulation.generator, conv.modulation.prior_volume()
+    before = gen(prior).detach()
+    lr = 1e-3
+    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    conv(torch.randn(2, 3, 6, 6, 6)).square().mean().backward()
+    opt.step()
+    moved = (gen(prior).detach() - before).abs().max().item()
+    assert low * lr < moved <= high * lr
+
+
+def test_replkconv_passes_the_generator_knobs_on():
+    conv = RepLKConv3d(4, 21, generator_kernel_size=5, generator_hidden_channels=3, generator_depth=3)
+    gen = conv.modulation.generator
+    assert (gen.kernel_size, gen.hidden_channels, gen.depth) == (5, 3, 3)
+    convs = [m for m in gen.modules() if isinstance(m, nn.Conv3d)]
+    assert [c.kernel_size for c in convs] == [(5, 5, 5)] * 3
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 3), (3, 3), (3, 1)]
+    assert conv.modulation.mask().shape == (1, 1, 21, 21, 21)
+    with pytest.raises(ValueError, match="generator_depth"):
+        RepLKConv3d(4, 7, generator_depth=1)
+    with pytest.raises(ValueError, match="generator_kernel_size"):
+        RepLKConv3d(4, 7, generator_kernel_size=4)
+    with pytest.raises(ValueError, match="mask_form"):
+        RepLKConv3d(4, 7, mask_form="sigmoid")
+
+
+def test_folding_removes_every_generator_parameter_whatever_its_shape():
+    torch.manual_seed(0)
+    conv = RepLKConv3d(4, 7, generator_kernel_size=3, generator_hidden_channels=2, generator_depth=4)
+    x = torch.randn(2, 4, 6, 6, 6)
+    _train_steps(conv, x)
+    conv.eval()
+    with torch.no_grad():
+        y = conv(x)
+        conv.reparameterize()
+        assert set(conv.state_dict()) == {"weight", "bias"}
+        assert (conv(x) - y).abs().max() <= 1e-5 * y.abs().max()
+
+
+# --- mask health -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("form", "value", "at_bound", "ratio", "negative"), [
+    ("tanh", 10.0, 1.0, 2.0, 0.0),            # the ceiling 2P: the failure seen in the first bundled weights
+    ("tanh", -10.0, 1.0, 0.0, 0.0),           # the floor 0
+    ("tanh", 0.0, 0.0, 1.0, 0.0),
+    ("exp", -10.0, 1.0, math.exp(-10), 0.0),  # M -> 0, the only bound of exp
+    ("exp", 3.0, 0.0, math.exp(3), 0.0),      # exp has no upper bound to saturate at
+    ("softmax", 7.0, 0.0, 1.0, 0.0),          # a constant output is a no-op for softmax
+    ("additive", -3.0, 0.0, None, 1.0),       # no bound, but every sign flipped: counted as negative
+])
+def test_mask_stats_reports_a_constructed_saturation_exactly(form, value, at_bound, ratio, negative):
+    mod = ModulatedKernelParam(21, "lrbm", mask_form=form)
+    _set_generator_output(mod, value)
+    stats = mod.mask_stats()
+    assert stats["at_bound"] == at_bound and stats["negative"] == negative
+    if ratio is not None:
+        for key in ("ratio_centre", "ratio_ring1", "ratio_ring2", "ratio_ring4", "ratio_ring8", "ratio_edge"):
+            assert stats[key] == pytest.approx(ratio, rel=1e-4, abs=1e-6), key
+    assert stats["generator_grad_norm"] is None  # no backward yet
+
+
+def test_mask_stats_counts_a_softmax_mask_collapsed_onto_one_element():
+    mod = ModulatedKernelParam(21, "lrbm", mask_form="softmax")
+    f = torch.zeros(1, 1, 21, 21, 21)
+    f[0, 0, 10, 10, 10] = 40.0
+    mod.generator = _FixedOutput(f)
+    stats = mod.mask_stats()
+    assert stats["at_bound"] == pytest.approx((21**3 - 1) / 21**3)  # every element but the centre is ~0
+    assert stats["ratio_centre"] == pytest.approx(21**3, rel=1e-4)
+
+
+def test_mask_stats_rings_and_gradient_norm():
+    mod = ModulatedKernelParam(5, "lrbm", mask_form="additive")
+    _set_generator_output(mod, 0.25)
+    stats = mod.mask_stats()
+    prior = distance_prior(5)
+    assert stats["ratio_centre"] == pytest.approx(1.25)                   # P = 1 at the centre
+    # shell 1 (0.5 < d < 1.5): 6 face neighbours (P = 1/2) and 12 edge neighbours (P = 1/(1 + sqrt 2))
+    assert stats["ratio_ring1"] == pytest.approx((6 * 1.5 + 12 * (1 + 0.25 * (1 + math.sqrt(2)))) / 18, rel=1e-5)
+    assert stats["ratio_ring4"] is None and stats["ratio_ring8"] is None  # a 5³ kernel has no such shells
+    edge = torch.ones(5, 5, 5, dtype=torch.bool)
+    edge[1:-1, 1:-1, 1:-1] = False
+    assert stats["ratio_edge"] == pytest.approx(float((1 + 0.25 / prior[edge]).mean()), rel=1e-5)
+    mod(torch.randn(2, 1, 5, 5, 5)).square().sum().backward()
+    want = torch.cat([p.grad.flatten() for p in mod.generator.parameters()]).norm()
+    assert mod.mask_stats()["generator_grad_norm"] == pytest.approx(float(want), rel=1e-5)
+    assert ModulatedKernelParam(5, "fixed").mask_stats()["at_bound"] == 0.0
+    assert RepLKConv3d(2, 5, modulation=None).mask_stats() is None
+
+
+def test_mask_health_collects_every_learnable_mask_of_a_model():
+    model = nn.Sequential(RepLKConv3d(2, 5), RepLKConv3d(2, 5, modulation="fixed"),
+                          RepLKConv3d(2, 5, mask_form="tanh"))
+    _set_generator_output(model[2].modulation, 10.0)
+    health = mask_health(model)
+    assert sorted(health) == ["0", "2"]
+    scalars = mask_health_scalars(model)
+    assert scalars["mask/at_bound_max"] == 1.0 and scalars["mask/2/at_bound"] == 1.0
+    assert math.isnan(scalars["mask/generator_grad_norm"])  # no gradient yet
+    assert all(isinstance(v, float) for v in scalars.values())
+    assert mask_health_scalars(nn.Sequential(RepLKConv3d(2, 5, modulation=None))) == {}
 
 
 def test_mask_depends_on_generator_parameters():
@@ -129,11 +304,11 @@ def test_modulated_kernel_works_as_parametrization_of_a_plain_conv():
 
 def test_modulated_kernel_rejects_wrong_weights():
     mod = ModulatedKernelParam(5)
-    with pytest.raises(ValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
+    with pytest.raises(Rep3DValueError, match=r"built for kernels .*5, 5, 5.* got weight of shape \(4, 1, 3, 3, 3\)"):
         mod(torch.randn(4, 1, 3, 3, 3))
-    with pytest.raises(TypeError, match="floating-point weight"):
+    with pytest.raises(Rep3DTypeError, match="floating-point weight"):
         mod(torch.ones(4, 1, 5, 5, 5, dtype=torch.int64))
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(Rep3DValueError, match="mode"):
         ModulatedKernelParam(5, "learned")
 
 
@@ -275,13 +450,13 @@ def test_torch_compile_fullgraph_matches_eager_in_train_and_eval(backend):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(kernel_size=4), ValueError, r"odd.*got 4"),
-        (dict(kernel_size=1), ValueError, r">= 3.*got 1"),
-        (dict(kernel_size=(5, 5)), TypeError, "triple"),
-        (dict(kernel_size=5.0), TypeError, "odd int"),
-        (dict(modulation="learned"), ValueError, "modulation"),
-        (dict(small_kernel=7, kernel_size=7), ValueError, "smaller than kernel_size"),
-        (dict(conv_backend="cudnn"), ValueError, "conv_backend"),
+        (dict(kernel_size=4), Rep3DValueError, r"odd.*got 4"),
+        (dict(kernel_size=1), Rep3DValueError, r">= 3.*got 1"),
+        (dict(kernel_size=(5, 5)), Rep3DTypeError, "triple"),
+        (dict(kernel_size=5.0), Rep3DTypeError, "odd int"),
+        (dict(modulation="learned"), Rep3DValueError, "modulation"),
+        (dict(small_kernel=7, kernel_size=7), Rep3DValueError, "smaller than kernel_size"),
+        (dict(conv_backend="cudnn"), Rep3DValueError, "conv_backend"),
     ],
 )
 def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
@@ -291,11 +466,11 @@ def test_replkconv3d_rejects_bad_configuration(kwargs, error, match):
 
 def test_replkconv3d_rejects_bad_input_naming_expected_and_given():
     conv = RepLKConv3d(4, 5)
-    with pytest.raises(ValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
+    with pytest.raises(Rep3DValueError, match=r"5-D input .* got 4-D .*x\[None\]"):
         conv(torch.randn(4, 6, 6, 6))
-    with pytest.raises(ValueError, match=r"built for 4 channels but the input has 3"):
+    with pytest.raises(Rep3DValueError, match=r"built for 4 channels but the input has 3"):
         conv(torch.randn(1, 3, 6, 6, 6))
-    with pytest.raises(TypeError, match="floating-point input"):
+    with pytest.raises(Rep3DTypeError, match="floating-point input"):
         conv(torch.ones(1, 4, 6, 6, 6, dtype=torch.int32))
 
 
@@ -322,7 +497,7 @@ def test_pad_and_crop_kernel_are_exact_inverses_and_preserve_same_conv():
     assert torch.equal(crop_kernel(big, (3, 3, 3)), w)
     x = torch.randn(1, 2, 6, 6, 6)
     torch.testing.assert_close(F.conv3d(x, big, padding=(3, 2, 1), groups=2), F.conv3d(x, w, padding=1, groups=2))
-    with pytest.raises(ValueError, match="centre-pad"):
+    with pytest.raises(Rep3DValueError, match="centre-pad"):
         pad_kernel(pad_kernel(w, 5), 3)
 
 
@@ -332,5 +507,5 @@ def test_layernorm3d_normalises_over_channels():
     y = ln(x)
     torch.testing.assert_close(y.mean(1), torch.zeros(2, 3, 5, 6), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, 3, 5, 6), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match=r"expects \[B, 4, D, H, W\]"):
+    with pytest.raises(Rep3DValueError, match=r"expects \[B, 4, D, H, W\]"):
         ln(torch.randn(2, 3, 4, 4, 4))

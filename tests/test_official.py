@@ -14,8 +14,10 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
 import rep3d
+from rep3d.cli import main
+from rep3d.cli.import_official import add_arguments, run
 from rep3d.hub import Rep3DWeightsError
-from rep3d.official import MASK_REASON, PRIOR_REASON, add_arguments, load_official_checkpoint, run
+from rep3d.official import MASK_REASON, PRIOR_REASON, load_official_checkpoint
 
 SMALL = dict(in_chans=1, widths=(4, 8, 16, 32), depths=(1, 2, 1, 1), kernel_size=5, hidden_size=16, num_classes=3)
 
@@ -139,11 +141,14 @@ def test_official_rep3d_layout_maps_every_key_or_reports_why_it_is_dropped(tmp_p
     assert report.architecture == "rep3d_tiny_vanilla" and report.complete and report.unmapped == []
     assert set(report.mapped) | set(report.dropped) == set(sd) and not set(report.mapped) & set(report.dropped)
     assert any("epoch" in entry for entry in report.ignored)
+    assert "rep3d.stages.0.0.prior_map" in report.dropped and "rep3d.stages.0.0.prior_conv.weight" in report.dropped
     for key, reason in report.dropped.items():
         leaf = key.split(".")[-2] if key.endswith(("weight", "bias")) else key.split(".")[-1]
         assert leaf in ("prior_map", "prior_conv", "prior_conv2", "norm_w", "norm_w2")
         assert reason == (PRIOR_REASON if leaf == "prior_map" else MASK_REASON)
-    assert "constant" in MASK_REASON and "already carries the mask" in MASK_REASON
+    # the reason states what is known (the inference network ignores the generator), not a guess about training
+    assert "deploy=True" in MASK_REASON and "cannot be known" in MASK_REASON
+    assert "so the saved kernel already carries" not in MASK_REASON
     state = model.state_dict()
     assert all(torch.equal(state[target], sd[key]) for key, target in report.mapped.items())
     assert report.mapped["rep3d.stages.0.0.norm.running_var"] == "encoder.stages.0.0.dwconv.bn.running_var"
@@ -199,7 +204,7 @@ def test_masked_or_foreign_model_names_are_refused_with_the_reason(tmp_path, nam
         load_official_checkpoint(tmp_path / "ckpt.pth", name, widths=(4, 8, 16, 32), depths=(1, 2, 1, 1),
                                  hidden_size=16)
     if fix:
-        assert info.value.reason == "form" and fix in info.value.fix and "already carry their mask" in str(info.value)
+        assert info.value.reason == "form" and fix in info.value.fix and "cannot be known" in str(info.value)
     else:
         assert info.value.reason == "architecture"
 
@@ -250,7 +255,10 @@ def test_cli_writes_a_loadable_folder_and_prints_the_report(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     expected, _ = load_official_checkpoint(tmp_path / "uxnet.pth", form="deploy")
     loaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
+    got, want = loaded.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    assert run(parser.parse_args([str(tmp_path / "bad.pth"), "-o", str(tmp_path / "out2")])) == 1
-    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    assert main(["import-official", str(tmp_path / "bad.pth"), "-o", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rep3d import-official: error: ") and "corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "out2").exists()

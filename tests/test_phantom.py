@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -13,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from rep3d.cli import main
 from rep3d.data import (
     PHANTOM_CLASSES,
     PHANTOM_HU,
@@ -216,9 +216,8 @@ def test_load_msd_dataset_explains_what_is_wrong(tmp_path):
 
 
 def test_phantom_command_writes_dataset_and_preview(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    phantom_mod.add_arguments(parser)
     argv = [
+        "phantom",
         str(tmp_path / "ds"),
         "--num-train",
         "1",
@@ -234,11 +233,12 @@ def test_phantom_command_writes_dataset_and_preview(tmp_path, capsys):
         str(tmp_path / "p.png"),
         "--quiet",
     ]
-    assert phantom_mod.run(parser.parse_args(argv)) == 0
+    assert main(argv) == 0
     assert (tmp_path / "ds/dataset.json").is_file() and (tmp_path / "p.png").stat().st_size > 1000
     assert "synthetic" in capsys.readouterr().out
-    assert phantom_mod.run(parser.parse_args(argv)) == 1  # exists, no --overwrite
-    assert "--overwrite" in capsys.readouterr().err
+    assert main(argv) == 1  # exists, no --overwrite
+    err = capsys.readouterr().err
+    assert err.startswith("rep3d phantom: error: ") and "--overwrite" in err and "Traceback" not in err
 
 
 def test_overlay_png_has_one_row_per_map_and_checks_shapes(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import rep3d
-from rep3d.inference import FALLBACK_ROI, InputError, Predictor, _lateral_permutation, model_grid_affine
+from rep3d.inference import FALLBACK_ROI, InputError, Predictor, model_grid_affine
+from rep3d.inference.predictor import _lateral_permutation
 from tests.standins import RGBOracle, SideOracle, ThresholdOracle, WindowMean
 
 
@@ -155,15 +156,17 @@ def test_flip_tta_runs_every_flip_and_keeps_left_right_classes_apart():
     plain = Predictor(SideOracle(), roi_size=16, spacing=None, intensity_window=None, class_names=names)(
         image
     )
-    tta = Predictor(
-        SideOracle(), roi_size=16, spacing=None, intensity_window=None, class_names=names, tta=True
-    )
+    counted = SideOracle()
+    counted.pretrained_cfg = {"tta_flip_axes": [0, 1, 2]}  # as if trained with flips (and left/right swaps)
+    tta = Predictor(counted, roi_size=16, spacing=None, intensity_window=None, class_names=names, tta=True)
     assert np.array_equal(tta(image).label, plain.label)
-    assert tta.forward_calls == 8
+    assert counted.calls == 8
     assert set(np.unique(plain.label[2:6])) == {0, 1} and set(np.unique(plain.label[10:14])) == {0, 2}
     # without left/right names the flipped passes disagree, and the average can no longer tell the sides apart
+    blind_model = SideOracle()
+    blind_model.pretrained_cfg = {"tta_flip_axes": [0, 1, 2]}
     blind = Predictor(
-        SideOracle(), roi_size=16, spacing=None, intensity_window=None, class_names=["a", "b", "c"], tta=True
+        blind_model, roi_size=16, spacing=None, intensity_window=None, class_names=["a", "b", "c"], tta=True
     )(image, probabilities=True)
     assert np.allclose(blind.probabilities[1][image[0] > 0.5], 0.5, atol=1e-3)
 

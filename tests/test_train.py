@@ -61,6 +61,10 @@ def test_training_writes_a_publishable_run_folder(phantom_data, tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[2]["val_mean_dice"] and rows[2]["val_dice_left_kidney"] != ""
+    # mask health at every validation: a saturated mask or a frozen generator would show here
+    assert rows[0]["mask/at_bound_max"] == "" and 0.0 <= float(rows[2]["mask/at_bound_max"]) <= 1.0
+    assert float(rows[2]["mask/generator_grad_norm"]) > 0.0
+    assert float(rows[5]["mask/stages.0.0/ratio_centre"]) > 0.0 and rows[5]["mask/stages.3.0/ratio_edge"] != ""
     assert any((run / "train_state" / "tensorboard").iterdir())
     card = (run / "README.md").read_text()
     assert "SYNTHETIC" in card.upper() and "left_kidney" in card and "phantom" in card

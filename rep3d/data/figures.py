@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rep3d.errors import Rep3DValueError
+from rep3d.presets import PAPER_CT
+
 # 20 distinct colours (tab20-like); class k > 0 uses PALETTE[(k - 1) % 20]
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
@@ -45,7 +48,7 @@ def _as_volume(name: str, x, ndim: int = 3) -> np.ndarray:
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != ndim:
-        raise ValueError(
+        raise Rep3DValueError(
             f"save_overlay_png: {name} must be a 3-D array [X, Y, Z] (or [1, X, Y, Z]), got shape {x.shape}"
         )
     return x
@@ -80,63 +83,11 @@ def overlay_rgb(gray: np.ndarray, labels: np.ndarray | None, alpha: float) -> np
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
-def save_overlay_png(
-    path: str | Path,
-    image,
-    label=None,
-    prediction=None,
-    window: tuple[float, float] = (-125.0, 275.0),
-    *,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    centre: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-    alpha: float = 0.45,
-    scale: float = 2.0,
-    title: str | None = None,
-) -> Path:
-    """Write a PNG of axial / coronal / sagittal slices: a row for the image, one with ``label`` overlaid and
-    one with ``prediction`` overlaid (rows whose array is ``None`` are left out), plus a colour legend.
-
-    Args:
-        path: output ``.png``.
-        image: ``[X, Y, Z]`` (or ``[1, X, Y, Z]``) intensities, RAS+ axis order (numpy or torch).
-        label, prediction: integer label maps of the same shape, or ``None``.
-        window: intensities mapped to black / white (HU for CT).
-        spacing: voxel size (mm) along X, Y, Z, for the panels' aspect ratio.
-        centre: voxel ``(i, j, k)`` the three planes pass through; default: the centroid of the foreground of
-            ``label`` (else ``prediction``, else the volume centre).
-        class_names: names for the legend (index = label value); default ``class 1``, ``class 2``, ...
-        alpha: opacity of the label colours.
-        scale: pixels per (smallest) voxel edge.
-        title: text drawn after the first row's name (e.g. "synthetic phantom").
-
-    Returns:
-        the path written.
-    """
+def _draw_figure(gray: np.ndarray, maps: dict[str, np.ndarray], centre: Sequence[int],
+                 sizes: list[tuple[int, int]], class_names: Sequence[str] | None, alpha: float, title: str | None):
+    """The PIL canvas of :func:`save_overlay_png`: one row per map (image first), then the colour legend."""
     from PIL import Image, ImageDraw
 
-    image = _as_volume("image", image).astype(np.float32)
-    maps = {"label": label, "prediction": prediction}
-    maps = {k: _as_volume(k, v).astype(np.int64) for k, v in maps.items() if v is not None}
-    for name, m in maps.items():
-        if m.shape != image.shape:
-            raise ValueError(
-                f"save_overlay_png: {name} shape {m.shape} differs from image shape {image.shape}"
-            )
-    lo, hi = map(float, window)
-    if not hi > lo:
-        raise ValueError(f"save_overlay_png: window must be (lo, hi) with hi > lo, got {window}")
-    if centre is None:
-        fg = next((m > 0 for m in maps.values() if (m > 0).any()), None)
-        centre = (
-            (np.argwhere(fg).mean(0) if fg is not None else (np.asarray(image.shape) - 1) / 2)
-            .round()
-            .astype(int)
-        )
-    centre = [int(np.clip(c, 0, n - 1)) for c, n in zip(centre, image.shape, strict=True)]
-
-    gray = np.clip((image - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    sizes = _panel_sizes(image.shape, spacing, scale)
     rows = [("image", None)] + list(maps.items())
     pad, title_h = 4, 14
     width = sum(w for w, _ in sizes) + pad * (len(sizes) + 1)
@@ -166,6 +117,63 @@ def save_overlay_png(
             name = class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
             draw.rectangle((x, y + 2, x + 10, y + 12), fill=PALETTE[(k - 1) % len(PALETTE)])
             draw.text((x + 14, y), f"{k} {name}", fill=(255, 255, 255))
+    return canvas
+
+
+def save_overlay_png(
+    path: str | Path,
+    image,
+    label=None,
+    prediction=None,
+    window: tuple[float, float] = PAPER_CT.intensity_window,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    centre: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.45,
+    scale: float = 2.0,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of axial / coronal / sagittal slices: a row for the image, one with ``label`` overlaid and
+    one with ``prediction`` overlaid (rows whose array is ``None`` are left out), plus a colour legend.
+
+    Args:
+        path: output ``.png``.
+        image: ``[X, Y, Z]`` (or ``[1, X, Y, Z]``) intensities, RAS+ axis order (numpy or torch).
+        label, prediction: integer label maps of the same shape, or ``None``.
+        window: intensities mapped to black / white (HU for CT).
+        spacing: voxel size (mm) along X, Y, Z, for the panels' aspect ratio.
+        centre: voxel ``(i, j, k)`` the three planes pass through; default: the centroid of the foreground of
+            ``label`` (else ``prediction``, else the volume centre).
+        class_names: names for the legend (index = label value); default ``class 1``, ``class 2``, ...
+        alpha: opacity of the label colours.
+        scale: pixels per (smallest) voxel edge.
+        title: text drawn after the first row's name (e.g. "synthetic phantom").
+
+    Returns:
+        the path written.
+    """
+    image = _as_volume("image", image).astype(np.float32)
+    maps = {"label": label, "prediction": prediction}
+    maps = {k: _as_volume(k, v).astype(np.int64) for k, v in maps.items() if v is not None}
+    for name, m in maps.items():
+        if m.shape != image.shape:
+            raise Rep3DValueError(
+                f"save_overlay_png: {name} shape {m.shape} differs from image shape {image.shape}"
+            )
+    lo, hi = map(float, window)
+    if not hi > lo:
+        raise Rep3DValueError(f"save_overlay_png: window must be (lo, hi) with hi > lo, got {window}")
+    if centre is None:
+        fg = next((m > 0 for m in maps.values() if (m > 0).any()), None)
+        centre = (
+            (np.argwhere(fg).mean(0) if fg is not None else (np.asarray(image.shape) - 1) / 2)
+            .round()
+            .astype(int)
+        )
+    centre = [int(np.clip(c, 0, n - 1)) for c, n in zip(centre, image.shape, strict=True)]
+    gray = np.clip((image - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    canvas = _draw_figure(gray, maps, centre, _panel_sizes(image.shape, spacing, scale), class_names, alpha, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)

@@ -23,21 +23,24 @@ from typing import Any
 
 import numpy as np
 
+from rep3d.data.nifti import header_affine
 from rep3d.data.phantom import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     DEFAULT_WINDOW,
-    PHANTOM_CLASSES,
     PHANTOM_HU,
     case_seed,
     make_phantom,
 )
+from rep3d.errors import Rep3DDataError, Rep3DValueError
+from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
 TEST_LABELED_KEY = "test_labeled"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-class MSDLayoutError(ValueError):
+class MSDLayoutError(Rep3DDataError):
     """A dataset folder or its ``dataset.json`` breaks the MSD layout; the message says what to fix."""
 
 
@@ -50,6 +53,36 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(path))
+
+
+def _phantom_meta(training: list, test: list, test_labeled: list, seed: int, shape: Sequence[int],
+                  spacing: Sequence[float]) -> dict[str, Any]:
+    """``dataset.json`` of a phantom dataset: MSD keys plus the labelled test list and the generator settings."""
+    return {
+        "name": "rep3d-phantom",
+        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
+        "reference": "rep3d (synthetic)",
+        "licence": "CC0-1.0 (synthetic data)",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
+        TEST_LABELED_KEY: test_labeled,
+        "synthetic": True,
+        "phantom": {
+            "generator": "rep3d.data.make_phantom",
+            "seed": int(seed),
+            "shape": [int(s) for s in shape],
+            "spacing": [float(s) for s in spacing],
+            "orientation": "RAS",
+            "hu_means": PHANTOM_HU,
+            "intensity_window": list(DEFAULT_WINDOW),
+        },
+    }
 
 
 def write_msd_dataset(
@@ -75,10 +108,12 @@ def write_msd_dataset(
         ValueError: negative or zero case counts.
     """
     if num_train < 0 or num_test < 0 or num_train + num_test == 0:
-        raise ValueError(
+        raise Rep3DValueError(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     root = Path(outdir)
+    if root.exists() and not root.is_dir():
+        raise Rep3DValueError(f"{root} is an existing file; give a folder path for the MSD dataset")
     if (root / "dataset.json").exists() and not overwrite:
         raise FileExistsError(
             f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"
@@ -111,31 +146,7 @@ def write_msd_dataset(
             test.append(pair["image"])
             test_labeled.append(pair)
 
-    meta = {
-        "name": "rep3d-phantom",
-        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
-        "reference": "rep3d (synthetic)",
-        "licence": "CC0-1.0 (synthetic data)",
-        "release": "1.0",
-        "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
-        "numTraining": len(training),
-        "numTest": len(test),
-        "training": training,
-        "test": test,
-        TEST_LABELED_KEY: test_labeled,
-        "synthetic": True,
-        "phantom": {
-            "generator": "rep3d.data.make_phantom",
-            "seed": int(seed),
-            "shape": [int(s) for s in shape],
-            "spacing": [float(s) for s in spacing],
-            "orientation": "RAS",
-            "hu_means": PHANTOM_HU,
-            "intensity_window": list(DEFAULT_WINDOW),
-        },
-    }
+    meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing)
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
 
@@ -193,26 +204,7 @@ def _int_keyed(table: Any, key: str, json_path: Path) -> dict[int, str]:
     return out
 
 
-def load_msd_dataset(
-    root: str | Path,
-    *,
-    val_fraction: float = 0.2,
-    num_val: int | None = None,
-    seed: int = 0,
-    check_files: bool = True,
-) -> MSDDataset:
-    """Read ``root/dataset.json`` and return validated train / val / test file lists (absolute paths).
-
-    The validation cases are a seeded random subset of ``training`` (``num_val`` cases, or
-    ``round(val_fraction * numTraining)``, at least 1 when there are >= 2 training cases).
-
-    Raises:
-        MSDLayoutError: missing folder / ``dataset.json``, malformed JSON, missing keys, labels not
-            ``0..K-1``, ``numTraining`` disagreeing with the list, or (``check_files``) files that do not
-            exist -- listing them.
-    """
-    root = Path(root).expanduser()
-    json_path = root / "dataset.json"
+def _read_meta(root: Path, json_path: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise MSDLayoutError(
             f"dataset folder {root} does not exist (generate one with `rep3d phantom {root}`)"
@@ -230,9 +222,11 @@ def load_msd_dataset(
     missing = [k for k in MSD_REQUIRED_KEYS if k not in meta]
     if missing:
         raise MSDLayoutError(f"{json_path} lacks required MSD key(s) {missing}")
-    labels = _int_keyed(meta["labels"], "labels", json_path)
-    modality = _int_keyed(meta["modality"], "modality", json_path)
+    return meta
 
+
+def _file_lists(root: Path, json_path: Path, meta: dict[str, Any]) -> tuple[list, list, list]:
+    """``(training pairs, test images, labelled test pairs)`` with absolute paths."""
     training = meta["training"]
     if not isinstance(training, list) or not training:
         raise MSDLayoutError(
@@ -252,7 +246,6 @@ def load_msd_dataset(
         raise MSDLayoutError(
             f"{json_path}: numTraining is {meta['numTraining']} but 'training' lists {len(pairs)}"
         )
-
     test = []
     for n, entry in enumerate(meta.get("test", []) or []):
         image = entry.get("image") if isinstance(entry, dict) else entry
@@ -265,28 +258,124 @@ def load_msd_dataset(
         test_labeled.append(
             {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
         )
+    return pairs, test, test_labeled
 
+
+def check_label_values(label: Any, num_classes: int, where: str) -> None:
+    """Refuse a label volume whose values are not integer class indices ``0..num_classes-1``.
+
+    Raises:
+        Rep3DDataError: non-finite or non-integer values (a scaled or interpolated label), or values outside the
+            classes of ``dataset.json``, naming ``where``, the values and the fix.
+    """
+    if hasattr(label, "detach"):  # torch / MONAI tensor
+        import torch
+
+        values = torch.unique(label.detach().cpu().as_subclass(torch.Tensor)).numpy()
+    else:
+        values = np.unique(np.asarray(label))
+    if not np.all(np.isfinite(values)):
+        raise Rep3DDataError(f"{where}: the label holds NaN or infinite values; labels must be integer class "
+                             f"indices 0..{num_classes - 1}: re-save it as integers")
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        raise Rep3DDataError(
+            f"{where}: the label holds non-integer values ({', '.join(f'{v:g}' for v in fractional[:5])}); labels "
+            f"must be integer class indices 0..{num_classes - 1} (a scaled (scl_slope) or interpolated label?): "
+            "re-save it as integers"
+        )
+    outside = values[(values < 0) | (values >= num_classes)]
+    if outside.size:
+        raise Rep3DDataError(
+            f"{where}: the label holds value(s) {', '.join(f'{v:g}' for v in outside[:5])} outside 0..{num_classes - 1}"
+            f" (dataset.json 'labels' lists {num_classes} classes); fix the label, or add its classes to dataset.json"
+        )
+
+
+def _check_pair_headers(pairs: list[dict[str, str]]) -> None:
+    """Each label must lie on its image's voxel grid: same spatial shape, same affine (headers only, no voxels)."""
+    import nibabel as nib
+
+    for pair in pairs:
+        image, label = pair["image"], pair["label"]
+        if not (image.endswith(NIFTI_SUFFIXES) and label.endswith(NIFTI_SUFFIXES)):
+            continue
+        try:
+            img_hdr, lab_hdr = nib.load(image).header, nib.load(label).header
+        except Exception as err:  # noqa: BLE001 - whatever nibabel says, the file is not a readable NIfTI
+            raise Rep3DDataError(f"{image} / {label}: cannot read the NIfTI headers ({type(err).__name__}: {err})"
+                                 ) from err
+        img_shape, lab_shape = img_hdr.get_data_shape(), lab_hdr.get_data_shape()
+        if len(lab_shape) > 3 and any(n != 1 for n in lab_shape[3:]):
+            raise Rep3DDataError(f"{label}: a label must be one 3-D volume of class indices, got shape {lab_shape}")
+        if tuple(lab_shape[:3]) != tuple(img_shape[:3]):
+            raise Rep3DDataError(
+                f"{label}: label shape {tuple(lab_shape[:3])} differs from its image's {tuple(img_shape[:3])} "
+                f"({image}); image and label must share one voxel grid: resample the label onto the image (nearest)"
+            )
+        img_affine, _ = header_affine(img_hdr, image)
+        lab_affine, _ = header_affine(lab_hdr, label)
+        if not np.allclose(img_affine, lab_affine, rtol=1e-4, atol=1e-3):
+            raise Rep3DDataError(
+                f"{label}: the label's voxel-to-world affine differs from its image's ({image}): "
+                f"{np.round(lab_affine, 4).tolist()} vs {np.round(img_affine, 4).tolist()}; image and label must "
+                "share one voxel grid: fix the label's header (or resample it onto the image)"
+            )
+
+
+def _validation_indices(num_pairs: int, val_fraction: float, num_val: int | None, seed: int) -> set[int]:
+    """A seeded random subset of the training indices (see :func:`load_msd_dataset`)."""
+    if num_val is None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise Rep3DValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        num_val = (
+            max(1, int(math.floor(val_fraction * num_pairs + 0.5)))
+            if num_pairs >= 2 and val_fraction
+            else 0
+        )
+    if not 0 <= num_val < num_pairs:
+        raise Rep3DValueError(
+            f"num_val must be in [0, {num_pairs - 1}] for {num_pairs} training cases, got {num_val}"
+        )
+    order = np.random.default_rng(seed).permutation(num_pairs)
+    return set(order[num_pairs - num_val :].tolist())
+
+
+def load_msd_dataset(
+    root: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    num_val: int | None = None,
+    seed: int = 0,
+    check_files: bool = True,
+) -> MSDDataset:
+    """Read ``root/dataset.json`` and return validated train / val / test file lists (absolute paths).
+
+    The validation cases are a seeded random subset of ``training`` (``num_val`` cases, or
+    ``round(val_fraction * numTraining)``, at least 1 when there are >= 2 training cases).
+
+    Raises:
+        MSDLayoutError: missing folder / ``dataset.json``, malformed JSON, missing keys, labels not
+            ``0..K-1``, ``numTraining`` disagreeing with the list, or (``check_files``) files that do not
+            exist -- listing them.
+        Rep3DDataError: (``check_files``, from the NIfTI headers only) a label whose shape or affine differs from
+            its image's, or a header without a usable affine. Label *values* are checked when the volumes are
+            loaded (:func:`check_label_values`).
+    """
+    root = Path(root).expanduser()
+    json_path = root / "dataset.json"
+    meta = _read_meta(root, json_path)
+    labels = _int_keyed(meta["labels"], "labels", json_path)
+    modality = _int_keyed(meta["modality"], "modality", json_path)
+    pairs, test, test_labeled = _file_lists(root, json_path, meta)
     if check_files:
         listed = [p for d in pairs + test + test_labeled for p in d.values()]
         absent = sorted({p for p in listed if not Path(p).is_file()})
         if absent:
             shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
             raise MSDLayoutError(f"{json_path} lists {len(absent)} file(s) that do not exist: {shown}")
-
-    if num_val is None:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        num_val = (
-            max(1, int(math.floor(val_fraction * len(pairs) + 0.5)))
-            if len(pairs) >= 2 and val_fraction
-            else 0
-        )
-    if not 0 <= num_val < len(pairs):
-        raise ValueError(
-            f"num_val must be in [0, {len(pairs) - 1}] for {len(pairs)} training cases, got {num_val}"
-        )
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    val_idx = set(order[len(pairs) - num_val :].tolist())
+        _check_pair_headers(pairs + test_labeled)
+    val_idx = _validation_indices(len(pairs), val_fraction, num_val, seed)
     return MSDDataset(
         root=root.resolve(),
         name=str(meta.get("name", root.name)),

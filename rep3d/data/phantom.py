@@ -1,4 +1,4 @@
-"""Synthetic CT-like abdominal phantoms (DESIGN §8) and the ``rep3d phantom`` sub-command.
+"""Synthetic CT-like abdominal phantoms (the ``rep3d phantom`` command writes them as a dataset).
 
 Everything here is **synthetic**: no patient data, no anatomy beyond cartoon geometry. The phantom is
 built so that one pair of classes -- the right and left kidney -- is drawn from one shape/intensity
@@ -14,25 +14,14 @@ millimetres: +X towards the patient's right, +Y anterior, +Z superior. So the ri
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-PHANTOM_CLASSES: tuple[str, ...] = (
-    "background",
-    "liver",
-    "spleen",
-    "right_kidney",
-    "left_kidney",
-    "aorta",
-    "pancreas",
-    "stomach",
-    "bladder",
-)
-"""Label value -> class name (index = label value)."""
+from rep3d.errors import Rep3DValueError
+from rep3d.presets import PHANTOM, PHANTOM_CLASSES
 
 PHANTOM_HU: dict[str, float] = {
     # organs (labelled); mean HU before the per-volume jitter of +-``ORGAN_HU_JITTER``
@@ -59,9 +48,9 @@ ORGAN_HU_JITTER = 5.0
 """Standard deviation (HU) of the per-volume, per-organ shift of the organ mean."""
 
 DEFAULT_SHAPE = (96, 96, 80)
-DEFAULT_SPACING = (2.0, 2.0, 2.5)
-DEFAULT_WINDOW = (-125.0, 275.0)
-"""The CT window of the paper's recipe (DESIGN §4); use it to display or normalise phantoms."""
+DEFAULT_SPACING = PHANTOM.spacing
+DEFAULT_WINDOW = PHANTOM.intensity_window
+"""The CT window of the paper's recipe ([-125, 275] HU); use it to display or normalise phantoms."""
 
 
 class Phantom(NamedTuple):
@@ -212,38 +201,10 @@ def _gaussian_blur(x: np.ndarray, sigma_vox: float) -> np.ndarray:
     return x
 
 
-def make_phantom(
-    seed: int | Sequence[int] | np.random.SeedSequence,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    spacing: Sequence[float] = DEFAULT_SPACING,
-    *,
-    noise_std: float | None = None,
-    blur_sigma: float = 0.6,
-    bowel_loops: int = 5,
-) -> Phantom:
-    """Generate one synthetic CT-like abdomen: image (HU) + label map (:data:`PHANTOM_CLASSES`) + RAS affine.
-
-    Args:
-        seed: anything ``numpy.random.default_rng`` accepts; the result is a pure function of it (and the
-            other arguments), identical across processes and runs.
-        shape: ``(X, Y, Z)`` voxels. The anatomy is defined relative to the field of view, so any shape works;
-            keep it >= 32 per axis for recognisable organs.
-        spacing: voxel size in mm along X, Y, Z.
-        noise_std: white-noise standard deviation in HU; ``None`` draws it uniformly from [10, 20].
-        blur_sigma: partial-volume blur (Gaussian sigma in voxels) applied to the HU map before the noise.
-        bowel_loops: number of unlabelled soft-tissue blobs (clutter) in the lower abdomen.
-
-    Returns:
-        :class:`Phantom` ``(image float32 [X, Y, Z] HU, label uint8 [X, Y, Z], affine float64 [4, 4])``.
-    """
-    shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
-    rng = np.random.default_rng(seed)
-    affine = phantom_affine(shape, spacing)
+def _body_and_wall(rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...],
+                   affine: np.ndarray) -> tuple[_Body, np.ndarray, np.ndarray, np.ndarray]:
+    """Random body pose and size with a smooth warp; paints fat, muscle, ribs and spine into air. Returns
+    ``(body, abdominal cavity mask, label [X, Y, Z] uint8, hu [X, Y, Z] float32)``."""
     fov_half = np.asarray(shape) * np.asarray(spacing) / 2
 
     # ---- body pose and size (random), global smooth warp
@@ -285,153 +246,127 @@ def make_phantom(
     hu[rs < 1.0] = PHANTOM_HU["bone_cortex"]
     hu[rs < 0.75] = PHANTOM_HU["bone_marrow"]
     del r, rs, ribs
+    return body, cavity, label, hu
 
-    def organ_hu(name: str) -> float:
-        return PHANTOM_HU[name] + rng.normal(0.0, ORGAN_HU_JITTER)
 
-    def jitter(vec, amount):
-        return np.asarray(vec, dtype=np.float64) + rng.uniform(-amount, amount, size=3)
+class _Painter:
+    """Paints organs into ``label`` / ``hu`` within the abdominal cavity; every random choice comes from ``rng``."""
 
-    def scale(vec, amount=0.15):
-        return np.asarray(vec, dtype=np.float64) * rng.uniform(1 - amount, 1 + amount, size=3)
+    def __init__(self, rng: np.random.Generator, body: _Body, cavity: np.ndarray, label: np.ndarray,
+                 hu: np.ndarray) -> None:
+        self.rng, self.body, self.cavity, self.label, self.hu = rng, body, cavity, label, hu
 
-    def ellipsoid(name, centre_u, half_u, max_rot, warp_amp=0.12, exponent=2.0, value=None):
-        c, h = jitter(centre_u, 0.04), scale(half_u)
+    def organ_hu(self, name: str) -> float:
+        return PHANTOM_HU[name] + self.rng.normal(0.0, ORGAN_HU_JITTER)
+
+    def ellipsoid(self, name, centre_u, half_u, max_rot, warp_amp=0.12, exponent=2.0, value=None) -> None:
+        """A warped ellipsoid (``exponent`` > 2: boxier) with jittered centre, scaled half-axes, random rotation."""
+        rng = self.rng
+        c = np.asarray(centre_u, dtype=np.float64) + rng.uniform(-0.04, 0.04, size=3)
+        h = np.asarray(half_u, dtype=np.float64) * rng.uniform(1 - 0.15, 1 + 0.15, size=3)
         rot, modes = _rotation(rng, max_rot), _modes(rng, 3, warp_amp, (1.0, 3.0))
-        box = body.box(c, float(h.max()))
-        inside = (_ellipsoid(body.sub(box), c, h, rot, modes, exponent) < 1.0) & cavity[box]
+        box = self.body.box(c, float(h.max()))
+        inside = (_ellipsoid(self.body.sub(box), c, h, rot, modes, exponent) < 1.0) & self.cavity[box]
         lab = PHANTOM_CLASSES.index(name) if name in PHANTOM_CLASSES else None
-        _paint(label, hu, box, inside, lab, organ_hu(name) if value is None else value)
+        _paint(self.label, self.hu, box, inside, lab, self.organ_hu(name) if value is None else value)
 
-    # ---- unlabelled clutter first: bowel loops (organs painted later overwrite them)
-    for _ in range(bowel_loops):
-        c = (rng.uniform(-0.35, 0.35), rng.uniform(0.05, 0.45), rng.uniform(-0.45, 0.05))
-        ellipsoid(
-            "bowel", c, (0.12, 0.12, 0.10), (30, 30, 30), 0.15, value=PHANTOM_HU["bowel"] + rng.normal(0, 5)
-        )
+    def organs(self, bowel_loops: int) -> None:
+        """Bowel clutter, then the labelled organs in priority order (later overwrite earlier where they touch)."""
+        rng, ellipsoid = self.rng, self.ellipsoid
+        # ---- unlabelled clutter first: bowel loops (organs painted later overwrite them)
+        for _ in range(bowel_loops):
+            c = (rng.uniform(-0.35, 0.35), rng.uniform(0.05, 0.45), rng.uniform(-0.45, 0.05))
+            ellipsoid(
+                "bowel", c, (0.12, 0.12, 0.10), (30, 30, 30), 0.15, value=PHANTOM_HU["bowel"] + rng.normal(0, 5)
+            )
 
-    # ---- organs, painted in priority order (later overwrite earlier where they touch)
-    ellipsoid("stomach", (-0.28, 0.32, 0.50), (0.28, 0.24, 0.26), (15, 15, 20))
-    ellipsoid("spleen", (-0.50, -0.15, 0.50), (0.16, 0.28, 0.26), (10, 10, 20))
+        # ---- organs, painted in priority order (later overwrite earlier where they touch)
+        ellipsoid("stomach", (-0.28, 0.32, 0.50), (0.28, 0.24, 0.26), (15, 15, 20))
+        ellipsoid("spleen", (-0.50, -0.15, 0.50), (0.16, 0.28, 0.26), (10, 10, 20))
+        self.pancreas()
+        ellipsoid("liver", (0.38, 0.05, 0.45), (0.42, 0.50, 0.40), (10, 10, 15), 0.12, exponent=2.6)
 
-    # pancreas: a curved tube running across the body, thicker at the head (patient's right)
-    x_tail, x_head = -0.42 + rng.uniform(-0.04, 0.04), 0.18 + rng.uniform(-0.04, 0.04)
-    y0, z0 = rng.uniform(-0.04, 0.04), rng.uniform(-0.02, 0.06)
-    ay, az, wy, wz = rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05), rng.uniform(3, 6), rng.uniform(3, 6)
-    r_tail, r_head = rng.uniform(0.09, 0.11), rng.uniform(0.13, 0.15)
-    box = body.box(((x_tail + x_head) / 2, y0, z0), (x_head - x_tail) / 2 + r_head)
-    sx, sy, sz = body.sub(box)
-    t = np.clip((sx - x_tail) / (x_head - x_tail), 0, 1)
-    rad = (r_tail + (r_head - r_tail) * t).astype(np.float32)
-    fy = (sy - (y0 + ay * np.sin(wy * sx))) / rad
-    fz = (sz - (z0 + az * np.sin(wz * sx))) / (rad * np.float32(1.3 * body.half_axes[1] / body.half_axes[2]))
-    ends = np.maximum(0, (x_tail - sx) / rad) ** 2 + np.maximum(0, (sx - x_head) / rad) ** 2
-    inside = (fy**2 + fz**2 + ends < 1.0) & cavity[box]
-    _paint(label, hu, box, inside, PHANTOM_CLASSES.index("pancreas"), organ_hu("pancreas"))
+        # kidneys: ONE distribution, mirrored in x -> locally indistinguishable, differ only by side
+        for name, side in (("right_kidney", 1.0), ("left_kidney", -1.0)):
+            ellipsoid(name, (side * 0.42, -0.32, -0.05), (0.19, 0.20, 0.30), (12, 12, 12), 0.10)
+        ellipsoid("bladder", (0.0, 0.25, -0.72), (0.28, 0.27, 0.20), (5, 5, 10), 0.10)
+        self.aorta()
 
-    ellipsoid("liver", (0.38, 0.05, 0.45), (0.42, 0.50, 0.40), (10, 10, 15), 0.12, exponent=2.6)
+    def pancreas(self) -> None:
+        rng, body = self.rng, self.body
+        # pancreas: a curved tube running across the body, thicker at the head (patient's right)
+        x_tail, x_head = -0.42 + rng.uniform(-0.04, 0.04), 0.18 + rng.uniform(-0.04, 0.04)
+        y0, z0 = rng.uniform(-0.04, 0.04), rng.uniform(-0.02, 0.06)
+        ay, az, wy, wz = rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05), rng.uniform(3, 6), rng.uniform(3, 6)
+        r_tail, r_head = rng.uniform(0.09, 0.11), rng.uniform(0.13, 0.15)
+        box = body.box(((x_tail + x_head) / 2, y0, z0), (x_head - x_tail) / 2 + r_head)
+        sx, sy, sz = body.sub(box)
+        t = np.clip((sx - x_tail) / (x_head - x_tail), 0, 1)
+        rad = (r_tail + (r_head - r_tail) * t).astype(np.float32)
+        fy = (sy - (y0 + ay * np.sin(wy * sx))) / rad
+        fz = (sz - (z0 + az * np.sin(wz * sx))) / (rad * np.float32(1.3 * body.half_axes[1] / body.half_axes[2]))
+        ends = np.maximum(0, (x_tail - sx) / rad) ** 2 + np.maximum(0, (sx - x_head) / rad) ** 2
+        inside = (fy**2 + fz**2 + ends < 1.0) & self.cavity[box]
+        _paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("pancreas"), self.organ_hu("pancreas"))
 
-    # kidneys: ONE distribution, mirrored in x -> locally indistinguishable, differ only by side
-    for name, side in (("right_kidney", 1.0), ("left_kidney", -1.0)):
-        ellipsoid(name, (side * 0.42, -0.32, -0.05), (0.19, 0.20, 0.30), (12, 12, 12), 0.10)
-    ellipsoid("bladder", (0.0, 0.25, -0.72), (0.28, 0.27, 0.20), (5, 5, 10), 0.10)
+    def aorta(self) -> None:
+        rng, body = self.rng, self.body
+        # aorta: a wavy tube along z, left-anterior of the spine, ending above the pelvis with a rounded cap
+        x0, y0 = rng.uniform(-0.12, -0.06), rng.uniform(-0.34, -0.28)
+        z_end = rng.uniform(-0.60, -0.50)
+        box = body.box((x0, y0, 0.2), 1.25)
+        sx, sy, sz = body.sub(box)
+        r0 = rng.uniform(0.10, 0.12)
+        rx = r0 * body.half_axes[1] / body.half_axes[0]  # round in mm
+        cx = x0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
+        cy = y0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
+        cap = np.maximum(0, (z_end - sz) / (r0 * body.half_axes[1] / body.half_axes[2])) ** 2
+        inside = (((sx - cx) / rx) ** 2 + ((sy - cy) / r0) ** 2 + cap < 1.0) & self.cavity[box]
+        _paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("aorta"), self.organ_hu("aorta"))
 
-    # aorta: a wavy tube along z, left-anterior of the spine, ending above the pelvis with a rounded cap
-    x0, y0 = rng.uniform(-0.12, -0.06), rng.uniform(-0.34, -0.28)
-    z_end = rng.uniform(-0.60, -0.50)
-    box = body.box((x0, y0, 0.2), 1.25)
-    sx, sy, sz = body.sub(box)
-    r0 = rng.uniform(0.10, 0.12)
-    rx = r0 * body.half_axes[1] / body.half_axes[0]  # round in mm
-    cx = x0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
-    cy = y0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
-    cap = np.maximum(0, (z_end - sz) / (r0 * body.half_axes[1] / body.half_axes[2])) ** 2
-    inside = (((sx - cx) / rx) ** 2 + ((sy - cy) / r0) ** 2 + cap < 1.0) & cavity[box]
-    _paint(label, hu, box, inside, PHANTOM_CLASSES.index("aorta"), organ_hu("aorta"))
+
+def make_phantom(
+    seed: int | Sequence[int] | np.random.SeedSequence,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    *,
+    noise_std: float | None = None,
+    blur_sigma: float = 0.6,
+    bowel_loops: int = 5,
+) -> Phantom:
+    """Generate one synthetic CT-like abdomen: image (HU) + label map (:data:`PHANTOM_CLASSES`) + RAS affine.
+
+    Args:
+        seed: anything ``numpy.random.default_rng`` accepts; the result is a pure function of it (and the
+            other arguments), identical across processes and runs.
+        shape: ``(X, Y, Z)`` voxels. The anatomy is defined relative to the field of view, so any shape works;
+            keep it >= 32 per axis for recognisable organs.
+        spacing: voxel size in mm along X, Y, Z.
+        noise_std: white-noise standard deviation in HU; ``None`` draws it uniformly from [10, 20].
+        blur_sigma: partial-volume blur (Gaussian sigma in voxels) applied to the HU map before the noise.
+        bowel_loops: number of unlabelled soft-tissue blobs (clutter) in the lower abdomen.
+
+    Returns:
+        :class:`Phantom` ``(image float32 [X, Y, Z] HU, label uint8 [X, Y, Z], affine float64 [4, 4])``.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or min(shape) < 8:
+        raise Rep3DValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise Rep3DValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
+    rng = np.random.default_rng(seed)
+    affine = phantom_affine(shape, spacing)
+    # the order of the random draws below is part of each phantom's definition: keep it when editing
+    painter = _Painter(rng, *_body_and_wall(rng, shape, spacing, affine))
+    painter.organs(bowel_loops)
+    label, hu = painter.label, painter.hu
 
     # ---- partial-volume blur, then noise
     image = _gaussian_blur(hu, blur_sigma)
     sigma = rng.uniform(10.0, 20.0) if noise_std is None else float(noise_std)
     image += rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
     return Phantom(image.astype(np.float32, copy=False), label, affine)
-
-
-# ----------------------------------------------------------------------------------------------------
-# ``rep3d phantom`` sub-command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "outdir", help="output folder (MSD layout: imagesTr/ labelsTr/ imagesTs/ labelsTs/ dataset.json)"
-    )
-    parser.add_argument("--num-train", type=int, default=24, help="training cases (default 24)")
-    parser.add_argument("--num-test", type=int, default=8, help="test cases, written with labels (default 8)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="master seed; each case derives its own (default 0)"
-    )
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=DEFAULT_SHAPE,
-        metavar=("X", "Y", "Z"),
-        help=f"volume shape in voxels (default {DEFAULT_SHAPE})",
-    )
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=DEFAULT_SPACING,
-        metavar=("SX", "SY", "SZ"),
-        help=f"voxel spacing in mm (default {DEFAULT_SPACING})",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
-    parser.add_argument(
-        "--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from rep3d.data.msd import write_msd_dataset
-
-    try:
-        root = write_msd_dataset(
-            args.outdir,
-            num_train=args.num_train,
-            num_test=args.num_test,
-            seed=args.seed,
-            shape=args.shape,
-            spacing=args.spacing,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (FileExistsError, ValueError) as err:
-        print(f"rep3d phantom: error: {err}", file=sys.stderr)
-        return 1
-    if args.preview:
-        from rep3d.data.figures import save_overlay_png
-
-        case = make_phantom(
-            case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing
-        )
-        kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
-        centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
-        save_overlay_png(  # planes through the kidneys: the pair only context tells apart
-            args.preview,
-            case.image,
-            case.label,
-            window=DEFAULT_WINDOW,
-            spacing=args.spacing,
-            centre=centre,
-            class_names=PHANTOM_CLASSES,
-            title="SYNTHETIC phantom",
-        )
-        print(f"preview: {args.preview}")
-    print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic) to {root}")
-    return 0
 
 
 def case_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:

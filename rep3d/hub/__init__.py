@@ -1,10 +1,15 @@
-"""Pretrained weights: resolution (local file, bundled file, Hugging Face Hub), verification, adaptation, loading,
-publishing (``save_pretrained`` / ``push_to_hub``) and models built from the Hub (``hf-hub:org/name[@revision]``).
+"""Pretrained weights as I/O and verification: resolution (local file, bundled file, Hugging Face Hub), reading
+without executing code, checksum and form checks, adaptation, loading into a given model, and publishing
+(``save_pretrained`` / ``push_to_hub``).
 
-Every failure to provide weights that were asked for raises :class:`Rep3DWeightsError` (a ``RuntimeError``) naming the
-model / tag, the source and the fix; random weights are never returned in their place.
+This package never builds a model from a name and never imports the model registry: building is
+:mod:`rep3d.builder`'s job (``create_model("hf-hub:...")``, ``"local-dir:..."``), which calls into here. Every failure
+to provide weights that were asked for raises :class:`Rep3DWeightsError` (a ``RuntimeError``) naming the model / tag,
+the source and the fix; random weights are never returned in their place.
 """
 
+from rep3d.errors import Rep3DWeightsError
+from rep3d.hub.config import BUNDLED_PREFIX, CONFIG_NAME, DEFAULT_FILENAME, read_config
 from rep3d.hub.download import (
     WEIGHTS_DIR_ENV,
     WeightsSource,
@@ -13,8 +18,7 @@ from rep3d.hub.download import (
     hub_download,
     resolve_weights,
 )
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.hub.publish import create_model_from_hub, model_card, model_config, push_to_hub, save_pretrained
+from rep3d.hub.publish import model_card, model_config, push_to_hub, save_pretrained
 from rep3d.hub.weights import (
     INPUT_CONV_KEYS,
     adapt_input_channels,
@@ -26,6 +30,9 @@ from rep3d.hub.weights import (
 )
 
 __all__ = [
+    "BUNDLED_PREFIX",
+    "CONFIG_NAME",
+    "DEFAULT_FILENAME",
     "INPUT_CONV_KEYS",
     "WEIGHTS_DIR_ENV",
     "Rep3DWeightsError",
@@ -34,13 +41,13 @@ __all__ = [
     "adapt_state_dict",
     "bundled_weights_dir",
     "check_weights_available",
-    "create_model_from_hub",
     "hub_download",
     "load_checkpoint",
     "load_pretrained",
     "model_card",
     "model_config",
     "push_to_hub",
+    "read_config",
     "read_weights",
     "resolve_weights",
     "save_pretrained",

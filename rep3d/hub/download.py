@@ -24,14 +24,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.models.registry import BUNDLED_PREFIX
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from rep3d.errors import Rep3DWeightsError
+from rep3d.hub.config import BUNDLED_PREFIX, DEFAULT_FILENAME
+from rep3d.version import __version__
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "REP3D_WEIGHTS_DIR"
-DEFAULT_FILENAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -55,10 +67,24 @@ def bundled_weights_dir() -> Path:
 
 
 def split_hub_id(hub_id: str) -> tuple[str, str | None]:
-    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> revision ``None``."""
-    repo_id, _, revision = hub_id.partition("@")
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> revision ``None``.
+
+    Raises :class:`Rep3DWeightsError` (reason ``config``) for an id the Hub cannot hold (``../etc``, spaces, ...)."""
+    repo_id, _, revision = str(hub_id).partition("@")
+    problem = None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"Hub model id must look like 'org/name' or 'org/name@revision', got {hub_id!r}")
+        problem = "a Hub model id must look like 'org/name' or 'org/name@revision'"
+    else:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            problem = f"not a valid Hub repository id ({err})"
+    if problem is not None:
+        raise Rep3DWeightsError(
+            f"hf-hub:{hub_id}", "the Hub model id", f"{problem}, got {hub_id!r}",
+            "use the id shown on the model's Hub page: ORG/NAME with letters, digits, '-', '_' or '.' (no spaces, "
+            "no '..'), optionally @REVISION", reason="config",
+        )
     return repo_id, revision or None
 
 
@@ -76,12 +102,13 @@ def has_weight_source(cfg: dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ("file", "bundled", "hf_hub_id", "url"))
 
 
-def no_weights_error(name: str) -> Rep3DWeightsError:
-    """The error for a model/tag without registered weights; lists the tags that have some."""
-    from rep3d.models.registry import list_models
-
-    tags = list_models(pretrained=True)
-    listed = ", ".join(tags) if tags else "none yet"
+def no_weights_error(name: str, tags_with_weights: list[str] | None = None) -> Rep3DWeightsError:
+    """The error for a model/tag without registered weights; lists ``tags_with_weights`` when the caller (the
+    registry, which knows them) gives them."""
+    if tags_with_weights is None:
+        listed = "rep3d.list_models(pretrained=True) lists them"
+    else:
+        listed = ", ".join(tags_with_weights) if tags_with_weights else "none yet"
     return Rep3DWeightsError(
         name, "the rep3d model registry",
         f"no weights are published for {name!r} (no file, bundled file or Hub repository is registered for it); "
@@ -92,10 +119,10 @@ def no_weights_error(name: str) -> Rep3DWeightsError:
     )
 
 
-def check_weights_available(cfg: dict[str, Any]) -> None:
+def check_weights_available(cfg: dict[str, Any], tags_with_weights: list[str] | None = None) -> None:
     """Raise :func:`no_weights_error` when ``cfg`` names no weight source at all (no network, no file access)."""
     if not has_weight_source(cfg):
-        raise no_weights_error(weights_name(cfg))
+        raise no_weights_error(weights_name(cfg), tags_with_weights)
 
 
 def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
@@ -143,21 +170,15 @@ def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
 
 
 def hub_where(repo_id: str, filename: str, revision: str) -> str:
-    from huggingface_hub import hf_hub_url
-
     return f"{hf_hub_url(repo_id, filename, revision=revision)} (repo {repo_id}, revision {revision})"
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
     check = getattr(constants, "is_offline_mode", None)
     return bool(check() if callable(check) else constants.HF_HUB_OFFLINE)
 
 
 def _cache_location(cache_dir: str | Path | None) -> str:
-    from huggingface_hub import constants
-
     return str(cache_dir or constants.HF_HUB_CACHE)
 
 
@@ -169,10 +190,6 @@ def hub_download(repo_id: str, filename: str, *, revision: str = "main", cache_d
     re-validated with one HEAD (and served from the cache if the Hub is unreachable). An uncached file costs one HEAD
     without retries, then the download itself (written to a temporary file and moved into the cache when complete).
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-
-    from rep3d import __version__
-
     name = name or f"hf-hub:{repo_id}@{revision}"
     where = hub_where(repo_id, filename, revision)
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
@@ -209,17 +226,6 @@ def hub_download(repo_id: str, filename: str, *, revision: str = "main", cache_d
 def _classify(err: Exception, name: str, where: str, repo_id: str, filename: str, revision: str,
               cache_dir: str | Path | None) -> Exception:
     """Turn a huggingface_hub / transport error into a :class:`Rep3DWeightsError`; unknown errors pass through."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     login = "log in for a private or gated repository (`hf auth login` or HF_TOKEN)"
     local = "or pass pretrained_cfg_overlay=dict(file=PATH) to use a local copy"
     if isinstance(err, GatedRepoError):

@@ -1,23 +1,15 @@
-"""Publishing rep3d weights: ``save_pretrained`` (config.json + model.safetensors + README.md), ``push_to_hub``, and
-building a model from a published folder / Hub repository (``create_model("hf-hub:org/name[@revision]")``).
+"""Publishing rep3d weights: ``save_pretrained`` (config.json + model.safetensors + README.md) and ``push_to_hub``.
 
-``config.json`` follows timm's Hub format (``architecture``, ``num_classes``, ``label_names``, ``model_args``,
-``pretrained_cfg`` with timm keys only), so ``timm.create_model("hf-hub:...")`` builds the model too once rep3d is
-imported, plus a ``rep3d`` section::
-
-    "rep3d": {"version": ..., "form": "train" | "deploy",
-              "weights": {"file": "model.safetensors", "format": "safetensors", "sha256": ...},
-              "metadata": {roi_size, spacing, intensity_window, orientation, modality, class_names, dataset,
-                           metrics, command, synthetic, origin, ...}}
-
-``model_args.deploy`` is ``true`` for a deployed (reparameterized) model, so a rebuild makes the deployed form.
+The folder follows timm's Hub format (see :mod:`rep3d.hub.config`), so ``timm.create_model("hf-hub:...")`` builds
+the model too once rep3d is imported; ``model_args.deploy`` is ``true`` for a deployed (reparameterized) model, so a
+rebuild makes the deployed form. Building a model from such a folder is the builder's job
+(``rep3d.create_model("local-dir:PATH")`` / ``"hf-hub:org/name"``, in :mod:`rep3d.builder`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -25,22 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi, ModelCardData
+from safetensors.torch import save_file
 from torch import nn
 
-from rep3d.hub.download import CONFIG_NAME, DEFAULT_FILENAME, hub_download, hub_where, split_hub_id
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.hub.weights import load_checkpoint, sha256_file
+from rep3d.errors import Rep3DValueError
+from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME, TIMM_CFG_KEYS
+from rep3d.hub.weights import sha256_file
+from rep3d.layers import is_deployed
+from rep3d.version import __version__
 
-CARD_NAME = "README.md"
+__all__ = ["CARD_NAME", "model_card", "model_config", "push_to_hub", "save_pretrained"]
+
 _SOURCE_META = ("bundled", "sha256", "hf_revision", "weights_source")
 _TIMM_DROP = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "label_names",
               "label_descriptions")
-
-
-def _timm_keys() -> set[str]:
-    from rep3d.models.registry import _TIMM_KEYS
-
-    return _TIMM_KEYS
 
 
 def _jsonable(value: Any, key: str) -> Any:
@@ -53,19 +44,16 @@ def _jsonable(value: Any, key: str) -> Any:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"save_pretrained: {key}={value!r} is not JSON-serialisable; pass a plain value") from err
+        raise Rep3DValueError(f"save_pretrained: {key}={value!r} is not JSON-serialisable; pass a plain value") from err
     return value
 
 
 def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content for ``model`` (without the weights' sha256, added when the file is written)."""
-    from rep3d import __version__
-    from rep3d.models.deploy import is_deployed
-
     cfg = getattr(model, "pretrained_cfg", None)
     args = getattr(model, "model_args", None)
     if not isinstance(cfg, dict) or not cfg.get("architecture") or not isinstance(args, dict):
-        raise ValueError(
+        raise Rep3DValueError(
             f"save_pretrained needs a model built by rep3d.create_model (with .pretrained_cfg and .model_args); got "
             f"{type(model).__name__}" + (" (a features_only wrapper: save the full model)" if hasattr(model, "model")
                                          else "")
@@ -74,13 +62,13 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
     model_args = {**args, "in_chans": model.in_chans, "num_classes": model.num_classes}
     if deployed:
         model_args["deploy"] = True
-    timm_cfg = {k: v for k, v in cfg.items() if k in _timm_keys() and k not in _TIMM_DROP and v is not None}
+    timm_cfg = {k: v for k, v in cfg.items() if k in TIMM_CFG_KEYS and k not in _TIMM_DROP and v is not None}
     timm_cfg.pop("architecture", None)
     timm_cfg["num_classes"] = model.num_classes
     input_size = tuple(timm_cfg.get("input_size") or (model.in_chans, 96, 96))
     timm_cfg["input_size"] = (model.in_chans, *input_size[1:])
-    meta = {k: v for k, v in cfg.items() if k not in _timm_keys() and k not in _SOURCE_META and v is not None}
-    if cfg.get("tag"):
+    meta = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS and k not in _SOURCE_META and v is not None}
+    if cfg.get("tag") and cfg.get("weights_source"):  # a tag names weights: only loaded weights have that origin
         meta.setdefault("origin", f"{cfg['architecture']}.{cfg['tag']}")
     for key, value in (metadata or {}).items():
         if value is None:
@@ -91,7 +79,10 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
             meta[key] = value
     config: dict[str, Any] = {"architecture": cfg["architecture"], "num_classes": model.num_classes}
     class_names = meta.get("class_names")
-    if class_names and len(class_names) == model.num_classes:
+    if class_names is not None and (not isinstance(class_names, (list, tuple))
+                                    or len(class_names) != model.num_classes):
+        del meta["class_names"]  # names of another head (e.g. a tag's before its head was re-initialised)
+    elif class_names:
         config["label_names"] = list(class_names)
     config["model_args"] = model_args
     config["pretrained_cfg"] = timm_cfg
@@ -126,13 +117,9 @@ def save_pretrained(
     or ``create_model("hf-hub:...")`` once pushed) is bit-exact. ``dtype`` (e.g. ``torch.float16``) stores floating
     tensors in that precision to halve the file; they load into a float32 model exactly up to that rounding.
     """
-    from safetensors.torch import save_file
-
-    from rep3d import __version__
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
+        raise Rep3DValueError(f"save_pretrained: {directory} exists and is not a directory; give a folder path")
     extra = {**(metadata or {}), "metrics": dict(metrics) if metrics else None, "command": command,
              "dataset": dataset, "description": description, "license": license}
     config = model_config(model, extra)
@@ -181,8 +168,6 @@ def push_to_hub(
     ``hf_revision`` of a registered tag.
     """
     if api is None:
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="rep3d-push-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model", repo_id=repo_id, **save_kwargs)
@@ -192,93 +177,6 @@ def push_to_hub(
             repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {model.pretrained_cfg['architecture']} ({form} form) with rep3d",
         )
-
-
-def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint_path: str | Path | None = None,
-                          cache_dir: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build the model published at ``"org/name[@revision]"`` from its ``config.json``; with ``pretrained=True`` load
-    its ``model.safetensors`` (same commit as the config, sha256-checked, strict). ``kwargs`` override model args."""
-    from rep3d.models.registry import is_model
-
-    name = f"hf-hub:{model_id}"
-    repo_id, revision = split_hub_id(model_id)
-    revision = revision or "main"
-    path = Path(hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, name=name))
-    where = hub_where(repo_id, CONFIG_NAME, revision)
-    config = read_config(path, name, where)
-    arch = config.get("architecture")
-    if not isinstance(arch, str) or not is_model(arch):
-        raise Rep3DWeightsError(
-            name, where, f"config.json names architecture {arch!r}, which is not a rep3d model",
-            "check the repository; a timm model loads with timm.create_model('hf-hub:...')", reason="config",
-        )
-    commit = path.parent.name if re.fullmatch(r"[0-9a-f]{40}", path.parent.name) else revision
-    weights = _weights_section(config)
-    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
-              "hf_hub_filename": weights.get("file", DEFAULT_FILENAME), "sha256": weights.get("sha256")}
-    return _model_from_config(config, source, pretrained, checkpoint_path, cache_dir=cache_dir, **kwargs)
-
-
-def create_model_from_folder(folder: str | Path, pretrained: bool = False, *,
-                             checkpoint_path: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build the model :func:`save_pretrained` wrote into ``folder`` (``create_model("local-dir:FOLDER")``); with
-    ``pretrained=True`` load its weights (sha256-checked, strict). ``kwargs`` override model args."""
-    from rep3d.models.registry import is_model
-
-    folder = Path(folder)
-    name = f"local-dir:{folder}"
-    config = read_config(folder / CONFIG_NAME, name, str(folder / CONFIG_NAME))
-    arch = config.get("architecture")
-    if not isinstance(arch, str) or not is_model(arch):
-        raise Rep3DWeightsError(name, str(folder), f"config.json names architecture {arch!r}, which is not a rep3d "
-                                "model", "point at a folder written by rep3d.save_pretrained", reason="config")
-    weights = _weights_section(config)
-    source = {"source": "local-dir", "file": str(folder / weights.get("file", DEFAULT_FILENAME)),
-              "sha256": weights.get("sha256")}
-    return _model_from_config(config, source, pretrained, checkpoint_path, **kwargs)
-
-
-def _weights_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
-    return section.get("weights") if isinstance(section.get("weights"), dict) else {}
-
-
-def _model_from_config(config: Mapping[str, Any], source: dict[str, Any], pretrained: bool,
-                       checkpoint_path: str | Path | None, **kwargs: Any) -> nn.Module:
-    """Build ``config["architecture"]`` with its model args and 3-D metadata, weights from ``source``."""
-    import timm
-
-    section = config.get("rep3d") if isinstance(config.get("rep3d"), dict) else {}
-    cfg = {**(config.get("pretrained_cfg") or {}), **metadata_from_json(section.get("metadata") or {}),
-           "architecture": config["architecture"], **source}
-    if config.get("label_names"):
-        cfg["label_names"] = config["label_names"]
-    model_args = {**(config.get("model_args") or {}), **kwargs}
-    model = timm.create_model(config["architecture"], pretrained=pretrained, pretrained_cfg=cfg, **model_args)
-    if checkpoint_path:
-        load_checkpoint(model, checkpoint_path)
-    return model
-
-
-TUPLE_KEYS = ("roi_size", "spacing", "intensity_window")
-
-
-def metadata_from_json(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """3-D metadata read from config.json, with the triplets as tuples (as registered cfgs have them)."""
-    return {k: tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v for k, v in meta.items()}
-
-
-def read_config(path: Path, name: str, where: str) -> dict[str, Any]:
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise Rep3DWeightsError(name, where, f"config.json is not valid JSON ({err})",
-                                "re-publish the folder with rep3d.save_pretrained / push_to_hub",
-                                reason="config") from err
-    if not isinstance(config, dict):
-        raise Rep3DWeightsError(name, where, "config.json is not a JSON object", "re-publish the folder",
-                                reason="config")
-    return config
 
 
 # --------------------------------------------------------------------------------------------------------- model card
@@ -291,10 +189,16 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _tta_row(axes: Any) -> str:
+    if axes is None:
+        return "not recorded: `--tta` is refused"
+    if not axes:
+        return "none: trained without flips, so `--tta` is refused"
+    return f"flips along axes {', '.join(map(str, axes))} (trained with these flips)"
+
+
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
-    from huggingface_hub import ModelCardData
-
     meta = config["rep3d"]["metadata"]
     arch, form = config["architecture"], config["rep3d"]["form"]
     synthetic = bool(meta.get("synthetic"))
@@ -330,7 +234,8 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
               f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
               f"| orientation | {meta.get('orientation', 'unknown')} |",
               f"| modality | {meta.get('modality', 'unknown')} |",
-              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |", ""]
+              f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
+              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |", ""]
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

@@ -22,17 +22,21 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm.utils
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from rep3d.hub.download import CONFIG_NAME, WeightsSource, resolve_weights, weights_name
-from rep3d.hub.errors import Rep3DWeightsError
-from rep3d.layers import RepLKConv3d
+from rep3d.errors import Rep3DTypeError, Rep3DWeightsError
+from rep3d.hub.config import CONFIG_NAME, metadata_from_json
+from rep3d.hub.download import WeightsSource, resolve_weights, weights_name
+from rep3d.layers import RepLKConv3d, is_deployed
 
 INPUT_CONV_KEYS = (
     "encoder.downsample_layers.0.0.weight",
@@ -44,6 +48,7 @@ STEM_KEY = INPUT_CONV_KEYS[0]
 DEFAULT_CLASSIFIER = "decoder.out.conv.conv"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "network")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_REFUSED_GLOBAL = re.compile(r"unsupported global", re.IGNORECASE)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -65,7 +70,7 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
         ignored += [f"{k} (checkpoint wrapper entry)" for k in obj if k != inner]
         obj = obj[inner]
     if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise Rep3DTypeError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
     state = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -97,8 +102,6 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     if path.suffix in PICKLE_SUFFIXES:
         obj = _read_pickle(path, name, where)
     else:
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 metadata = dict(f.metadata() or {})
@@ -123,13 +126,16 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
+        # torch words the refusal of a pickled global differently across versions: "Unsupported global: GLOBAL
+        # os.system was not an allowed global" (2.4-2.6), "Trying to load unsupported GLOBAL posix.system whose module
+        # posix is blocked" (2.14)
+        detail = next((line.strip() for line in str(err).splitlines() if _REFUSED_GLOBAL.search(line)), None)
         if detail is None:  # not a refusal of a Python object: garbage or a damaged pickle
             raise Rep3DWeightsError(name, where, "not a readable PyTorch checkpoint (corrupt or truncated pickle "
                                     "stream, or not a checkpoint at all)", "download or export it again",
                                     reason="corrupt") from err
         raise Rep3DWeightsError(
-            name, where, "the checkpoint holds pickled Python objects besides tensors, and rep3d never executes "
+            name, where, "the file holds code: pickled Python objects besides tensors, and rep3d never executes "
             f"pickled code (torch.load(weights_only=True) refused: {detail})",
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
@@ -140,6 +146,9 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
 
 
 def verify_sha256(path: Path, expected: str, name: str, where: str) -> None:
+    if not (isinstance(expected, str) and re.fullmatch(r"[0-9a-fA-F]{64}", expected)):
+        raise Rep3DWeightsError(name, where, f"the expected sha256 is {expected!r}, not 64 hexadecimal digits",
+                                "give the sha256 as a hex string (sha256sum FILE), or leave it out", reason="config")
     actual = sha256_file(path)
     if actual != expected.lower():
         raise Rep3DWeightsError(
@@ -194,8 +203,7 @@ def _weights_form(state: Mapping[str, torch.Tensor], model: nn.Module, metadata:
 def _convert_form(model: nn.Module, state: dict[str, torch.Tensor], metadata: Mapping[str, str], name: str,
                   where: str) -> dict[str, torch.Tensor]:
     form = _weights_form(state, model, metadata)
-    convs = _convs(model)
-    model_deployed = bool(convs) and all(m.deploy for m in convs)
+    model_deployed = is_deployed(model)
     if form == "train" and model_deployed and _has_train_extras(state, _conv_prefixes(model)):
         return _fold_into_deploy_form(model, state, name, where)
     if form == "deploy" and not model_deployed and _has_train_extras(model.state_dict(), _conv_prefixes(model)):
@@ -264,15 +272,9 @@ def _match_input_projection(state: dict[str, torch.Tensor], expected: Mapping[st
     return state
 
 
-def _convs(model: nn.Module) -> list[RepLKConv3d]:
-    return [m for m in model.modules() if isinstance(m, RepLKConv3d)]
-
-
 def _fold_into_deploy_form(model: nn.Module, state: dict[str, torch.Tensor], name: str,
                            where: str) -> dict[str, torch.Tensor]:
     """Load train-form ``state`` into a train-form twin of ``model`` and fold it, giving deploy-form weights."""
-    from rep3d.models.deploy import reparameterize_model
-
     args = getattr(model, "model_args", None)
     if not isinstance(args, dict):
         raise Rep3DWeightsError(
@@ -281,15 +283,19 @@ def _fold_into_deploy_form(model: nn.Module, state: dict[str, torch.Tensor], nam
             reason="form",
         )
     twin = type(model)(**{**args, "deploy": False})
-    _load_exact(twin, state, strict=True, name=name, where=where, metadata={})
-    return reparameterize_model(twin, inplace=True).state_dict()
+    load_exact(twin, state, strict=True, name=name, where=where, metadata={})
+    # timm's fold calls every RepLKConv3d.reparameterize(); only the folded state_dict is kept
+    return timm.utils.reparameterize_model(twin, inplace=True).state_dict()
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
 
-def _load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, name: str, where: str,
+def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, name: str, where: str,
                 metadata: Mapping[str, str]) -> None:
+    """Load ``state`` into ``model`` as it is (no adaptation): shape mismatches always, and with ``strict`` missing or
+    unexpected keys, raise :class:`Rep3DWeightsError` saying whether the weights belong to another architecture."""
     expected = model.state_dict()
+    check_tensor_values(state, expected, name, where)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]
@@ -311,6 +317,32 @@ def _load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: 
         warnings.warn(f"{name}: non-strict load from {where}: {_key_report(missing, unexpected, [])}", UserWarning,
                       stacklevel=4)
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def check_tensor_values(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str,
+                        where: str) -> None:
+    """Raise :class:`Rep3DWeightsError` naming the tensor when a weight the model holds as floating point comes as an
+    integer, boolean or complex tensor (``load_state_dict`` would cast it silently) or holds NaN / inf.
+
+    Integer buffers of the model (BatchNorm's ``num_batches_tracked``) may stay integers."""
+    for key, tensor in state.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            given, wanted = (str(t.dtype).removeprefix("torch.") for t in (tensor, target))
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} is {given}, but the model holds it as {wanted}: integer, boolean or "
+                "complex values are not trained weights (a quantised or wrongly converted file?)",
+                "export the floating-point weights (state_dict of the trained model) and load those", reason="dtype",
+            )
+        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        if bad:
+            raise Rep3DWeightsError(
+                name, where, f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}: a "
+                "model loaded from it computes NaN", "use a checkpoint saved before training diverged (or re-export "
+                "the weights)", reason="non_finite",
+            )
 
 
 def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str], show: int = 4) -> str:
@@ -370,10 +402,8 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
                                     err.reason) from err
         raise
     state = adapt_state_dict(model, state, cfg, name, source.where, metadata)
-    _load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
+    load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        from rep3d.hub.publish import metadata_from_json
-
         for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
             model.pretrained_cfg.setdefault(key, value)
         model.pretrained_cfg["weights_source"] = source.where
@@ -391,5 +421,5 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     where = f"checkpoint {path}"
     state, metadata = read_weights(path, name, where)
     state = _convert_form(model, state, metadata, name, where)
-    _load_exact(model, state, strict=strict, name=name, where=where, metadata=metadata)
+    load_exact(model, state, strict=strict, name=name, where=where, metadata=metadata)
     return model

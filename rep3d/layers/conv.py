@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -11,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_volume, is_exporting, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d, direct_depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
-from rep3d.layers.mask import ModulatedKernelParam
+from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
 
 Modulation = Literal["lrbm", "fixed"] | None
 
@@ -30,9 +32,10 @@ class RepLKConv3d(nn.Module):
         y = BN(conv(x, W * M)) [+ BN_s(conv(x, W_s))]
 
     where ``M`` is the receptive-field mask (``modulation="lrbm"`` learnable, ``"fixed"`` the distance prior,
-    ``None`` no mask) and the optional ``small_kernel`` branch is the CSLA / RepLKNet parallel small conv. With
-    ``norm=False`` there is no BatchNorm and the branches are summed as kernels; ``bias=True`` adds a learnable
-    per-channel bias after everything (as in 3D UX-Net's depthwise conv).
+    ``None`` no mask; ``mask_form`` and the ``generator_*`` knobs shape the learnable one, see
+    :class:`~rep3d.layers.ModulatedKernelParam`) and the optional ``small_kernel`` branch is the CSLA / RepLKNet
+    parallel small conv. With ``norm=False`` there is no BatchNorm and the branches are summed as kernels;
+    ``bias=True`` adds a learnable per-channel bias after everything (as in 3D UX-Net's depthwise conv).
 
     :meth:`reparameterize` folds mask, BatchNorms and small branch into one depthwise conv with bias; the module
     then holds only ``weight`` ``[C, 1, k, k, k]`` and ``bias`` ``[C]`` and its state_dict loads into a module built
@@ -52,22 +55,26 @@ class RepLKConv3d(nn.Module):
         deploy: bool = False,
         beta: float = 1.0,
         learnable_beta: bool = False,
-        mask_hidden_channels: int = 4,
+        mask_form: MaskForm = DEFAULT_MASK_FORM,
+        generator_hidden_channels: int = 1,
+        generator_kernel_size: int = 7,
+        generator_depth: int = 2,
+        generator_output_scale: OutputScale = "sqrt_fan_in",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"RepLKConv3d: channels must be a positive int, got {channels!r}")
+            raise Rep3DValueError(f"RepLKConv3d: channels must be a positive int, got {channels!r}")
         if modulation not in ("lrbm", "fixed", None):
-            raise ValueError(f"RepLKConv3d: modulation must be 'lrbm', 'fixed' or None, got {modulation!r}")
+            raise Rep3DValueError(f"RepLKConv3d: modulation must be 'lrbm', 'fixed' or None, got {modulation!r}")
         if conv_backend not in BACKENDS:
-            raise ValueError(f"RepLKConv3d: conv_backend must be one of {BACKENDS}, got {conv_backend!r}")
+            raise Rep3DValueError(f"RepLKConv3d: conv_backend must be one of {BACKENDS}, got {conv_backend!r}")
         self.channels = channels
         self.kernel_size = kernel_size_3d(kernel_size)
         self.small_kernel = None if small_kernel is None else kernel_size_3d(small_kernel, name="small_kernel")
         if self.small_kernel is not None and any(s >= k for s, k in zip(self.small_kernel, self.kernel_size)):
-            raise ValueError(
+            raise Rep3DValueError(
                 f"RepLKConv3d: small_kernel {small_kernel} must be smaller than kernel_size {kernel_size} on every axis"
             )
         self.modulation_mode = modulation
@@ -84,7 +91,9 @@ class RepLKConv3d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.modulation = (
             ModulatedKernelParam(self.kernel_size, modulation, beta=beta, learnable_beta=learnable_beta,
-                                 hidden_channels=mask_hidden_channels)
+                                 mask_form=mask_form, generator_hidden_channels=generator_hidden_channels,
+                                 generator_kernel_size=generator_kernel_size, generator_depth=generator_depth,
+                                 generator_output_scale=generator_output_scale)
             if modulation is not None else None
         )
         self.bn = nn.BatchNorm3d(channels, eps=bn_eps, momentum=bn_momentum) if norm else None
@@ -140,6 +149,11 @@ class RepLKConv3d(nn.Module):
             return checkpoint(depthwise_conv3d, x, weight, bias, backend=self.conv_backend, use_reentrant=False)
         return depthwise_conv3d(x, weight, bias, backend=self.conv_backend)
 
+    def mask_stats(self) -> dict[str, float | None] | None:
+        """:meth:`ModulatedKernelParam.mask_stats` of the mask, or ``None`` without one (unmodulated or deployed)."""
+        modulation = getattr(self, "modulation", None)
+        return modulation.mask_stats() if modulation is not None else None
+
     @torch.no_grad()
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The single ``(weight [C, 1, k, k, k], bias [C])`` equal to this module in eval mode."""
@@ -185,6 +199,74 @@ class RepLKConv3d(nn.Module):
             parts.append(f"conv_backend={self.conv_backend!r}")
         return ", ".join(parts)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Train-form tensors arriving in a deployed module. A deployed module's ``weight`` / ``bias`` have the names and
+    # shapes of the train form's unmodulated kernel and (UX-Net) bias, so ``load_state_dict(strict=False)`` or MONAI's
+    # ``copy_model_state`` would load an unfolded kernel without its mask, BatchNorm and small branch: a wrong
+    # function, silently. The hooks below fold such tensors on load, or refuse when they cannot be folded.
+
+    def __new__(cls, *args: object, **kwargs: object) -> RepLKConv3d:
+        # Remember the constructor arguments: a deployed module needs them to rebuild its train form when train-form
+        # tensors arrive (copy / deepcopy / unpickling call __new__ without arguments and restore the attribute).
+        self = super().__new__(cls)
+        if args or kwargs:
+            try:
+                bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+            except TypeError:  # __init__ reports the bad call itself
+                return self
+            object.__setattr__(self, "_init_args", {k: v for k, v in bound.arguments.items() if k != "self"})
+        return self
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "weight"
+        if not self.deploy and not keep_vars and key in destination and self._train_form_differs():
+            # in-memory provenance of the unfolded kernel: a deployed module refuses it when it arrives alone
+            # (copy_model_state keeps only the keys the destination has, so the BatchNorm never comes with it)
+            destination[key].rep3d_unfolded_kernel = True
+
+    def _train_form_differs(self) -> bool:
+        return any(getattr(self, name, None) is not None for name in ("modulation", "bn", "small_weight"))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        if self.deploy:
+            own = [k for k in state_dict if k.startswith(prefix)]  # a deployed conv has no children
+            extras = [k for k in own if k not in (prefix + "weight", prefix + "bias")]
+            unfolded = getattr(state_dict.get(prefix + "weight"), "rep3d_unfolded_kernel", False)
+            if extras:
+                folded = self._fold_train_form({k[len(prefix):]: state_dict.pop(k) for k in own}, prefix)
+                state_dict.update({prefix + k: v for k, v in folded.items()})
+            elif unfolded:
+                raise Rep3DValueError(
+                    f"RepLKConv3d {prefix.rstrip('.') or '(root)'}: an unfolded train-form kernel is being loaded into "
+                    "a deployed (folded) conv without its mask / BatchNorm / small-branch tensors (e.g. by "
+                    "monai.networks.utils.copy_model_state, which keeps only the keys the deployed model has): "
+                    "the result would compute a different function. Load the full train-form state_dict (it is "
+                    "folded on load), or load into a train-form model and call rep3d.reparameterize_model"
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _fold_train_form(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Train-form tensors of this conv -> its folded ``weight`` / ``bias`` (via a train-form twin)."""
+        name = prefix.rstrip(".") or "(root)"
+        args = getattr(self, "_init_args", None)
+        if args is None:
+            raise Rep3DValueError(f"RepLKConv3d {name}: train-form tensors ({', '.join(sorted(state))}) cannot be "
+                                  "folded into this deployed conv (its construction arguments are unknown); load them "
+                                  "into a train-form model and call rep3d.reparameterize_model")
+        twin = type(self)(**{**args, "deploy": False})
+        result = twin.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise Rep3DValueError(
+                f"RepLKConv3d {name}: the train-form tensors do not fit this conv's train form "
+                f"(missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}), so they "
+                "cannot be folded; they belong to another variant (mask / BatchNorm / small branch differ)"
+            )
+        weight, bias = twin.fused_kernel()
+        return {"weight": weight, "bias": bias}
+
 
 def _centre_pad(weight: torch.Tensor, have: tuple[int, int, int] | None, want: tuple[int, int, int]) -> torch.Tensor:
     """Zero-pad a ``[C, 1, *have]`` kernel centred to ``want`` (a scriptable :func:`pad_kernel` for known sizes)."""
@@ -202,3 +284,9 @@ def _init_kernel(weight: nn.Parameter) -> None:
 
 def _fold(weight: torch.Tensor, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     return fold_batchnorm(weight, None, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def is_deployed(model: nn.Module) -> bool:
+    """True when every :class:`RepLKConv3d` in ``model`` is in its folded form (and there is at least one)."""
+    convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
+    return bool(convs) and all(m.deploy for m in convs)

@@ -8,7 +8,9 @@ layers and models at once. Two exact engines:
   backward is extremely slow on CPU (minutes for a 21^3 kernel, seconds even for 3^3); its forwards are fast.
 * ``"fft"``: FFT convolution of minimal exact length (see :mod:`rep3d.layers.fft_conv`).
 
-``"auto"`` asks :func:`choose_backend`, a measured rule (``benchmarks/calibrate_auto.py``).
+``"auto"`` asks :func:`choose_backend`: on CPU a cost model measured on the calibration CPU
+(``benchmarks/calibrate_auto.py``), on CUDA a separate, provisional rule (:data:`CUDA_RULE`) that no GPU has
+measured yet (``benchmarks/gpu_suite.py`` measures it and refits it).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch.nn.functional as F
 
 from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_float, check_volume, is_exporting, kernel_size_3d
-from rep3d.layers.fft_conv import _keep_spectra, fft_depthwise_conv3d, fft_lengths
+from rep3d.layers.fft_conv import fft_depthwise_conv3d, fft_lengths, keep_spectra
 from rep3d.layers.fusion import crop_kernel
+from rep3d.layers.settings import get_engine_settings
 
 Backend = Literal["auto", "direct", "fft"]
 BACKENDS = ("auto", "direct", "fft")
@@ -47,8 +50,14 @@ def depthwise_conv3d(
     bias: torch.Tensor | None = None,
     *,
     backend: Backend = "auto",
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """Depthwise convolution, stride 1, "same" zero padding, exact on every backend.
+
+    Non-finite input: a NaN or infinity in ``x`` makes the outputs it touches non-finite, and the engines differ in
+    which outputs those are. ``"direct"`` spreads it to the kernel's footprint around the voxel (as ``F.conv3d``
+    does); ``"fft"`` spreads it to the whole ``[D, H, W]`` map of its channel, since every frequency sums every
+    voxel. Pass ``check_finite=True`` to refuse such input instead (one extra pass over ``x``).
 
     Args:
         x: ``[B, C, D, H, W]`` input, float16/bfloat16/float32/float64, any spatial size (also smaller
@@ -57,6 +66,7 @@ def depthwise_conv3d(
         bias: optional ``[C]``.
         backend: ``"direct"`` (native conv on the exactly-cropped kernel), ``"fft"`` or ``"auto"``
             (:func:`choose_backend`).
+        check_finite: raise :class:`~rep3d.errors.Rep3DValueError` if ``x`` holds a NaN or infinity.
 
     Returns:
         ``[B, C, D, H, W]`` in the dtype of ``x``. The FFT path computes float16/bfloat16 inputs in float32.
@@ -71,6 +81,15 @@ def depthwise_conv3d(
     """
     if not is_exporting(x):
         _check_args(x, weight, bias, backend)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise Rep3DValueError(
+                f"depthwise_conv3d: x holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; "
+                "the fft engine would spread each one over its whole channel: clean the input first"
+            )
+    if x.numel() == 0:  # batch 0 or a zero-size axis: an empty output of the input's shape, as F.conv3d gives
+        y = x + weight.sum().to(x.dtype) * 0  # keeps weight (and bias) in the graph: zero gradients, not None
+        return y if bias is None else y + bias.to(x.dtype).view(1, -1, 1, 1, 1)
     kernel = tuple(weight.shape[2:])
     spatial = tuple(x.shape[2:])
     batch = x.shape[0]
@@ -188,21 +207,19 @@ class _DirectDepthwise(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-# Each grad_w tap sums x * grad_y over the whole volume; a float32 sum over 10^5 products per tap drifts to a
-# relative error of ~1e-5 (measured 1.9e-5 at 64^3). Summing depth slabs of at most this many voxels per map
-# separately and then adding the partial kernels keeps it at the forward's level (same multiply-adds).
-_GRAD_W_SLAB_VOXELS = 2**14
-
-
 def _direct_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tuple[int, ...]) -> torch.Tensor:
     """``grad_w [C, 1, *K]`` of a "same" depthwise conv: ``x`` correlated with ``grad_y``, as native convs.
 
     ``x`` and ``grad_y`` are ``[B, C, D, H, W]``. The correlation is a depthwise conv over ``B * C`` groups
     whose "kernel" is a depth slab of ``grad_y`` and whose output is ``K``-sized, summed over slabs and batch.
+    Each tap sums ``x * grad_y`` over the whole volume; one float32 sum over 10^5 products per tap drifts to a
+    relative error of ~1e-5 (measured 1.9e-5 at 64^3). Summing depth slabs of at most ``grad_w_slab_voxels``
+    (engine setting) voxels per map separately, then adding the partial kernels, keeps it at the forward's
+    level with the same multiply-adds.
     """
     batch, channels, depth, *plane = x.shape
     pad_d, pad_h, pad_w = (k // 2 for k in kernel_size)
-    rows = max(1, min(depth, _GRAD_W_SLAB_VOXELS // (plane[0] * plane[1])))
+    rows = max(1, min(depth, get_engine_settings().grad_w_slab_voxels // (plane[0] * plane[1])))
     grad_w = None
     for start in range(0, depth, rows):
         stop = min(depth, start + rows)
@@ -288,7 +305,7 @@ def cost_features(
     lengths = fft_lengths(spatial, kernel_size)
     if not requires_grad:
         transforms = 2 * batch + 1
-    elif _keep_spectra(batch, channels, lengths, 4):
+    elif keep_spectra(batch, channels, lengths, 4):
         transforms = 4 * batch + 2
     else:
         transforms = 5 * batch + 3
@@ -305,6 +322,52 @@ def estimate_ms(x_shape: Sequence[int], kernel_size: Sequence[int], requires_gra
     }
 
 
+# CUDA (and any other non-CPU device): NOT MEASURED ON A GPU YET. The CPU model above is wall-clock on one CPU and
+# says nothing about cuDNN and cuFFT, so the GPU gets a separate, deliberately simple rule: FFT when its
+# floating-point work, weighted by ``fft_flop_weight``, is below the direct conv's (flop_estimates). The weight
+# stands for how much worse an FFT flop runs than a direct multiply-add (cuFFT is memory-bound; cuDNN's depthwise
+# 3-D conv has no fast path either, PyTorch issue 37406). The provisional 8 is a guess chosen to reproduce the
+# expected shape of the rule -- FFT for large maps and kernels, direct for tiny maps (Rep3D's 6^3 stage) and
+# small kernels -- not a measurement. ``benchmarks/gpu_suite.py`` times both engines on CUDA and
+# ``benchmarks/calibrate_auto.py --fit-cuda`` refits one weight per (gradients, dtype class) from that table.
+CUDA_RULE: dict[str, object] = {
+    "measured": False,
+    "source": "provisional guess (flop ratio x 8), not yet measured on a GPU",
+    # (requires_grad, dtype class) -> weight of an FFT flop relative to a direct multiply-add
+    "fft_flop_weight": {
+        (grad, kind): 8.0 for grad in (False, True) for kind in ("float64", "float32", "half")
+    },
+}
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    """``"float64"``, ``"float32"`` or ``"half"`` (float16 / bfloat16): the dtype keys of :data:`CUDA_RULE`."""
+    if dtype == torch.float64:
+        return "float64"
+    if dtype in (torch.float16, torch.bfloat16):
+        return "half"
+    return "float32"
+
+
+def flop_estimates(x_shape: Sequence[int], kernel_size: Sequence[int], requires_grad: bool) -> dict[str, float]:
+    """Floating-point operations of one call per engine, ``{"direct": flops, "fft": flops}`` (device-free).
+
+    Direct: ``2 * B*C*S^3 * K^3`` per conv, three convs with gradients (forward, ``grad_x``, ``grad_w``). FFT:
+    ``2.5 * N * log2(N)`` per real transform of ``N = L^3`` points, times the transforms of
+    :func:`cost_features`, plus 6 flops per complex product.
+    """
+    direct_terms, (transform_points, channels) = cost_features(x_shape, kernel_size, requires_grad)
+    vol, taps = direct_terms[0], math.prod(kernel_size)
+    lengths = fft_lengths(tuple(x_shape[2:]), kernel_size)
+    points = math.prod(lengths)
+    batch = x_shape[0]
+    products = channels * batch * (3 if requires_grad else 1) * points / 2
+    return {
+        "direct": 2.0 * vol * taps * (3 if requires_grad else 1),
+        "fft": 2.5 * transform_points * math.log2(points) + 6.0 * products,
+    }
+
+
 def choose_backend(
     x_shape: Sequence[int],
     kernel_size: Sequence[int],
@@ -312,27 +375,31 @@ def choose_backend(
     dtype: torch.dtype,
     requires_grad: bool,
 ) -> Literal["direct", "fft"]:
-    """Pick the faster exact engine for a "same" depthwise conv (a pure function of shapes, no timing).
+    """Pick the faster exact engine for a "same" depthwise conv (a pure function of its arguments, no timing).
 
     Args:
         x_shape: ``(B, C, D, H, W)``.
         kernel_size: ``(kd, kh, kw)`` *after* cropping with :func:`useful_kernel_size`.
-        device_type: ``x.device.type``.
-        dtype: ``x.dtype``.
+        device_type: ``x.device.type``. ``"cpu"``: the engine with the lower :func:`estimate_ms` (a cost
+            model fitted on CPU float32). Anything else (``"cuda"``, ...): :data:`CUDA_RULE`, a separate rule
+            on :func:`flop_estimates` whose weights are provisional until measured on a GPU.
+        dtype: ``x.dtype``. On CUDA a key of the rule (:func:`dtype_class`). On CPU the float32 model serves
+            every dtype (float64 doubles both engines' work alike; half-precision inputs are computed by the
+            FFT engine in float32 and were not part of the calibration).
         requires_grad: whether a backward will follow (the engines' backward costs differ a lot).
-
-    Returns the engine with the lower :func:`estimate_ms`. The model is fitted on CPU float32; other dtypes
-    and CUDA use it as it is (on CUDA there is no fast cuDNN depthwise 3-D path either, PyTorch issue 37406;
-    ``benchmarks/gpu_check.py`` reports how close ``auto`` gets to the best engine there).
     """
-    del device_type, dtype
-    est = estimate_ms(x_shape, kernel_size, requires_grad)
-    return "fft" if est["fft"] < est["direct"] else "direct"
+    if device_type == "cpu":
+        est = estimate_ms(x_shape, kernel_size, requires_grad)
+        return "fft" if est["fft"] < est["direct"] else "direct"
+    flops = flop_estimates(x_shape, kernel_size, requires_grad)
+    weight = CUDA_RULE["fft_flop_weight"][(bool(requires_grad), dtype_class(dtype))]  # type: ignore[index]
+    return "fft" if weight * flops["fft"] < flops["direct"] else "direct"
 
 
-# The choice per (shape, kernel, device, dtype, grad) is a pure function of hashable values, computed once and
-# cached. Marked constant for dynamo: torch.compile and torch.export call it while tracing and bake the engine
-# into the graph (guarded by the shape specialisation they already make), instead of tracing the cost model.
+# The choice per (shape, kernel, device, dtype, grad, engine settings) is a pure function of hashable values,
+# computed once and cached. Marked constant for dynamo: torch.compile and torch.export call it while tracing and
+# bake the engine into the graph (guarded by the shape specialisation they already make), instead of tracing the
+# cost model.
 _CHOICES: dict[tuple, str] = {}
 
 
@@ -345,8 +412,10 @@ def cached_backend(
     requires_grad: bool,
 ) -> str:
     """:func:`choose_backend` for one call signature, memoised; invisible to ``torch.compile`` graphs."""
-    key = (tuple(x_shape), tuple(kernel_size), device_type, dtype, bool(requires_grad))
+    args = (tuple(x_shape), tuple(kernel_size), device_type, dtype, bool(requires_grad))
+    settings = get_engine_settings()
+    key = (*args, settings.save_spectra, settings.save_spectra_bytes)  # these settings enter the cost model
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _CHOICES[key] = choose_backend(*key)
+        choice = _CHOICES[key] = choose_backend(*args)
     return choice

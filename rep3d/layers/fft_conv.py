@@ -21,20 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch.fft import irfftn, rfftn
 
+from rep3d.layers.settings import get_engine_settings
+
 SPATIAL_DIMS = (2, 3, 4)
 
-# Budget for the complex spectrum of one channel group, in bytes. On CPU it keeps every large buffer below
-# glibc's 32 MiB mmap threshold, so allocations are recycled instead of page-faulted in afresh on every call
-# (measured in benchmarks/README.md, "Design measurements"). On CUDA the caching allocator has no such cost;
-# the budget there only bounds peak memory.
-CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
-
-# Keep the input and kernel spectra from the forward for the backward instead of recomputing them: ~20 %
-# faster forward+backward, at the price of holding the spectra (about 2x the layer's input) until the
-# backward. None: keep them only while they take at most SAVE_SPECTRA_BYTES (small maps, where recomputing
-# costs relatively most and the memory is negligible); True / False: always / never.
-SAVE_SPECTRA: bool | None = None
-SAVE_SPECTRA_BYTES = 64 * 2**20
+# The channel-group budget and whether the forward keeps its spectra for the backward are engine settings:
+# rep3d.layers.settings (get_engine_settings / engine_settings), with their measurements.
 
 
 def fast_fft_length(n: int) -> int:
@@ -75,15 +67,17 @@ def fft_lengths(spatial: Sequence[int], kernel_size: Sequence[int]) -> tuple[int
 def channel_chunk(batch: int, channels: int, lengths: Sequence[int], itemsize: int, device_type: str) -> int:
     """Channels per group so that one group's complex spectrum ``[B, c, L0, L1, L2//2+1]`` fits the budget."""
     per_channel = batch * lengths[0] * lengths[1] * (lengths[2] // 2 + 1) * 2 * itemsize
-    budget = CHUNK_BYTES.get(device_type, CHUNK_BYTES["cuda"])
+    budget = get_engine_settings().chunk_budget(device_type)
     return max(1, min(channels, budget // per_channel))
 
 
-def _keep_spectra(batch: int, channels: int, lengths: Sequence[int], itemsize: int) -> bool:
-    if SAVE_SPECTRA is not None:
-        return SAVE_SPECTRA
+def keep_spectra(batch: int, channels: int, lengths: Sequence[int], itemsize: int) -> bool:
+    """Whether an FFT forward with gradients keeps its spectra for the backward (``save_spectra`` setting)."""
+    settings = get_engine_settings()
+    if settings.save_spectra is not None:
+        return settings.save_spectra
     spectrum = channels * lengths[0] * lengths[1] * (lengths[2] // 2 + 1) * 2 * itemsize
-    return (batch + 1) * spectrum <= SAVE_SPECTRA_BYTES
+    return (batch + 1) * spectrum <= settings.save_spectra_bytes
 
 
 def _wrap_kernel(weight: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -120,7 +114,7 @@ class _FFTDepthwise(torch.autograd.Function):
 
     For large maps only ``x`` and ``w`` are saved and the backward recomputes their spectra group by group, so
     the working memory stays proportional to one group's padded volume, not the layer's spectrum (see
-    :data:`SAVE_SPECTRA`).
+    the ``save_spectra`` engine setting).
     """
 
     @staticmethod
@@ -133,7 +127,8 @@ class _FFTDepthwise(torch.autograd.Function):
         step = channel_chunk(batch, channels, lengths, x.element_size(), x.device.type)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         crop = (..., slice(0, spatial[0]), slice(0, spatial[1]), slice(0, spatial[2]))
-        keep = any(ctx.needs_input_grad[:2]) and _keep_spectra(batch, channels, lengths, x.element_size())
+        keep = any(ctx.needs_input_grad[:2]) and keep_spectra(batch, channels, lengths, x.element_size())
+        ctx.step = step  # the backward must use the forward's groups (the settings may change in between)
         ctx.spectra = []
         for c0 in range(0, channels, step):
             c1 = min(channels, c0 + step)
@@ -159,7 +154,7 @@ class _FFTDepthwise(torch.autograd.Function):
         spatial = tuple(x.shape[2:])
         ksize = tuple(weight.shape[2:])
         batch, channels = x.shape[:2]
-        step = channel_chunk(batch, channels, lengths, x.element_size(), x.device.type)
+        step = ctx.step
         crop = (..., slice(0, spatial[0]), slice(0, spatial[1]), slice(0, spatial[2]))
         grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import kernel_size_3d
 
 
@@ -46,7 +47,8 @@ def pad_kernel(weight: torch.Tensor, kernel_size: int | Sequence[int]) -> torch.
     pads: list[int] = []
     for k_have, k_want in zip(reversed(have), reversed(target), strict=True):
         if k_have > k_want or (k_want - k_have) % 2:
-            raise ValueError(f"cannot centre-pad a kernel of size {have} to {target}: sizes must grow by even amounts")
+            raise Rep3DValueError(
+                f"cannot centre-pad a kernel of size {have} to {target}: sizes must grow by even amounts")
         pads += [(k_want - k_have) // 2] * 2
     return F.pad(weight, pads)
 
@@ -56,7 +58,8 @@ def crop_kernel(weight: torch.Tensor, kernel_size: Sequence[int]) -> torch.Tenso
     slices = []
     for k_have, k_want in zip(weight.shape[-3:], kernel_size, strict=True):
         if k_want > k_have or (k_have - k_want) % 2:
-            raise ValueError(f"cannot centre-crop a kernel of size {tuple(weight.shape[-3:])} to {tuple(kernel_size)}")
+            raise Rep3DValueError(
+                f"cannot centre-crop a kernel of size {tuple(weight.shape[-3:])} to {tuple(kernel_size)}")
         start = (k_have - k_want) // 2
         slices.append(slice(start, start + k_want))
     return weight[(..., *slices)]

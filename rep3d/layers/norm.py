@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import is_exporting
 
 
@@ -26,6 +27,6 @@ class LayerNorm3d(nn.LayerNorm):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.normalized_shape[0]:
-            raise ValueError(
+            raise Rep3DValueError(
                 f"LayerNorm3d expects [B, {self.normalized_shape[0]}, D, H, W], got shape {tuple(x.shape)}"
             )

@@ -1,4 +1,4 @@
-"""Learning-rate fields induced by re-parameterization (DESIGN §2), as pure functions.
+"""Learning-rate fields induced by re-parameterization, as pure functions (docs/design.md, "Learning-rate fields").
 
 Training a re-parameterized kernel is equivalent to training the merged kernel ``W'`` with an element-wise learning
 rate. These fields are what the Rep3D mask makes explicit; tests check them against real optimizer trajectories.
@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import kernel_size_3d
 from rep3d.layers.fusion import pad_kernel
 
@@ -37,7 +38,7 @@ def csla_lr_field(
         return a_large**2 * lr_large + a_small**2 * lr_small * centre
     if optimizer == "adam":
         return abs(a_large) * lr_large + abs(a_small) * lr_small * centre
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    raise Rep3DValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
 
 
 def mask_lr_field(mask: torch.Tensor, lr: float, optimizer: Optimizer = "sgd") -> torch.Tensor:
@@ -47,5 +48,5 @@ def mask_lr_field(mask: torch.Tensor, lr: float, optimizer: Optimizer = "sgd") -
         return lr * mask**2
     if optimizer == "adam":
         return lr * mask.abs()
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    raise Rep3DValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
 

@@ -10,18 +10,19 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers import LayerNorm3d, RepLKConv3d
 from rep3d.layers.conv import Modulation
 from rep3d.layers.depthwise import Backend
 
 
 class RepLKBlock3d(nn.Module):
-    """Rep3D block: ``x + DropPath(GELU(RepLKConv3d(x)))``, ``[B, C, D, H, W] -> [B, C, D, H, W]``.
+    """Rep3D block, ``[B, C, D, H, W] -> [B, C, D, H, W]``: the paper's plain ``GELU(RepLKConv3d(x))`` by default.
 
     The conv is depthwise (no channel mixing inside a stage, as in the paper's 65.8M-parameter base model) and
-    carries its own BatchNorm. rep3d adds the residual by default: it keeps stacked blocks trainable and gives
-    drop-path a meaning. ``residual=False`` gives the official code's plain ``GELU(BN(conv(x)))`` block (used when
-    importing official checkpoints).
+    carries its own BatchNorm, so the default block computes ``GELU(BN(conv(x, W * M)))``, the official block
+    function. ``residual=True`` is rep3d's deviation ``x + DropPath(GELU(RepLKConv3d(x)))`` (an ablation option;
+    drop-path needs it).
     """
 
     def __init__(
@@ -32,14 +33,17 @@ class RepLKBlock3d(nn.Module):
         modulation: Modulation = "lrbm",
         small_kernel: int | None = None,
         drop_path: float = 0.0,
-        residual: bool = True,
+        residual: bool = False,
         conv_backend: Backend = "auto",
         deploy: bool = False,
         **conv_kwargs,
     ) -> None:
         super().__init__()
         if drop_path > 0 and not residual:
-            raise ValueError("RepLKBlock3d: drop_path needs residual=True (it drops the residual branch)")
+            raise Rep3DValueError(
+                f"RepLKBlock3d: drop_path={drop_path} needs residual=True (it drops the residual branch); the paper's "
+                "plain block has none: set drop_path_rate=0, or build with block_residual=True"
+            )
         self.residual = residual
         self.dwconv = RepLKConv3d(
             channels, kernel_size, modulation=modulation, small_kernel=small_kernel, norm=True,
@@ -139,7 +143,7 @@ class UnetrDecoder3d(nn.Module):
         super().__init__()
         w = list(widths)
         if len(w) != 4:
-            raise ValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
+            raise Rep3DValueError(f"UnetrDecoder3d expects 4 encoder widths, got {w}")
 
         def basic(cin: int, cout: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rep3d.layers import RepLKConv3d
+from rep3d.layers import RepLKConv3d, is_deployed
+
+__all__ = ["count_macs", "is_deployed", "reparameterize_model"]
 
 
 def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -20,12 +22,6 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     if isinstance(getattr(model, "model_args", None), dict):
         model.model_args = {**model.model_args, "deploy": True}
     return model
-
-
-def is_deployed(model: nn.Module) -> bool:
-    """True when every RepLKConv3d in ``model`` is in its folded form (and there is at least one)."""
-    convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
-    return bool(convs) and all(m.deploy for m in convs)
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -6,32 +6,46 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Callable
 from typing import Any
 
 import timm
-import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import FeatureGetterNet
-from timm.models._pretrained import PretrainedCfg
-from timm.models._registry import get_pretrained_cfg, split_model_name_tag
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    register_model,
+    resolve_pretrained_cfg,
+    split_model_name_tag,
+)
 from torch import nn
 
-_TIMM_KEYS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+from rep3d.errors import Rep3DValueError
+from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
+from rep3d.hub.config import TIMM_CFG_KEYS, split_cfg
+from rep3d.models.features import wrap_features
+
 _NAMES: set[str] = set()
 VOLUME_METADATA: dict[str, dict[str, Any]] = {}
 """rep3d's own cfg keys per ``arch`` / ``arch.tag``: roi_size, spacing, intensity_window, orientation, modality,
 class_names, dataset, metrics, synthetic, and the weight-source keys bundled, sha256, hf_revision."""
 
+ARCH_CFGS: dict[str, dict[str, Any]] = {}
+"""timm keys of each untagged ``arch`` cfg: what the bare name means when no weights are loaded (see
+:func:`build_model`)."""
+WEIGHT_CLAIM_KEYS = ("class_names", "label_names", "label_descriptions", "dataset", "synthetic", "metrics",
+                     "description", "origin", "command", "training")
+"""cfg keys that describe trained weights (what they were trained on, how well they do): a model carries them only
+when those weights were loaded into it."""
+
 MODEL_ARG_KEYS = ("in_chans", "num_classes")
-BUNDLED_PREFIX = "rep3d-bundled:"
-"""timm ``file`` value of a tag whose weights ship in ``rep3d/weights/`` (set from its ``bundled`` key): it makes timm
-count the tag as having weights; rep3d resolves it to the installed file."""
 _SOURCE_KEYS = ("file", "url", "hf_hub_id", "bundled")  # an overlay naming one replaces the registered source
 _SOURCE_BOUND_KEYS = ("bundled", "sha256", "hf_revision", "hf_hub_filename")  # describe one registered weight file
+
+__all__ = ["ARCH_CFGS", "BUNDLED_PREFIX", "VOLUME_METADATA", "WEIGHT_CLAIM_KEYS", "build_model", "check_name",
+           "default_cfgs", "drop_mismatched_class_names", "is_model", "list_models", "register", "resolve_cfg",
+           "volume_metadata"]
 
 
 def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -47,25 +61,21 @@ def default_cfgs(cfgs: dict[str, dict[str, Any]]) -> dict:
     """
     timm_cfgs = {}
     for name, cfg in cfgs.items():
-        timm_cfgs[name] = {k: v for k, v in cfg.items() if k in _TIMM_KEYS}
+        timm_cfgs[name] = {k: v for k, v in cfg.items() if k in TIMM_CFG_KEYS}
         if cfg.get("bundled") and not cfg.get("file"):
             timm_cfgs[name]["file"] = BUNDLED_PREFIX + cfg["bundled"]
-        VOLUME_METADATA[name.rstrip("*")] = {k: v for k, v in cfg.items() if k not in _TIMM_KEYS}
+        VOLUME_METADATA[name.rstrip("*")] = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS}
+        if "." not in name:
+            ARCH_CFGS[name.rstrip("*")] = {**timm_cfgs[name], "architecture": name.rstrip("*")}
     return generate_default_cfgs(timm_cfgs)
 
 
 def volume_metadata(architecture: str, tag: str | None) -> dict[str, Any]:
+    """rep3d's 3-D keys of ``architecture``, overlaid by those of ``architecture.tag``."""
     meta = dict(VOLUME_METADATA.get(architecture, {}))
     if tag:
         meta.update(VOLUME_METADATA.get(f"{architecture}.{tag}", {}))
     return meta
-
-
-def _split_cfg(cfg: Any) -> tuple[Any, dict[str, Any]]:
-    """A cfg dict -> (timm keys, rep3d keys); anything else (None, a tag string, a PretrainedCfg) passes through."""
-    if not isinstance(cfg, dict):
-        return cfg, {}
-    return {k: v for k, v in cfg.items() if k in _TIMM_KEYS}, {k: v for k, v in cfg.items() if k not in _TIMM_KEYS}
 
 
 def resolve_cfg(variant: str, pretrained_cfg: Any = None, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,8 +86,8 @@ def resolve_cfg(variant: str, pretrained_cfg: Any = None, overlay: dict[str, Any
     ``hf_revision`` (which describe the registered file) are dropped unless the overlay gives them too. A
     ``pretrained_cfg`` dict replaces the registered cfg, source keys included.
     """
-    base, base_extra = _split_cfg(pretrained_cfg)
-    timm_overlay, overlay_extra = _split_cfg(overlay)
+    base, base_extra = split_cfg(pretrained_cfg)
+    timm_overlay, overlay_extra = split_cfg(overlay)
     cfg = resolve_pretrained_cfg(variant, base, timm_overlay).to_dict()
     meta = volume_metadata(variant, cfg.get("tag"))
     overlay_all = {**(timm_overlay or {}), **overlay_extra}
@@ -94,51 +104,59 @@ def resolve_cfg(variant: str, pretrained_cfg: Any = None, overlay: dict[str, Any
 
 
 def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build ``model_cls`` for a registered ``variant``; load weights ourselves (local file, bundled, Hub).
+    """Build ``model_cls`` for a registered ``variant`` and, with ``pretrained=True``, load its weights through
+    :mod:`rep3d.hub` (local file, bundled, Hub) -- the entrypoint body every registered name uses, so that
+    ``timm.create_model(name, pretrained=True)`` loads rep3d's verified weights too.
 
     Accepts timm's factory kwargs (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ``features_only``,
-    ``out_indices``, ``pretrained_strict``) besides the model's own; both cfg dicts may carry rep3d keys. With
-    ``pretrained=True`` a cfg without any weight source fails before the model is built.
+    ``out_indices``, ``feature_cls``, ``pretrained_strict``) besides the model's own; both cfg dicts may carry rep3d
+    keys. With ``pretrained=True`` a cfg without any weight source fails before the model is built.
     """
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    feature_cls = kwargs.pop("feature_cls", None) or "getter"
-    if feature_cls not in ("getter", "fx"):
-        raise ValueError(
-            f"feature_cls={feature_cls!r} is not supported by rep3d models; use 'getter' (the default: the encoder's "
-            "forward_intermediates) or 'fx' (a torch.fx graph of the encoder)"
-        )
+    feature_cls = kwargs.pop("feature_cls", None)
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
-    cfg = resolve_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
+    if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
+        # A bare name means the architecture. timm would resolve it to the default tag's cfg (for rep3d_tiny the
+        # phantom weights': 9 classes and their names, phantom spacing, "SYNTHETIC"), which describes weights that are
+        # not loaded here: none, or the caller's own file. Only pretrained=True alone loads the default tag.
+        pretrained_cfg = dict(ARCH_CFGS[variant])
+    cfg = resolve_cfg(variant, pretrained_cfg, overlay)
+    if not pretrained:  # the weights a cfg describes are not loaded: nothing about them may travel with the model
+        for key in WEIGHT_CLAIM_KEYS:
+            if key not in (overlay or {}):  # ...unless the caller states it for this model
+                cfg.pop(key, None)
     if pretrained:
-        from rep3d.hub.download import check_weights_available
-
-        check_weights_available(cfg)
+        check_weights_available(cfg, list_models(pretrained=True))
     model_args = dict(kwargs)
-    timm_cfg, extra = _split_cfg(cfg)
+    timm_cfg, extra = split_cfg(cfg)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
     cfg = model.pretrained_cfg
     cfg.update(extra)
     model_args.update({k: getattr(model, k) for k in MODEL_ARG_KEYS})
     model.model_args = model_args
+    drop_mismatched_class_names(cfg, model.num_classes)
     if pretrained:
-        from rep3d.hub import load_pretrained
-
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
-    if features_only:
-        if feature_cls == "fx":
-            from timm.models._features_fx import FeatureGraphNet
+    if not features_only:
+        return model
+    feature_model = wrap_features(model, out_indices, feature_cls)
+    feature_model.pretrained_cfg = feature_model.default_cfg = cfg
+    feature_model.in_chans = model.in_chans
+    return feature_model
 
-            # feature_info names modules relative to the encoder, which the fx graph is traced from
-            feature_model = FeatureGraphNet(model.encoder, out_indices=out_indices)
-        else:
-            feature_model = FeatureGetterNet(model, out_indices=out_indices)
-        feature_model.pretrained_cfg = feature_model.default_cfg = cfg
-        feature_model.in_chans = model.in_chans
-        return feature_model
-    return model
+
+def drop_mismatched_class_names(cfg: dict[str, Any], num_classes: int) -> None:
+    """Remove ``class_names`` / ``label_names`` from ``cfg`` (in place) unless they name ``num_classes`` classes."""
+    for key in ("class_names", "label_names"):
+        names = cfg.get(key)
+        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
+            cfg.pop(key)
 
 
 def is_model(name: str) -> bool:
@@ -151,15 +169,16 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     return sorted(n for n in names if split_model_name_tag(n)[0] in _NAMES)
 
 
-def _check_name(model_name: str) -> None:
+def check_name(model_name: str) -> None:
+    """Raise :class:`Rep3DValueError` (with close matches) unless ``model_name`` is a registered ``arch[.tag]``."""
     arch, tag = split_model_name_tag(model_name)
     if arch not in _NAMES:
         close = difflib.get_close_matches(arch, sorted(_NAMES), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(sorted(_NAMES))}"
-        raise ValueError(f"unknown rep3d model {model_name!r}{hint} (rep3d.list_models() lists them all)")
+        raise Rep3DValueError(f"unknown rep3d model {model_name!r}{hint} (rep3d.list_models() lists them all)")
     if tag and not _has_tag(model_name):
         tags = [n for n in timm.list_models(arch, include_tags=True) if "." in n]
-        raise ValueError(f"{arch!r} has no pretrained tag {tag!r}; registered tags: {tags or 'none'}")
+        raise Rep3DValueError(f"{arch!r} has no pretrained tag {tag!r}; registered tags: {tags or 'none'}")
 
 
 def _has_tag(model_name: str) -> bool:
@@ -167,64 +186,3 @@ def _has_tag(model_name: str) -> bool:
         return get_pretrained_cfg(model_name, allow_unregistered=False) is not None
     except RuntimeError:  # timm raises for a tag its registry does not know
         return False
-
-
-def create_model(
-    model_name: str,
-    pretrained: bool = False,
-    *,
-    checkpoint_path: str | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Create a registered model (``"rep3d_base"``, ``"rep3d_tiny.phantom"``), one published on the Hub
-    (``"hf-hub:org/name[@revision]"``) or one saved by :func:`rep3d.save_pretrained` (``"local-dir:PATH"``).
-
-    ``pretrained=True`` loads the tag's weights (an explicit ``pretrained_cfg_overlay=dict(file=...)``, the file bundled
-    with rep3d, or the Hugging Face Hub, in that order) and fails with a clear error where none exist.
-    ``checkpoint_path`` loads a local checkpoint after creation (strict). Other kwargs go to the model constructor
-    (``num_classes``, ``in_chans``, ``kernel_size``, ``conv_backend``, ``deploy``, ...).
-    """
-    if model_name.startswith("local-dir:"):
-        from rep3d.hub.publish import create_model_from_folder
-
-        return create_model_from_folder(model_name[len("local-dir:"):], pretrained=pretrained,
-                                        checkpoint_path=checkpoint_path, **kwargs)
-    if model_name.startswith("hf-hub:"):
-        from rep3d.hub import create_model_from_hub
-
-        return create_model_from_hub(model_name[len("hf-hub:"):], pretrained=pretrained,
-                                     checkpoint_path=checkpoint_path, **kwargs)
-    _check_name(model_name)
-    model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    if checkpoint_path:
-        from rep3d.hub import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path)
-    return model
-
-
-def model_info(model_name: str, **kwargs: Any) -> dict[str, Any]:
-    """Parameters (train and deployed form), MACs at the cfg ROI and 3-D metadata, computed on the meta device."""
-    from rep3d.models.deploy import count_macs, reparameterize_model
-
-    _check_name(model_name)
-    with torch.device("meta"):
-        model = timm.create_model(model_name, **kwargs)
-    cfg = dict(model.pretrained_cfg)
-    roi = tuple(cfg.get("roi_size") or (96, 96, 96))
-    params = sum(p.numel() for p in model.parameters())
-    macs = count_macs(model, (1, model.in_chans, *roi))
-    deployed = reparameterize_model(model, inplace=True)
-    return {
-        "name": model_name,
-        "params": params,
-        "deployed_params": sum(p.numel() for p in deployed.parameters()),
-        "macs": macs,
-        "roi_size": roi,
-        "in_chans": model.in_chans,
-        "num_classes": model.num_classes,
-        "pretrained_tags": [n for n in list_models(split_model_name_tag(model_name)[0], pretrained=True) if "." in n],
-        "metadata": {k: v for k, v in cfg.items() if k in volume_metadata(cfg.get("architecture", ""), None)
-                     or k in ("license", "paper_ids", "paper_name")},
-    }
-

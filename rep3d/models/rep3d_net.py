@@ -1,14 +1,19 @@
-"""Rep3D and 3D UX-Net: a hierarchical large-kernel encoder plus a UNETR-style decoder (DESIGN §3)."""
+"""Rep3D and 3D UX-Net: a hierarchical large-kernel encoder plus a UNETR-style decoder.
+
+The numbers the paper's base model must meet are in docs/design.md, "Architecture".
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import UnetOutBlock
 from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers import LayerNorm3d
 from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
@@ -23,7 +28,10 @@ class Rep3DEncoder(nn.Module):
 
     Stem (conv k7 stride 2 + LayerNorm), stages of large-kernel blocks separated by LayerNorm + conv(k2, stride 2)
     downsamplers; every stage output goes through its own LayerNorm (``norms.i``) to become an encoder feature.
-    ``block="replk"`` gives Rep3D's plain large-kernel blocks, ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks.
+    ``block="replk"`` gives Rep3D's plain large-kernel blocks ``GELU(BN(conv(x, W * M)))`` (``block_residual=True``
+    adds a residual shortcut, a deviation from the paper), ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks. Other
+    ``block_kwargs`` (``mask_form``, ``generator_hidden_channels``, ``generator_kernel_size``, ``generator_depth``,
+    ``beta``, ...) go to every block's :class:`~rep3d.layers.RepLKConv3d`.
     """
 
     def __init__(
@@ -40,17 +48,23 @@ class Rep3DEncoder(nn.Module):
         conv_backend: Backend = "auto",
         deploy: bool = False,
         stem_kernel_size: int = 7,
+        block_residual: bool | None = None,
         **block_kwargs,
     ) -> None:
         super().__init__()
         if len(widths) != 4 or len(depths) != 4:
-            raise ValueError(f"Rep3DEncoder needs 4 stages: got widths={tuple(widths)}, depths={tuple(depths)}")
+            raise Rep3DValueError(f"Rep3DEncoder needs 4 stages: got widths={tuple(widths)}, depths={tuple(depths)}")
         if block not in BLOCKS:
-            raise ValueError(f"Rep3DEncoder: block must be one of {sorted(BLOCKS)}, got {block!r}")
+            raise Rep3DValueError(f"Rep3DEncoder: block must be one of {sorted(BLOCKS)}, got {block!r}")
         if small_kernel is not None:
             if block != "replk":
-                raise ValueError("Rep3DEncoder: small_kernel (CSLA branch) is only defined for block='replk'")
+                raise Rep3DValueError("Rep3DEncoder: small_kernel (CSLA branch) is only defined for block='replk'")
             block_kwargs["small_kernel"] = small_kernel
+        if block == "replk":
+            block_kwargs["residual"] = bool(block_residual)  # None / False: the paper's plain block
+        elif block_residual is False:
+            raise Rep3DValueError("Rep3DEncoder: block='ux' blocks always have their residual; block_residual=False is "
+                                  "only defined for block='replk'")
         self.in_chans = in_chans
         self.widths = tuple(widths)
         self.depths = tuple(depths)
@@ -96,27 +110,39 @@ class Rep3DEncoder(nn.Module):
         self,
         x: torch.Tensor,
         indices: int | Sequence[int] | None = None,
-        norm: bool = False,
+        norm: bool = True,
         output_fmt: str = "NCDHW",
         intermediates_only: bool = True,
         stop_early: bool = True,
-    ) -> list[torch.Tensor]:
-        """Normalised stage outputs at ``indices`` (default all four), each ``[B, widths[i], ...]``.
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs at ``indices`` (default all four), each ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``.
 
-        ``norm`` and ``output_fmt`` exist for timm's feature wrapper: every stage output is normalised anyway and
-        features are always channels-first.
+        timm's feature-extraction contract, in 3-D:
+
+        * ``norm=True`` (default) passes each taken stage output through its feature LayerNorm (``norms.i``): the
+          encoder features the decoder consumes. ``norm=False`` returns the raw stage outputs.
+        * ``output_fmt`` must be ``"NCDHW"`` (channels first, the only layout rep3d produces).
+        * ``intermediates_only=False`` returns ``(x, intermediates)`` with ``x`` the last stage's normalised output
+          (what ``forward_features`` ends on); all stages then run.
+        * ``stop_early=True`` skips the stages after the last index taken (only with ``intermediates_only``).
         """
+        if output_fmt != "NCDHW":
+            raise Rep3DValueError(
+                f"{type(self).__name__}.forward_intermediates: output_fmt={output_fmt!r} is not supported; rep3d "
+                "features are channels-first 3-D maps, output_fmt='NCDHW'"
+            )
         take = _resolve_indices(indices, len(self.stages))
         if not is_exporting(x):
             check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        last = max(take) if intermediates_only and stop_early else len(self.stages) - 1
         out = []
-        for i in range(len(self.stages)):
+        for i in range(last + 1):
             x = self._run_stage(i, self.downsample_layers[i](x))
             if i in take:
-                out.append(self.norms[i](x))
-            if stop_early and i >= max(take):
-                break
-        return out
+                out.append(self.norms[i](x) if norm else x)
+        if intermediates_only:
+            return out
+        return self.norms[last](x), out
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All four encoder features ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``."""
@@ -138,13 +164,20 @@ class Rep3DEncoder(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 4, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop stages after the last index taken (timm feature-extraction API); returns the kept indices."""
+        """Drop stages after the last index taken (timm feature-extraction API); returns the kept indices.
+
+        ``prune_norm=True`` also replaces the feature LayerNorms of the kept stages by identities, so features come
+        out un-normalised (as timm prunes a model's final norm); ``prune_head`` has no meaning for the bare encoder.
+        """
         take = _resolve_indices(indices, len(self.stages))
         last = max(take)
         for i in range(last + 1, len(self.stages)):
             self.stages[i] = nn.Identity()
             self.downsample_layers[i] = nn.Identity()
             self.norms[i] = nn.Identity()
+        if prune_norm:
+            for i in range(last + 1):
+                self.norms[i] = nn.Identity()
         return sorted(take)
 
 
@@ -195,7 +228,7 @@ class Rep3D(nn.Module):
         if any(s % self.stride for s in sizes):
             down = tuple(max(self.stride, s // self.stride * self.stride) for s in sizes)
             up = tuple(-(-s // self.stride) * self.stride for s in sizes)
-            raise ValueError(
+            raise Rep3DValueError(
                 f"{type(self).__name__} needs every spatial size divisible by {self.stride}, got {sizes}; "
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
             )
@@ -210,11 +243,17 @@ class Rep3D(nn.Module):
             self.check_input(x)
         return self.encoder.forward_features(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices=None, **kwargs) -> list[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = True,
+                              output_fmt: str = "NCDHW", intermediates_only: bool = True, stop_early: bool = True,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's :meth:`Rep3DEncoder.forward_intermediates` after the stride check (same arguments)."""
         self.check_input(x)
-        return self.encoder.forward_intermediates(x, indices, **kwargs)
+        return self.encoder.forward_intermediates(x, indices, norm=norm, output_fmt=output_fmt,
+                                                  intermediates_only=intermediates_only, stop_early=stop_early)
 
     def prune_intermediate_layers(self, indices=4, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Keep the encoder up to the last index (see :meth:`Rep3DEncoder.prune_intermediate_layers`);
+        ``prune_head=True`` also deletes the decoder."""
         if prune_head and hasattr(self, "decoder"):
             del self.decoder
         return self.encoder.prune_intermediate_layers(indices, prune_norm, prune_head)
@@ -229,8 +268,6 @@ class Rep3D(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the 1x1x1 output conv by a freshly initialised one with ``num_classes`` outputs."""
-        from monai.networks.blocks import UnetOutBlock
-
         out = self.decoder.out.conv.conv
         self.decoder.out = UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
         self.num_classes = num_classes
@@ -250,11 +287,12 @@ def _resolve_indices(indices: int | Sequence[int] | None, n: int) -> list[int]:
         return list(range(n))
     if isinstance(indices, int):
         if not 1 <= indices <= n:
-            raise ValueError(f"indices={indices}: expected 1..{n} (take the last N stages) or a list of stage indices")
+            raise Rep3DValueError(
+                f"indices={indices}: expected 1..{n} (take the last N stages) or a list of stage indices")
         return list(range(n - indices, n))
     out = [i % n if -n <= i < n else None for i in indices]
     if None in out or not out:
-        raise ValueError(f"stage indices must be in [-{n}, {n - 1}], got {list(indices)}")
+        raise Rep3DValueError(f"stage indices must be in [-{n}, {n - 1}], got {list(indices)}")
     return sorted(set(out))
 
 

@@ -2,16 +2,24 @@
 
 Family sizes (all: 4 stages, stride 16, UNETR decoder, 1 input channel by default):
 
-| name | widths | depths | kernel | decoder hidden | notes |
-|---|---|---|---|---|---|
-| rep3d_tiny | 12/24/48/96 | 1/1/1/1 | 21 | 192 | one 2 × 64³ training step ≈ 1 s on a 2-core CPU |
-| rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | half the base widths |
-| rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | the paper's model (65.8M params at 16 classes) |
-| rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | wider, deeper stage 3 |
-| uxnet3d_base | 48/96/192/384 | 2/2/2/2 | 7 | 768 | 3D UX-Net, ConvNeXt-style blocks |
+| name | widths | depths | kernel | decoder hidden | block | notes |
+|---|---|---|---|---|---|---|
+| rep3d_tiny | 12/24/48/96 | 1/1/1/1 | 21 | 192 | plain | one 2 × 64³ training step ≈ 1 s on a 2-core CPU |
+| rep3d_small | 32/64/128/256 | 2/2/2/2 | 21 | 512 | plain | half the base widths |
+| rep3d_base | 48/96/192/384 | 2/2/2/2 | 21 | 768 | plain | the paper's model (65.8M params at 16 classes) |
+| rep3d_large | 64/128/256/512 | 2/2/4/2 | 21 | 1024 | plain | wider, deeper stage 3 |
+| uxnet3d_base | 48/96/192/384 | 2/2/2/2 | 7 | 768 | ConvNeXt | 3D UX-Net, ConvNeXt-style blocks |
 
-Suffixes: none = learnable mask (``lrbm``, the method), ``_fixed`` = distance prior only, ``_vanilla`` = plain large
-kernel, ``_csla`` = plain large kernel + parallel 3³ branch merged at deploy; ``uxnet3d_base_lrbm`` = UX-Net + mask.
+Block "plain" is the paper's ``GELU(BN(dwconv(x, W ⊙ M)))`` with no residual shortcut, for every ``rep3d_*`` name;
+``block_residual=True`` (through ``create_model``) adds ``x +`` around it, a deviation kept as an ablation option.
+
+Suffixes: none = learnable mask (``lrbm``, the method; the paper's generator, two k7 convs with one hidden channel,
+690 parameters per block, output scaled by 1/sqrt(fan-in); ``mask_form="additive"``, the paper's
+``M = P + f(P)``), ``_fixed`` = distance prior only, ``_vanilla`` = plain large kernel, ``_csla`` = plain large
+kernel + parallel 3³ branch merged at deploy;
+``uxnet3d_base_lrbm`` = UX-Net + mask. The mask knobs ``mask_form``, ``generator_hidden_channels``,
+``generator_kernel_size``, ``generator_depth``, ``generator_output_scale`` are model kwargs; all of them are
+recorded in ``model.model_args`` and hence in a saved model's config.
 """
 
 from __future__ import annotations
@@ -20,11 +28,10 @@ from typing import Any
 
 from torch import nn
 
-from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
-from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
-from rep3d.data.phantom import PHANTOM_CLASSES
-from rep3d.models.registry import build_model, default_cfgs, register
+from rep3d.layers.mask import DEFAULT_MASK_FORM
+from rep3d.models.registry import build_model, default_cfgs, register, resolve_cfg
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
+from rep3d.presets import DEFAULT_ROI, PAPER_CT, PHANTOM
 
 PAPER = dict(
     paper_ids="arXiv:2505.19603",
@@ -36,14 +43,11 @@ UXNET_PAPER = dict(
     paper_name="3D UX-Net: A Large Kernel Volumetric ConvNet Modernizing Hierarchical Transformer",
     license="apache-2.0",
 )
-# 3-D metadata of the paper's AMOS-CT recipe (DESIGN §4): the defaults a base-size model is trained and run with.
-CT_RECIPE = dict(
-    roi_size=(96, 96, 96), spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0), orientation="RAS",
-    modality="CT",
-)
+# 3-D metadata of the paper's AMOS-CT recipe (rep3d.presets): the defaults a base-size model is trained and run with.
+CT_RECIPE = PAPER_CT.model_cfg()
 
 
-def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), paper: dict = PAPER,
+def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = DEFAULT_ROI, paper: dict = PAPER,
          **kwargs: Any) -> dict[str, Any]:
     # timm assumes 2-D: input_size is (C, H, W) of an axial slice; the 3-D ROI lives in rep3d's own key.
     return {
@@ -56,18 +60,26 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = (96, 96, 96), p
 # Weights trained by rep3d on its SYNTHETIC phantoms (rep3d/weights/rep3d_tiny_phantom.md has the card):
 #   rep3d phantom data/phantom --num-train 40 --num-test 10 --seed 0
 #   rep3d train --data data/phantom --out runs/tiny_phantom --recipe phantom
-#   python -m rep3d.hub.bundle runs/tiny_phantom rep3d_tiny_phantom
+#   python -m rep3d.bundle runs/tiny_phantom rep3d_tiny_phantom -o rep3d/weights
 PHANTOM_WEIGHTS = _cfg(
-    num_classes=len(PHANTOM_CLASSES), roi_size=(64, 64, 64), spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW,
-    class_names=list(PHANTOM_CLASSES), dataset="rep3d-phantom", synthetic=True,
+    num_classes=len(PHANTOM.class_names), **PHANTOM.model_cfg(), dataset="rep3d-phantom", synthetic=True,
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
+    tta_flip_axes=(),  # trained without flips: flip TTA is refused for these weights
     bundled="rep3d_tiny_phantom.safetensors",
-    sha256="6039f7d038f06af8c41e88aeb5eb8431b9def4dc28663b6108d5e9577056f268",
+    sha256="9e09234ec2aef61c0dd9a3ff1a383b3482f0b86a0af759eee29e389550ad058c",
 )
+
+# The architecture each set of weights was trained with, pinned so that a later change of a default can never
+# silently change what bundled weights compute (a key mismatch would be loud; a residual toggled would not be).
+WEIGHTS_MODEL_ARGS: dict[str, dict[str, Any]] = {
+    # the first bundled weights: rep3d's earlier residual block and tanh mask (4 hidden channels, unscaled output)
+    "rep3d_tiny.phantom": dict(block_residual=True, mask_form="tanh", generator_hidden_channels=4,
+                               generator_kernel_size=7, generator_depth=2, generator_output_scale="none"),
+}
 
 default_cfgs = default_cfgs({
     "rep3d_tiny.phantom": PHANTOM_WEIGHTS,
-    **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else (96, 96, 96))
+    **{f"rep3d_{size}{suffix}": _cfg(roi_size=(64, 64, 64) if size == "tiny" else DEFAULT_ROI)
        for size in ("tiny", "small", "base", "large") for suffix in ("", "_fixed", "_vanilla", "_csla")},
     "uxnet3d_base": _cfg(paper=UXNET_PAPER),
     "uxnet3d_base_lrbm": _cfg(),
@@ -79,16 +91,32 @@ SIZES: dict[str, dict[str, Any]] = {
     "base": dict(widths=(48, 96, 192, 384), depths=(2, 2, 2, 2), hidden_size=768),
     "large": dict(widths=(64, 128, 256, 512), depths=(2, 2, 4, 2), hidden_size=1024),
 }
+# The paper's block and generator, spelt out so that every saved config records them.
+PAPER_BLOCK = dict(block_residual=False)
+PAPER_GENERATOR = dict(mask_form=DEFAULT_MASK_FORM, generator_hidden_channels=1, generator_kernel_size=7,
+                       generator_depth=2, generator_output_scale="sqrt_fan_in")
 VARIANTS: dict[str, dict[str, Any]] = {
-    "": dict(modulation="lrbm"),
-    "_fixed": dict(modulation="fixed"),
-    "_vanilla": dict(modulation=None),
-    "_csla": dict(modulation=None, small_kernel=3),
+    "": dict(modulation="lrbm", **PAPER_BLOCK, **PAPER_GENERATOR),
+    "_fixed": dict(modulation="fixed", **PAPER_BLOCK),
+    "_vanilla": dict(modulation=None, **PAPER_BLOCK),
+    "_csla": dict(modulation=None, small_kernel=3, **PAPER_BLOCK),
 }
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> nn.Module:
-    return build_model(cls, variant, pretrained, **{**defaults, **kwargs})
+    return build_model(cls, variant, pretrained, **{**defaults, **_weights_args(variant, pretrained, kwargs), **kwargs})
+
+
+def _weights_args(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments pinned by the weights being asked for (``WEIGHTS_MODEL_ARGS``): for an explicit tag
+    (``"rep3d_tiny.phantom"``), or for the default tag when ``pretrained=True``. Not for a bare architecture name
+    without weights, nor where the caller names another weight source."""
+    cfg = kwargs.get("pretrained_cfg")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(cfg, dict) or any(overlay.get(k) for k in ("file", "url", "hf_hub_id", "bundled")):
+        return {}
+    tag = cfg if isinstance(cfg, str) else (resolve_cfg(variant).get("tag") if pretrained else None)
+    return dict(WEIGHTS_MODEL_ARGS.get(f"{variant}.{tag}", {})) if tag else {}
 
 
 def _rep3d(size: str, suffix: str, pretrained: bool, **kwargs: Any) -> nn.Module:
@@ -145,7 +173,7 @@ def rep3d_small_csla(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register
 def rep3d_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Rep3D base, the paper's model (48/96/192/384, k = 21, decoder 768, learnable mask)."""
+    """Rep3D base, the paper's model (48/96/192/384, k = 21, decoder 768, plain blocks, learnable mask)."""
     return _rep3d("base", "", pretrained, **kwargs)
 
 

@@ -9,6 +9,12 @@ from typing import Any
 
 import torch
 
+from rep3d.errors import Rep3DError
+
+
+class CheckpointError(Rep3DError, RuntimeError):
+    """A training checkpoint exists but cannot be read (damaged, or written by an incompatible version)."""
+
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
@@ -26,16 +32,53 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+STATE_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "best", "config")
+"""What every training checkpoint written by :class:`rep3d.train.Trainer` holds."""
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """The ``.NAME.*.tmp`` files :func:`atomic_save` leaves next to ``path`` when the process is killed mid-write."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file())
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the partial checkpoints killed writes of ``path`` left behind (each can be as large as a checkpoint).
+
+    Call it only while no write of ``path`` can be in flight (at the start of a run, before the first checkpoint).
+    Returns the files removed."""
+    removed = []
+    for tmp in temp_files(path):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training state saved by :func:`atomic_save` (tensors and plain containers only; no pickled code)."""
+    """Load a training state saved by :func:`atomic_save` (tensors and plain containers only; no pickled code).
+
+    Raises :class:`CheckpointError` when the file is missing, unreadable, or lacks one of :data:`STATE_KEYS`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {path}; start without --resume or point --out at the run")
+        raise CheckpointError(f"no training checkpoint at {path} (nothing to resume); start without --resume, or "
+                              "point --out at the folder of the run to continue")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"cannot read training checkpoint {path}: {exc}; it may be from another rep3d version "
-                           "or damaged — start a new run with another --out") from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read training checkpoint {path} ({type(exc).__name__}: {detail}); it is "
+                              "truncated, damaged or not a rep3d checkpoint: start a new run with another --out"
+                              ) from exc
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise CheckpointError(f"training checkpoint {path} lacks {', '.join(missing)}: it was not written by "
+                              "`rep3d train` (or by an incompatible version); start a new run with another --out")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

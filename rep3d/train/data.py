@@ -14,28 +14,64 @@ import torch
 from monai import transforms as T
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rep3d.data.msd import check_label_values
+from rep3d.data.nifti import NiftiReader
+from rep3d.errors import Rep3DError
+from rep3d.inference.preprocess import model_space_transforms
 from rep3d.train.recipes import TrainConfig
 
 
-def preprocessing(cfg: TrainConfig, with_label: bool = True) -> T.Compose:
-    """Deterministic part: load, orient, resample to ``cfg.spacing``, window to [0, 1], crop to the body."""
+def _label_checker(num_classes: int):
+    def check(label):
+        where = str(getattr(label, "meta", {}).get("filename_or_obj", "label"))
+        check_label_values(label, num_classes, where)
+        return label
+
+    return check
+
+
+class _Preprocessing(T.Compose):
+    """``Compose`` that lets a rep3d error (a bad label, an unusable header) through as itself: MONAI wraps every
+    exception of a transform in ``RuntimeError("applying transform ...")``, which would hide the file and the fix."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except RuntimeError as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, Rep3DError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def preprocessing(cfg: TrainConfig, with_label: bool = True, num_classes: int | None = None) -> T.Compose:
+    """Deterministic part: load, then the Predictor's own preprocessing (orient, resample to ``cfg.spacing``, window
+    to [0, 1]: :func:`rep3d.inference.model_space_transforms`), then crop to the body and pad to the ROI.
+    With ``num_classes`` the label's values are checked as it is loaded (:func:`rep3d.data.msd.check_label_values`:
+    integer class indices ``0..num_classes-1``, else a :class:`~rep3d.errors.Rep3DDataError` naming the file)."""
     keys = ["image", "label"] if with_label else ["image"]
-    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
-    lo, hi = cfg.intensity_window
-    return T.Compose([
-        T.LoadImaged(keys, image_only=True),
+    checks = [T.Lambdad("label", _label_checker(num_classes))] if with_label and num_classes else []
+    return _Preprocessing([
+        T.LoadImaged(keys, image_only=True, reader=NiftiReader()),  # geometry as inference reads it
+        *checks,
         T.EnsureChannelFirstd(keys),
-        T.Orientationd(keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        T.Spacingd(keys, pixdim=cfg.spacing, mode=modes),
-        T.ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation,
+                                intensity_window=cfg.intensity_window, label_key="label" if with_label else None),
         T.CropForegroundd(keys, source_key="image", allow_smaller=True),
         T.SpatialPadd(keys, spatial_size=cfg.roi_size),
         T.EnsureTyped(keys, track_meta=False),
     ])
 
 
+FLIP_AXES: tuple[int, ...] = ()
+"""Axes :func:`augmentation` flips: none. Training records them as ``tta_flip_axes`` in the model's config, and the
+Predictor's test-time augmentation uses only these flips."""
+
+
 def augmentation(cfg: TrainConfig) -> T.Compose:
-    """Random part (DESIGN §4): pos/neg crops, intensity shift, small rotation and scaling. No flips: left and
+    """Random part (the paper's recipe): pos/neg crops, intensity shift, small rotation and scaling. No flips: left and
     right organs are told apart by position."""
     keys = ["image", "label"]
     pos, neg = cfg.pos_neg_ratio
@@ -59,8 +95,8 @@ def step_seed(seed: int, step: int, slot: int) -> int:
 class CachedVolumes(Dataset):
     """Preprocessed volumes held in memory; ``dataset[(step, slot, index)]`` returns that step's random crops."""
 
-    def __init__(self, items: Sequence[dict[str, Any]], cfg: TrainConfig) -> None:
-        pre = preprocessing(cfg)
+    def __init__(self, items: Sequence[dict[str, Any]], cfg: TrainConfig, num_classes: int | None = None) -> None:
+        pre = preprocessing(cfg, num_classes=num_classes)
         self.volumes = [pre(dict(item)) for item in items]
         self.cfg = cfg
         self.augment = augmentation(cfg)

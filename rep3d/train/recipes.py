@@ -1,4 +1,5 @@
-"""Training recipes as data: the paper's (DESIGN §4), a CPU-sized phantom recipe, and per-dataset presets."""
+"""Training recipes as data: the paper's (arXiv 2505.19603), a CPU-sized phantom recipe; the dataset presets (spacing,
+window, orientation) come from :mod:`rep3d.presets`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rep3d.data.phantom import DEFAULT_SPACING as PHANTOM_SPACING
-from rep3d.data.phantom import DEFAULT_WINDOW as PHANTOM_WINDOW
+from rep3d.errors import Rep3DValueError
+from rep3d.presets import PAPER_CT, PHANTOM, PRESETS, get_preset
+
+ROI_MULTIPLE = 16
+"""Every registered model downsamples by 16: training crops are multiples of it."""
 
 
 @dataclass
@@ -22,10 +26,10 @@ class TrainConfig:
     dataset_preset: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     # preprocessing (model space)
-    roi_size: tuple[int, int, int] = (96, 96, 96)
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
-    intensity_window: tuple[float, float] = (-125.0, 275.0)
-    orientation: str = "RAS"
+    roi_size: tuple[int, int, int] = PAPER_CT.roi_size
+    spacing: tuple[float, float, float] = PAPER_CT.spacing
+    intensity_window: tuple[float, float] = PAPER_CT.intensity_window
+    orientation: str = PAPER_CT.orientation
     # sampling and augmentation
     crops_per_subject: int = 2
     subjects_per_step: int = 1
@@ -64,44 +68,75 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+            raise Rep3DValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
         out = cls(**values)
         for name in ("roi_size", "spacing", "intensity_window", "pos_neg_ratio"):
             setattr(out, name, tuple(getattr(out, name)))
+        out.validate()
         return out
+
+    def validate(self) -> None:
+        """Raise :class:`Rep3DValueError` naming the option when a value cannot run (a zero step count, a zero
+        validation interval, an ROI the models cannot take, ...), before any data is loaded."""
+        def bad(option: str, value: Any, want: str) -> Rep3DValueError:
+            return Rep3DValueError(f"{option} must be {want}, got {value!r}")
+
+        for name, option in (("iterations", "--iterations"), ("val_every", "--val-every"),
+                             ("checkpoint_every", "--checkpoint-every"), ("crops_per_subject", "--crops-per-subject"),
+                             ("subjects_per_step", "subjects_per_step"), ("sw_batch_size", "sw_batch_size")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(option, value, "a positive integer")
+        for name, option in (("warmup_steps", "--warmup-steps"), ("num_val", "--num-val"), ("workers", "--workers"),
+                             ("threads", "--threads"), ("seed", "--seed")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(option, value, "an integer >= 0")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad("--lr", self.lr, "a positive finite number")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise bad("--weight-decay", self.weight_decay, "a finite number >= 0")
+        if len(self.roi_size) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < ROI_MULTIPLE * 2
+                                          or s % ROI_MULTIPLE for s in self.roi_size):
+            raise bad("--roi", self.roi_size, f"3 multiples of {ROI_MULTIPLE} (the models' total stride), each at "
+                      f"least {2 * ROI_MULTIPLE} (the decoder's instance norm needs more than one voxel at 1/16 "
+                      "resolution)")
+        if len(self.spacing) != 3 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
+                                             for s in self.spacing):
+            raise bad("--spacing", self.spacing, "3 positive numbers (mm)")
+        lo_hi = self.intensity_window
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in lo_hi) or \
+                lo_hi[0] >= lo_hi[1]:
+            raise bad("--window", lo_hi, "two finite numbers LO < HI")
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise bad("sw_overlap", self.sw_overlap, "in [0, 1)")
+        if not isinstance(self.model_args, dict):
+            raise bad("model_args", self.model_args, "a dict of model constructor arguments")
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # DESIGN §4: 96³ pos/neg crops, 2 per subject, DiceCE, AdamW 1e-4 / wd 0.08, 60k iterations, val every 500
-    "paper": dict(model="rep3d_base", roi_size=(96, 96, 96), iterations=60_000, lr=1e-4, weight_decay=0.08,
+    # the paper's: 96³ pos/neg crops, 2 per subject, DiceCE, AdamW 1e-4 / wd 0.08, 60k iterations, val every 500
+    "paper": dict(model="rep3d_base", roi_size=PAPER_CT.roi_size, iterations=60_000, lr=1e-4, weight_decay=0.08,
                   warmup_steps=500, val_every=500, checkpoint_every=500),
     # Sized for a 2-core CPU in well under an hour: rep3d_tiny on 64³ crops of the synthetic phantom.
-    "phantom": dict(model="rep3d_tiny", dataset_preset="phantom", roi_size=(64, 64, 64), iterations=1500,
+    "phantom": dict(model="rep3d_tiny", dataset_preset="phantom", roi_size=PHANTOM.roi_size, iterations=1500,
                     lr=2e-3, weight_decay=0.01, warmup_steps=50, val_every=250, checkpoint_every=50,
                     sw_batch_size=1, workers=1),
 }
 
-# Spacing (mm) and intensity windows of the paper's datasets (DESIGN §4) and of rep3d's phantom.
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "amos_ct": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "amos_mri": dict(spacing=(1.0, 1.0, 1.0), intensity_window=(0.0, 1000.0)),
-    "kits": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "msd_pancreas": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(-125.0, 275.0)),
-    "msd_hepatic_vessel": dict(spacing=(1.5, 1.5, 2.0), intensity_window=(0.0, 230.0)),
-    "phantom": dict(spacing=PHANTOM_SPACING, intensity_window=PHANTOM_WINDOW),
-}
+DATASET_PRESETS: dict[str, dict[str, Any]] = {name: preset.recipe_values() for name, preset in PRESETS.items()}
+"""What each preset of :data:`rep3d.presets.PRESETS` sets in a :class:`TrainConfig` (spacing, window, orientation)."""
 
 
 def build_config(recipe: str = "paper", dataset_preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Recipe defaults, then the dataset preset, then explicit overrides (``None`` values are ignored)."""
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        raise Rep3DValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     values: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
     preset = dataset_preset or values.get("dataset_preset")
     if preset is not None:
-        if preset not in DATASET_PRESETS:
-            raise ValueError(f"unknown dataset preset {preset!r}; choose one of {sorted(DATASET_PRESETS)}")
-        values.update(DATASET_PRESETS[preset])
+        values.update(get_preset(preset).recipe_values())
         values["dataset_preset"] = preset
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

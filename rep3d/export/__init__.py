@@ -351,7 +351,7 @@ def export_model(
         elif fmt == "exported-program":
             export_program(deployed, target, x, dyn)
         else:
-            from rep3d.export_bundle import write_monai_bundle
+            from rep3d.export.monai_bundle import write_monai_bundle
 
             write_monai_bundle(deployed, target, roi=roi, metadata=bundle_metadata)
         check = verification_input(deployed, roi, dyn)

@@ -41,9 +41,9 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
                               "mode": "bilinear", "padding_mode": "border"})
     window = cfg.get("intensity_window")
     if window is None:
-        from rep3d.inference import FALLBACK_WINDOWS
+        from rep3d.presets import MODALITY_WINDOWS
 
-        window = FALLBACK_WINDOWS.get(str(cfg.get("modality", "")).upper())
+        window = MODALITY_WINDOWS.get(str(cfg.get("modality", "")).upper())
     if window is not None:
         preprocessing.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(window[0]),
                               "a_max": float(window[1]), "b_min": 0.0, "b_max": 1.0, "clip": True})
@@ -82,18 +82,18 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
     import monai
     import numpy
 
-    import rep3d
+    from rep3d.version import __version__
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     num_classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
     names = list(cfg.get("class_names") or [f"class_{i}" for i in range(num_classes)])
     synthetic = bool(cfg.get("synthetic"))
     name = cfg.get("architecture", type(model).__name__) + (f".{cfg['tag']}" if cfg.get("tag") else "")
-    description = cfg.get("description") or f"{name} segmentation network exported by rep3d {rep3d.__version__}"
+    description = cfg.get("description") or f"{name} segmentation network exported by rep3d {__version__}"
     modality = str(cfg.get("modality", "CT"))
     meta = {
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: f"exported by rep3d {rep3d.__version__} (rep3d export --format monai-bundle)"},
+        "changelog": {BUNDLE_VERSION: f"exported by rep3d {__version__} (rep3d export --format monai-bundle)"},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,

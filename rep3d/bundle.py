@@ -1,31 +1,33 @@
-"""Package a trained run folder as weights shipped inside rep3d (``rep3d/weights/``).
+"""Package a trained run folder as weights to ship inside rep3d (maintainers' tool).
 
-    python -m rep3d.hub.bundle RUN NAME [--dtype float16]
+    python -m rep3d.bundle RUN NAME -o rep3d/weights [--dtype float16]
 
 writes ``NAME.safetensors`` (weights, by default in float16 to stay small), ``NAME.json`` (the config) and
-``NAME.md`` (the model card, with the run's metrics, command and training details) into ``rep3d/weights/``, and prints
-the sha256 and the cfg entry to register in ``rep3d/models/zoo.py``.
+``NAME.md`` (the model card, with the run's metrics, command and training details) into the output folder given with
+``-o`` (there is no default: nothing is ever written into an installed package unasked), and prints the sha256 and
+the cfg entry to register in ``rep3d/models/zoo.py``. To ship them, point ``-o`` at ``rep3d/weights`` of a source
+checkout.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+from rep3d.builder import create_model
+from rep3d.hub import save_pretrained
+from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME
+from rep3d.hub.weights import sha256_file
 
 
-def bundle(run_dir: str | Path, name: str, *, dtype: torch.dtype | None = torch.float16,
-           weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, str | int]:
+def bundle(run_dir: str | Path, name: str, weights_dir: str | Path, *,
+           dtype: torch.dtype | None = torch.float16) -> dict[str, str | int]:
     """Re-save the best model of ``run_dir`` into ``weights_dir`` as ``name.{safetensors,json,md}``."""
-    from rep3d.hub.publish import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME, save_pretrained
-    from rep3d.hub.weights import sha256_file
-    from rep3d.models.registry import create_model
-
     model = create_model(f"local-dir:{run_dir}", pretrained=True)
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -38,16 +40,19 @@ def bundle(run_dir: str | Path, name: str, *, dtype: torch.dtype | None = torch.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m rep3d.bundle", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run folder written by rep3d train (a save_pretrained folder)")
     parser.add_argument("name", help="file stem, e.g. rep3d_tiny_phantom")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="folder to write NAME.{safetensors,json,md} into (e.g. rep3d/weights of a checkout)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     args = parser.parse_args(argv)
-    info = bundle(args.run, args.name, dtype=getattr(torch, args.dtype))
+    info = bundle(args.run, args.name, args.output, dtype=getattr(torch, args.dtype))
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB)\nsha256 {info['sha256']}")
     print(f'register in rep3d/models/zoo.py: bundled="{args.name}.safetensors", sha256="{info["sha256"]}"')
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

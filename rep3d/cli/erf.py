@@ -1,0 +1,84 @@
+"""``rep3d erf``: the effective receptive field of a model (:func:`rep3d.analysis.effective_receptive_field`) as a
+PNG (orthogonal slices and radial profile) and a JSON of its summary numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rep3d.analysis import TARGETS, effective_receptive_field, msd_crops, random_inputs, save_erf_png
+from rep3d.builder import create_model
+from rep3d.errors import Rep3DValueError
+from rep3d.inference import AUTO, Predictor
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="model name (rep3d_tiny, rep3d_tiny.phantom, local-dir:RUN, hf-hub:ORG/NAME)")
+    parser.add_argument("--checkpoint", metavar="FILE", help="load these weights (default: the pretrained ones of a "
+                        "tagged or saved model, else the random initialisation)")
+    parser.add_argument("--random-init", action="store_true", help="do not load any weights (an untrained model)")
+    parser.add_argument("--data", metavar="DIR", help="MSD-layout dataset: inputs are seeded random crops of its "
+                        "images on the model grid (default: standard-normal noise)")
+    parser.add_argument("--target", default="logits", choices=TARGETS, help="output whose central voxel is traced")
+    parser.add_argument("--n-samples", type=int, default=8, help="inputs averaged over (default 8)")
+    parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help="input size (default: the model cfg's roi_size)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output prefix: writes OUT.png and OUT.json (a folder: OUT/erf_<target>.*)")
+
+
+def output_paths(output: str, stem: str) -> tuple[Path, Path]:
+    """``OUT.png`` / ``OUT.json`` for a prefix, or ``OUT/<stem>.png`` / ``.json`` for an existing folder or one
+    ending in a slash."""
+    out = Path(output)
+    if output.endswith(("/", "\\")) or out.is_dir():
+        return out / f"{stem}.png", out / f"{stem}.json"
+    if out.suffix.lower() in (".png", ".json"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + ".png"), out.with_name(out.name + ".json")
+
+
+def load_model(args: argparse.Namespace):
+    """``(model, weights)`` for ``MODEL``: pretrained weights where it has them (a tag, a saved folder, a Hub
+    model), the ``--checkpoint``, or the random initialisation (a bare architecture name, ``--random-init``);
+    ``weights`` says which, for the outputs."""
+    name = args.model
+    pretrained = not args.checkpoint and not args.random_init and ("." in name.split("/")[-1]
+                                                                   or name.startswith(("local-dir:", "hf-hub:")))
+    model = create_model(name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "pretrained" if pretrained else \
+        "random initialisation (untrained)"
+    return model, weights
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.n_samples < 1:
+        raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    png, js = output_paths(args.output, f"erf_{args.target}")
+    model, weights = load_model(args)
+    # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
+    predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
+    roi = list(predictor.roi_size)
+    in_chans = predictor.in_chans or 1
+    if args.data:
+        inputs = msd_crops(args.data, roi, args.n_samples, seed=args.seed, spacing=predictor.spacing,
+                           orientation=predictor.orientation, intensity_window=predictor.intensity_window,
+                           in_chans=in_chans)
+        source = f"crops of {args.data}"
+    else:
+        inputs = random_inputs((in_chans, *roi), args.n_samples, seed=args.seed)
+        source = "standard-normal noise"
+    result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples)
+    save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
+                              "seed": args.seed, **result.to_json()}, indent=2) + "\n")
+    ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
+    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); "
+          f"volume fraction holding {ratios}")
+    print(f"wrote {png} and {js}")
+    return 0

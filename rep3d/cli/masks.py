@@ -1,0 +1,38 @@
+"""``rep3d masks``: every block's learned receptive-field mask ``M`` against its distance prior ``P``
+(:func:`rep3d.analysis.mask_report`) as a PNG (central slices, ``M/P`` by distance ring) and a JSON of the same
+numbers plus each block's ``mask_stats()``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rep3d.analysis import mask_report, save_masks_png
+from rep3d.cli.erf import load_model, output_paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model name (rep3d_tiny.phantom, local-dir:RUN, "
+                        "hf-hub:ORG/NAME); its pretrained weights are loaded")
+    parser.add_argument("--checkpoint", metavar="FILE", help="load these weights instead")
+    parser.add_argument("--random-init", action="store_true", help="do not load any weights (the initial masks)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output prefix: writes OUT.png and OUT.json (a folder: OUT/masks.*)")
+
+
+def run(args: argparse.Namespace) -> int:
+    png, js = output_paths(args.output, "masks")
+    model, weights = load_model(args)
+    report = mask_report(model)
+    save_masks_png(png, report, title=f"[{args.model}, {weights}]")
+    blocks = {name: {k: v for k, v in block.items() if k not in ("mask", "prior")} for name, block in report.items()}
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps({"model": args.model, "weights": weights, "blocks": blocks}, indent=2) + "\n")
+    width = max(len(n) for n in blocks)
+    print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative")
+    for name, block in blocks.items():
+        s = block["mask_stats"]
+        print(f"{name.ljust(width)}  {block['mode']:<6} {str(block['mask_form']):<9} {s['ratio_centre']:10.4f}  "
+              f"{s['ratio_edge']:8.4f}  {s['at_bound']:8.4f}  {s['negative']:8.4f}")
+    print(f"{args.model}: {weights} weights\nwrote {png} and {js}")
+    return 0

@@ -1,0 +1,28 @@
+"""``rep3d models``: the registered models, optionally as a table with params, deployed params and MACs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rep3d.builder import list_models
+from rep3d.models.table import models_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
+    parser.add_argument("--pretrained", action="store_true", help="list only the arch.tag names that have weights")
+    parser.add_argument("--table", action="store_true", help="print params / deployed params / MACs as markdown")
+    parser.add_argument("--json", metavar="FILE", help="also write the table rows as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.table or args.json):
+        print("\n".join(list_models(args.pattern, pretrained=args.pretrained)))
+        return 0
+    rows, markdown = models_table(args.pattern)
+    print(markdown)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0

@@ -1,0 +1,72 @@
+"""The on-disk vocabulary shared by weight folders and registered cfgs: file names, the split between timm's
+``PretrainedCfg`` keys and rep3d's own 3-D keys, and reading a ``config.json``.
+
+``config.json`` follows timm's Hub format (``architecture``, ``num_classes``, ``label_names``, ``model_args``,
+``pretrained_cfg`` with timm keys only), plus a ``rep3d`` section::
+
+    "rep3d": {"version": ..., "form": "train" | "deploy",
+              "weights": {"file": "model.safetensors", "format": "safetensors", "sha256": ...},
+              "metadata": {roi_size, spacing, intensity_window, orientation, modality, class_names, dataset,
+                           metrics, command, synthetic, origin, ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from timm.models import PretrainedCfg
+
+from rep3d.errors import Rep3DWeightsError
+
+CONFIG_NAME = "config.json"
+DEFAULT_FILENAME = "model.safetensors"
+CARD_NAME = "README.md"
+BUNDLED_PREFIX = "rep3d-bundled:"
+"""timm ``file`` value of a tag whose weights ship in ``rep3d/weights/`` (set from its ``bundled`` key): it makes timm
+count the tag as having weights; rep3d resolves it to the installed file."""
+TIMM_CFG_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
+"""Keys timm's ``PretrainedCfg`` knows; every other cfg key is rep3d's 3-D metadata or weight-source bookkeeping."""
+TUPLE_KEYS = ("roi_size", "spacing", "intensity_window")
+
+
+def split_cfg(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """A cfg dict -> (timm keys, rep3d keys); anything else (None, a tag string, a PretrainedCfg) passes through."""
+    if not isinstance(cfg, dict):
+        return cfg, {}
+    return ({k: v for k, v in cfg.items() if k in TIMM_CFG_KEYS},
+            {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS})
+
+
+def metadata_from_json(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """3-D metadata read from config.json, with the triplets as tuples (as registered cfgs have them)."""
+    return {k: tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v for k, v in meta.items()}
+
+
+def read_config(path: Path, name: str, where: str) -> dict[str, Any]:
+    """Parse a ``config.json``; raise :class:`Rep3DWeightsError` (reason ``config``) when it is not a JSON object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise Rep3DWeightsError(name, where, f"config.json is not valid JSON ({err})",
+                                "re-publish the folder with rep3d.save_pretrained / push_to_hub",
+                                reason="config") from err
+    if not isinstance(config, dict):
+        raise Rep3DWeightsError(name, where, "config.json is not a JSON object", "re-publish the folder",
+                                reason="config")
+    return config
+
+
+def rep3d_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``rep3d`` section of a config.json (empty when absent or malformed)."""
+    section = config.get("rep3d")
+    return section if isinstance(section, dict) else {}
+
+
+def weights_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config["rep3d"]["weights"]`` (file name, format, sha256), empty when absent."""
+    weights = rep3d_section(config).get("weights")
+    return weights if isinstance(weights, dict) else {}

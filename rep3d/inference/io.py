@@ -1,0 +1,208 @@
+"""Volumes in and out: read an image (NIfTI or any format MONAI's ``LoadImage`` reads) or wrap an array, and write
+label maps / probabilities as NIfTI that keep the input's header.
+
+Arrays use MONAI's channel-first NIfTI order ``[C, X, Y, Z]`` (``X, Y, Z`` = the file's voxel axes).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine
+from rep3d.errors import Rep3DDataError, Rep3DValueError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PREDICTION_DESCRIPTION = b"rep3d prediction"
+"""``descrip`` of every NIfTI a :class:`Prediction` writes: how ``rep3d predict --overwrite`` knows its own outputs."""
+
+
+class InputWarning(UserWarning):
+    """An input was segmented, but something in it was repaired on the way (``rep3d predict`` prints these)."""
+
+
+class InputError(Rep3DDataError):
+    """An input cannot be segmented (unreadable, not 3-D, wrong channel count); says what was expected."""
+
+
+@dataclass
+class Prediction:
+    """Result of :class:`Predictor` on one volume, on the input's own voxel grid.
+
+    ``label``: ``[X, Y, Z]`` uint8 (uint16 above 255 classes); ``affine``: ``[4, 4]`` voxel -> world (the
+    input's); ``probabilities``: ``[K, X, Y, Z]`` float32 softmax or ``None``; ``header``: the input NIfTI
+    header (``None`` for arrays / other formats); ``class_names``: from the model cfg, if any.
+    """
+
+    label: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None = None
+    header: Any = None
+    class_names: Sequence[str] | None = None
+    source: str | None = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one."""
+        img = _nifti_like(self.label, self.affine, self.header, intent="label")
+        return _atomic_save(img, path)
+
+    def save_probabilities(self, path: str | Path) -> Path:
+        """Write the softmax as a 4-D float32 NIfTI ``[X, Y, Z, K]`` (classes last) on the input grid."""
+        if self.probabilities is None:
+            raise Rep3DValueError("no probabilities: call the Predictor with probabilities=True")
+        data = np.moveaxis(self.probabilities.astype(np.float32, copy=False), 0, -1)
+        img = _nifti_like(data, self.affine, self.header, intent="none")
+        return _atomic_save(img, path)
+
+
+def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
+    import nibabel as nib
+
+    if isinstance(header, nib.Nifti1Header):
+        klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        # the input's header with its forms rewritten to the affine the prediction was made on (the one
+        # header_affine chose, in the header's own unit): a stale pixdim or a broken sform is not copied
+        hdr = header_with_affine(header, affine, "output header")
+        hdr.set_data_dtype(data.dtype)
+        hdr["cal_min"], hdr["cal_max"] = 0, 0
+        hdr.set_intent(intent)
+        hdr["descrip"] = PREDICTION_DESCRIPTION
+        hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
+        if data.ndim == 4:  # the 4th axis holds classes, not time
+            hdr.set_xyzt_units(xyz=hdr.get_xyzt_units()[0], t="unknown")
+            hdr["pixdim"][4] = 1.0
+        return klass(data, None, header=hdr)  # affine None: keep the header's qform and sform as set above
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_intent(intent)
+    img.header["descrip"] = PREDICTION_DESCRIPTION
+    return img
+
+
+def _atomic_save(img, path: str | Path) -> Path:
+    """Save via a temporary name in the same folder, so a crash never leaves a half-written output."""
+    import nibabel as nib
+
+    path = Path(path)
+    name = path.name
+    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise Rep3DValueError(f"output must end in .nii or .nii.gz, got {path}")
+    tmp = path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+
+def output_stem(path: str | Path) -> str:
+    """File name without ``.nii.gz`` / ``.nii`` (or its last suffix): ``case_01.nii.gz`` -> ``case_01``."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+
+def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Callable[[], np.ndarray]):
+    """``(image MetaTensor [C, X, Y, Z] float32 with its affine, NIfTI header or None, source path or None)``.
+
+    ``data`` is a path or an array / tensor ``[C, X, Y, Z]`` (a ``MetaTensor`` brings its own affine); an array
+    without ``affine`` gets ``default_affine()``. Raises :class:`InputError` for anything that is not a readable
+    3-D volume with ``in_chans`` channels (``None``: any).
+    """
+    from monai.data import MetaTensor
+
+    header, source = None, None
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        source = str(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        is_nifti = path.name.endswith(NIFTI_SUFFIXES)
+        if is_nifti:
+            import nibabel as nib
+
+            try:
+                header = nib.load(str(path)).header
+            except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+                raise InputError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from err
+            try:
+                _, form = header_affine(header, str(path))  # before any voxel is read or any window is run
+            except Rep3DDataError as err:
+                raise InputError(str(err)) from err
+            if form == "qform" and int(header["sform_code"]) > 0:
+                warnings.warn(f"{path}: the sform is singular or not finite; using the qform instead (as ITK does)",
+                              InputWarning, stacklevel=3)
+        try:
+            from monai.transforms import LoadImage
+
+            reader = NiftiReader() if is_nifti else None
+            image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+        except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+            raise InputError(f"{path}: cannot read it as an image ({type(err).__name__}: {err})") from err
+        what = str(path)
+    else:
+        tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+        if tensor.ndim != 4:
+            raise InputError(
+                f"expected an array [C, X, Y, Z] (channel first, 3 spatial axes), got shape "
+                f"{tuple(tensor.shape)}; add a channel axis with x[None] for a single-channel volume"
+            )
+        if affine is None and isinstance(data, MetaTensor):
+            affine = data.affine
+        if affine is None:
+            affine = default_affine()
+        affine = torch.as_tensor(np.asarray(affine, dtype=np.float64))
+        if affine.shape != (4, 4):
+            raise InputError(f"affine must be 4x4, got shape {tuple(affine.shape)}")
+        image = MetaTensor(torch.as_tensor(tensor, dtype=torch.float32).detach().cpu(), affine=affine)
+        what = "input array"
+    _check_volume(image, what, in_chans)
+    return image, header, source
+
+
+def _check_volume(image, what: str, in_chans: int | None) -> None:
+    spatial = tuple(image.shape[1:])
+    if image.ndim != 4:
+        raise InputError(
+            f"{what}: expected a 3-D volume, got a {image.ndim - 1}-D image of shape {spatial}; "
+            "rep3d models segment 3-D volumes"
+        )
+    if min(spatial) < 2:
+        raise InputError(f"{what}: expected a 3-D volume, got shape {spatial} (a single slice)")
+    if in_chans is not None and image.shape[0] != in_chans:
+        raise InputError(
+            f"{what}: the model expects {in_chans} channel(s), the input has {image.shape[0]} "
+            f"(shape [C, X, Y, Z] = {tuple(image.shape)})"
+        )
+
+
+def find_volumes(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (their ``.nii`` / ``.nii.gz`` files, sorted) into ``(files, [(input, problem)])``."""
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+            if not found:
+                errors.append((item, "folder holds no .nii / .nii.gz files"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append((item, "no such file or folder"))
+    return files, errors

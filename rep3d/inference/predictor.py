@@ -1,0 +1,373 @@
+"""Segment whole volumes: :class:`Predictor` (NIfTI / array in, label map on the input's own grid out).
+
+Pipeline (MONAI): load (:func:`rep3d.inference.io.load_volume`) -> the shared preprocessing
+(:func:`rep3d.inference.preprocess.model_space_transforms`: orientation, spacing, intensity window)
+-> sliding-window inference (a volume smaller than the ROI is padded with 0, the window's lower bound)
+-> optional flip test-time augmentation -> softmax -> back to the input grid (bilinear resampling of the
+probabilities, slab by slab) -> argmax. The label map has exactly the input's shape and affine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rep3d.errors import Rep3DValueError
+from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
+from rep3d.inference.preprocess import to_model_space
+from rep3d.inference.resample import model_grid_affine, to_input_grid
+from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
+
+
+class _Auto:
+    """Sentinel: take the value from ``model.pretrained_cfg`` (or its documented fallback)."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+
+FALLBACK_ROI = DEFAULT_ROI
+"""ROI used when neither the argument nor ``model.pretrained_cfg['roi_size']`` gives one (the paper's)."""
+
+FALLBACK_WINDOWS: dict[str, tuple[float, float]] = MODALITY_WINDOWS
+"""Intensity window by ``pretrained_cfg['modality']`` when the cfg has no ``intensity_window`` (the paper's
+recipe: CT [-125, 275], MRI [0, 1000])."""
+
+
+def _lateral_permutation(class_names: Sequence[str] | None) -> list[int] | None:
+    """Channel permutation that swaps left/right classes (``left_kidney`` <-> ``right_kidney``, ``x_L`` <->
+    ``x_R``, ...); ``None`` when there are no such pairs."""
+    if not class_names:
+        return None
+    swap = {"left": "right", "right": "left", "l": "r", "r": "l", "lt": "rt", "rt": "lt"}
+
+    def mirrored(name: str) -> str:
+        parts = re.split(r"([\s_\-.]+)", name)
+        return "".join(_match_case(swap.get(p.lower(), p), p) for p in parts)
+
+    index = {n: k for k, n in enumerate(class_names)}
+    perm = [index.get(mirrored(n), k) for k, n in enumerate(class_names)]
+    return perm if perm != list(range(len(class_names))) else None
+
+
+def _match_case(new: str, old: str) -> str:
+    return new.upper() if old.isupper() else new.title() if old.istitle() else new
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"`` -> cuda if available else cpu; otherwise the device named, refused (with the fix) when
+    torch does not know it or it is not here."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise Rep3DValueError(f"device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from err
+    if device.type not in ("cpu", "cuda"):
+        raise Rep3DValueError(f"device {str(device)!r} is not supported by rep3d inference; use cpu, cuda, cuda:N "
+                              "or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Rep3DValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise Rep3DValueError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+
+def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
+    """The flip axes TTA may use: those training recorded in ``cfg['tta_flip_axes']`` (or the requested subset)."""
+    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    recorded = cfg.get("tta_flip_axes")
+    if recorded is None:
+        raise Rep3DValueError(
+            f"tta: the config of {name} does not record which flips its training used (pretrained_cfg key "
+            "'tta_flip_axes'), and flip TTA on a model trained without flips lowers Dice (anatomy is not "
+            "mirror-symmetric); run without --tta, or, if it was trained with flips along axes A, set "
+            "model.pretrained_cfg['tta_flip_axes'] = [A, ...]"
+        )
+    allowed = tuple(int(a) for a in recorded)
+    if not allowed:
+        raise Rep3DValueError(
+            f"tta: {name} was trained without flips (tta_flip_axes: []), so flip TTA would lower its Dice "
+            "(anatomy is not mirror-symmetric); run without --tta (tta=False)"
+        )
+    axes = allowed if requested is AUTO else tuple(int(a) for a in requested)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {requested}")
+    if not set(axes) <= set(allowed):
+        raise Rep3DValueError(f"tta_axes {axes}: {name} was trained with flips along axes {allowed} only; flips "
+                              f"along other axes lower its Dice: use a subset of {allowed}")
+    return axes
+
+
+class NonFiniteInputWarning(InputWarning):
+    """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
+
+
+def _nonfinite_policy(value: str | float) -> str | float:
+    if isinstance(value, str) and value == "error":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise Rep3DValueError(f"nonfinite must be 'error' or a finite number to put in place of NaN / inf voxels, "
+                              f"got {value!r}")
+    return number
+
+
+def _triple(name: str, value: Any, kind: type) -> tuple:
+    vals = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,) * 3
+    if len(vals) != 3:
+        raise Rep3DValueError(f"{name} must have 3 values (one per spatial axis), got {value!r}")
+    try:
+        return tuple(kind(v) for v in vals)
+    except (TypeError, ValueError) as err:
+        raise Rep3DValueError(f"{name} must be 3 numbers, got {value!r}") from err
+
+
+
+class Predictor:
+    """Sliding-window segmentation of whole volumes by a model ``[B, C, D, H, W] -> [B, K, D, H, W]``.
+
+    Every ``AUTO`` argument comes from ``model.pretrained_cfg`` (rep3d keys) and otherwise falls back to:
+    ``roi_size`` -> :data:`rep3d.presets.DEFAULT_ROI` (96³); ``spacing`` -> ``None`` (keep the input's spacing);
+    ``orientation`` -> ``"RAS"``; ``intensity_window`` -> by ``modality`` (:data:`FALLBACK_WINDOWS`), else ``None``
+    (intensities used as they are); ``class_names`` -> ``None``. Pass ``None`` explicitly to switch a step off.
+
+    Args:
+        model: the network; moved to ``device`` and put in eval mode.
+        roi_size: window size ``(D, H, W)`` in voxels of the resampled grid; must be divisible by the
+            network's stride (``model.stride`` when it is an int).
+        overlap: fraction of overlap between neighbouring windows, in ``[0, 1)``.
+        blend: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
+        sw_batch_size: windows per forward pass.
+        device: where the model runs (``"cuda"`` if available, else ``"cpu"``).
+        stitch_device: where windows are accumulated: ``"auto"`` (the model's device unless the full-volume
+            buffers would take more than a third of its free memory, then ``"cpu"``), or a device.
+        amp: autocast (float16 on CUDA, bfloat16 on CPU); probabilities are accumulated in float32.
+        tta: average the softmax over all flips of ``tta_axes`` (2^len(tta_axes) forward passes per window).
+            Only flips the weights were trained to be invariant to are used: training records the flip axes of its
+            augmentation in ``pretrained_cfg['tta_flip_axes']`` (``[]``: trained without flips). TTA is refused
+            for a model trained without flips (flipping a model that never saw mirrored anatomy lowers Dice) and
+            for a model whose cfg does not record it. Flips along the left-right axis swap the channels of
+            left/right class pairs found in ``class_names`` (``left_kidney`` <-> ``right_kidney``).
+        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``; ``AUTO``: all the recorded ones,
+            otherwise a subset of them.
+        spacing: target voxel size (mm) along the oriented axes, or ``None``.
+        orientation: axis codes (``"RAS"``) or ``None``.
+        intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
+        class_names: names of the output channels (index = label value).
+        progress: tqdm bar over the windows of each volume.
+        nonfinite: what to do with NaN / infinite input voxels, which the FFT engine would spread over whole
+            feature maps (an all-background result): ``"error"`` (default) refuses the volume with
+            :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
+            units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
+            finite voxel is always refused.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        roi_size: Sequence[int] | int = AUTO,
+        overlap: float = 0.5,
+        blend: str = "gaussian",
+        sw_batch_size: int = 1,
+        device: str | torch.device | None = None,
+        stitch_device: str | torch.device = "auto",
+        amp: bool = False,
+        tta: bool = False,
+        tta_axes: Sequence[int] = AUTO,
+        spacing: Sequence[float] | None = AUTO,
+        orientation: str | None = AUTO,
+        intensity_window: tuple[float, float] | None = AUTO,
+        class_names: Sequence[str] | None = AUTO,
+        progress: bool = False,
+        nonfinite: str | float = "error",
+    ) -> None:
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
+                         overlap, blend, sw_batch_size)
+        self._set_grid(cfg, spacing, orientation, intensity_window)
+        if class_names is AUTO:
+            class_names = cfg.get("class_names") or None
+        self.class_names = list(class_names) if class_names is not None else None
+        self.in_chans = getattr(model, "in_chans", None) or cfg.get("in_chans")
+        self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
+
+        self.device = resolve_device(device)
+        self.stitch_device = stitch_device
+        self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
+        self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
+        self.nonfinite = _nonfinite_policy(nonfinite)
+        self.model = model.to(self.device).eval()
+
+    def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
+        self.roi_size = _triple("roi_size", roi_size, int)
+        stride = getattr(model, "stride", None)
+        self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
+        bad = [r for r in self.roi_size if r < 1 or r % self.size_divisor]
+        if bad:
+            up = tuple(-(-max(r, 1) // self.size_divisor) * self.size_divisor for r in self.roi_size)
+            raise Rep3DValueError(
+                f"roi_size {self.roi_size} must be positive multiples of the network stride "
+                f"{self.size_divisor}; try roi_size={up}"
+            )
+        if not 0.0 <= float(overlap) < 1.0:
+            raise Rep3DValueError(f"overlap must be in [0, 1), got {overlap}")
+        if blend not in ("gaussian", "constant"):
+            raise Rep3DValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
+        if int(sw_batch_size) < 1:
+            raise Rep3DValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        self.overlap, self.blend, self.sw_batch_size = float(overlap), blend, int(sw_batch_size)
+
+    def _set_grid(self, cfg: dict, spacing: Any, orientation: Any, intensity_window: Any) -> None:
+        self.spacing = cfg.get("spacing") if spacing is AUTO else spacing
+        if self.spacing is not None:
+            self.spacing = _triple("spacing", self.spacing, float)
+            if min(self.spacing) <= 0:
+                raise Rep3DValueError(f"spacing must be positive (mm), got {self.spacing}")
+        self.orientation = (cfg.get("orientation") or "RAS") if orientation is AUTO else orientation
+        if intensity_window is AUTO:
+            modality = str(cfg.get("modality", "")).upper()
+            intensity_window = cfg.get("intensity_window") or FALLBACK_WINDOWS.get(modality)
+        if intensity_window is not None:
+            lo, hi = map(float, intensity_window)
+            if not hi > lo:
+                raise Rep3DValueError(f"intensity_window must be (lo, hi) with hi > lo, got {intensity_window}")
+            intensity_window = (lo, hi)
+        self.intensity_window = intensity_window
+
+    # ------------------------------------------------------------------------------------------------
+    def __call__(self, data: Any, affine: Any = None, *, probabilities: bool = False) -> Prediction:
+        """Segment one volume.
+
+        Args:
+            data: a file path (NIfTI or any format MONAI's ``LoadImage`` reads), or an array / tensor
+                ``[C, X, Y, Z]`` (a MONAI ``MetaTensor`` brings its own affine).
+            affine: ``[4, 4]`` voxel -> world (mm) for an array input. ``None`` means the array is already on
+                the model's grid (spacing ``self.spacing``, orientation ``self.orientation``): nothing is
+                resampled.
+            probabilities: also return the softmax on the input grid (``[K, X, Y, Z]`` float32).
+
+        Returns:
+            :class:`Prediction` with ``label`` of exactly the input's spatial shape and ``affine``.
+
+        Raises:
+            InputError: unreadable file, not a 3-D volume, or a channel count other than the model's.
+        """
+        image, header, source = load_volume(
+            data, affine, self.in_chans,
+            lambda: model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0)),
+        )
+        image = self._replace_nonfinite(image, source or "input array")
+        in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
+        in_shape = tuple(int(s) for s in image.shape[1:])
+        x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
+                           intensity_window=self.intensity_window)
+        grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
+        probs = self.infer(x.as_tensor().float())  # [K, *grid] on the stitch device
+        if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
+            raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
+                                  "the input is; check the weights (e.g. load them with --checkpoint again)")
+        label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
+        return Prediction(label, in_affine, prob_out, header, self.class_names, source)
+
+    def _replace_nonfinite(self, image, what: str):
+        """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
+        finite = torch.isfinite(image)
+        if bool(finite.all()):
+            return image
+        bad, total = int((~finite).sum()), finite.numel()
+        how = ("replace them with a stated value: rep3d predict --nonfinite replace:VALUE, "
+               "Predictor(nonfinite=VALUE) (e.g. -1024, air in CT HU)")
+        if bad == total:
+            raise InputError(f"{what}: all {total} voxels are NaN or infinite; there is nothing to segment")
+        if self.nonfinite == "error":
+            raise InputError(f"{what}: {bad} of {total} voxels are NaN or infinite, which would corrupt the whole "
+                             f"segmentation; fix the scan, or {how}")
+        warnings.warn(f"{what}: replaced {bad} of {total} NaN / infinite voxels with {self.nonfinite:g}",
+                      NonFiniteInputWarning, stacklevel=3)
+        return torch.where(finite, image, torch.as_tensor(self.nonfinite, dtype=image.dtype))
+
+    def _stitch_device_for(self, spatial: Sequence[int]) -> torch.device:
+        if str(self.stitch_device) != "auto":
+            return torch.device(self.stitch_device)
+        if self.device.type != "cuda":
+            return self.device
+        classes = self.num_classes or 16
+        padded = [max(s, r) for s, r in zip(spatial, self.roi_size, strict=True)]
+        need = 4 * (classes + 1) * math.prod(padded)  # float32 output + weight-count buffers
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.device if need < free / 3 else torch.device("cpu")
+
+    def _flips(self) -> list[tuple[int, ...]]:
+        if not self.tta:
+            return [()]
+        return [c for n in range(len(self.tta_axes) + 1) for c in itertools.combinations(self.tta_axes, n)]
+
+    def _forward(self, window: torch.Tensor) -> torch.Tensor:
+        """Softmax ``[B, K, *roi]`` float32 of one batch of windows ``[B, C, *roi]``, averaged over the flips."""
+        perm, lr_axis = None, None
+        if self.tta and self.orientation is not None:
+            lr_axis = next((i for i, c in enumerate(self.orientation.upper()) if c in "LR"), None)
+            perm = _lateral_permutation(self.class_names)
+        use_amp = self.amp and self.device.type in ("cuda", "cpu")
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        flips = self._flips()
+        total = None
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            inp = torch.flip(window, dims) if dims else window
+            ctx = torch.autocast(self.device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+            with ctx:
+                out = self.model(inp)
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            if out.ndim != 5 or out.shape[0] != inp.shape[0] or tuple(out.shape[2:]) != tuple(inp.shape[2:]):
+                raise Rep3DValueError(
+                    f"the model must map [B, C, D, H, W] to logits [B, K, D, H, W]; for input "
+                    f"{tuple(inp.shape)} it returned {tuple(out.shape)}"
+                )
+            prob = torch.softmax(out.float(), dim=1)
+            if dims:
+                prob = torch.flip(prob, dims)
+                if perm is not None and lr_axis in axes and prob.shape[1] == len(perm):
+                    prob = prob[:, perm]
+            total = prob if total is None else total + prob
+        return total / len(flips)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [C, *grid]`` already on the model grid (preprocessed) -> softmax ``[K, *grid]`` float32 on the
+        stitch device."""
+        from monai.inferers import sliding_window_inference
+
+        with torch.no_grad():
+            out = sliding_window_inference(
+                x[None],
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=self._forward,
+                overlap=self.overlap,
+                mode=self.blend,
+                padding_mode="constant",
+                cval=0.0,
+                sw_device=self.device,
+                device=self._stitch_device_for(x.shape[1:]),
+                progress=self.progress,
+            )
+        return out[0]

@@ -1,0 +1,333 @@
+"""The training loop as a :class:`Trainer`: single process or ``torchrun`` DDP, resumable bit-for-bit on CPU.
+
+Validation and the final test use :func:`rep3d.inference.evaluate_cases` (the evaluation path of
+``rep3d evaluate``) on volumes preprocessed by the Predictor's own preprocessing, on the model grid.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from monai.losses import DiceCELoss
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from rep3d.builder import create_model
+from rep3d.data.msd import MSDDataset, load_msd_dataset
+from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
+from rep3d.hub import save_pretrained
+from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.layers.mask import mask_health_scalars
+from rep3d.metrics import mean_dice
+from rep3d.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_state,
+    remove_stale_temp_files,
+    rng_state,
+    set_rng_state,
+)
+from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.recipes import TrainConfig
+from rep3d.train.runtime import (
+    DistContext,
+    RunLog,
+    StopFlag,
+    amp_dtype,
+    hardware_description,
+    lr_lambda,
+    parameter_digest,
+    resolve_device,
+)
+
+STATE_DIR = "train_state"
+
+
+class NonFiniteLossError(Rep3DError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was written."""
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, volumes: list[dict[str, torch.Tensor]], cfg: TrainConfig, class_names: list[str],
+             device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[float]:
+    """Mean Dice per class (``class_names[1:]``) of sliding-window predictions over volumes already on the model
+    grid (``{"image": [C, *grid], "label": [1, *grid]}``): :func:`rep3d.inference.evaluate_cases` with a
+    :class:`Predictor` that resamples nothing. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    predictor = Predictor(model, roi_size=cfg.roi_size, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
+                          device=device, stitch_device=device, amp=autocast_dtype is not None, spacing=None,
+                          orientation=None, intensity_window=None, class_names=class_names)
+    cases = (LabelledCase(f"volume {i}", v["image"], v["label"][0]) for i, v in enumerate(volumes))
+    result = evaluate_cases(predictor, cases, class_names)
+    model.train(was_training)
+    return list(result["mean_dice"].values())
+
+
+class Trainer:
+    """One run: builds data, model, optimizer from ``cfg`` (or from the checkpoint in ``cfg.out`` when ``resume``),
+    then :meth:`run` trains, validates, checkpoints and publishes. ``command`` is recorded in the model card."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, command: str | None = None) -> None:
+        self.ctx = DistContext.from_env()
+        self.out = Path(cfg.out)
+        self.state_dir = self.out / STATE_DIR
+        self.last_path = self.state_dir / "last.pt"
+        self.command = command
+        if self.out.exists() and not self.out.is_dir():
+            raise Rep3DValueError(f"--out {self.out} is a file; give a folder for the run (it will hold the model and "
+                                  "train_state/)")
+        state = None
+        if resume:
+            state = load_state(self.last_path)
+            try:
+                cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+            except (Rep3DError, TypeError, ValueError) as err:
+                raise CheckpointError(f"training checkpoint {self.last_path} holds an unusable config ({err}); "
+                                      "start a new run with another --out") from err
+        elif self.last_path.exists():
+            raise FileExistsError(f"{self.out} already holds a run ({self.last_path}); pass --resume to continue it, "
+                                  "or choose another --out")
+        if self.ctx.is_main:  # killed checkpoint writes of an earlier process leave partial files behind
+            remove_stale_temp_files(self.last_path)
+        self.cfg = cfg
+        self._setup_runtime()
+        self.dataset = self._load_dataset()
+        self._setup_model()
+        self._setup_optimizer()
+        self.start_step, self.best, self.wall_before = 0, {"dice": -1.0, "step": 0, "per_class": []}, 0.0
+        if state is not None:
+            self._restore(state)
+        if self.ctx.is_main:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        num_classes = len(self.class_names)  # label values are checked against it as the volumes are cached
+        self.train_set = CachedVolumes(self.dataset.train, cfg, num_classes)
+        self.val_volumes = ([preprocessing(cfg, num_classes=num_classes)(dict(item)) for item in self.dataset.val]
+                            if self.ctx.is_main else [])
+        self.sampler = StepSampler(len(self.train_set), cfg.iterations, self.start_step, cfg.seed,
+                                   cfg.subjects_per_step, self.ctx.rank, self.ctx.world_size)
+        self.log = RunLog(self.state_dir, self.class_names, self.start_step, self.ctx.is_main,
+                          extra_fields=list(mask_health_scalars(self.model)))
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _setup_runtime(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.device = resolve_device(cfg.device, ctx)
+        if ctx.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.autocast_dtype = amp_dtype(cfg.amp, self.device)
+
+    def _load_dataset(self) -> MSDDataset:
+        cfg = self.cfg
+        dataset = load_msd_dataset(cfg.data, num_val=cfg.num_val or None, seed=cfg.seed)
+        if not dataset.val:
+            raise Rep3DDataError(f"{cfg.data}: need at least 2 labelled training cases (1 for validation)")
+        self.class_names = dataset.class_names
+        return dataset
+
+    def _setup_model(self) -> None:
+        cfg, dataset = self.cfg, self.dataset
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, num_classes=len(self.class_names), in_chans=dataset.in_chans,
+                             **cfg.model_args)
+        model.pretrained_cfg.update(
+            roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
+            orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
+            class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
+        )
+        self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+        model.to(self.device, memory_format=self.memory_format)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.net: nn.Module = model
+        if self.ctx.enabled:
+            if self.device.type == "cuda":  # BatchNorm statistics over the global batch (2 crops per GPU are too few)
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None)
+        self.model = model
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.start_step, self.best = int(state["step"]), dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"training checkpoint {self.last_path} does not fit the run it describes "
+                                  f"({type(err).__name__}: {detail}); start a new run with another --out") from err
+        self.wall_before = state.get("wall_time_s", 0.0)
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def checkpoint(self, step: int, wall: float) -> None:
+        """Write ``train_state/last.pt`` (rank 0), then wait for every rank."""
+        if self.ctx.is_main:
+            atomic_save({
+                "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "best": self.best, "config": self.cfg.to_dict(), "wall_time_s": wall,
+            }, self.last_path)
+        self.ctx.barrier()
+
+    def publish(self, target: nn.Module, wall: float, test: list[float] | None = None) -> None:
+        """Write the publishable folder: best weights, config and a model card with recipe and Dice."""
+        names, dataset, cfg = self.class_names[1:], self.dataset, self.cfg
+        metrics: dict[str, Any] = {"val_mean_dice": self.best["dice"]}
+        metrics.update({f"val_dice/{n}": d for n, d in zip(names, self.best["per_class"])})
+        if test is not None:
+            metrics["test_mean_dice"] = mean_dice(test)
+            metrics.update({f"test_dice/{n}": d for n, d in zip(names, test)})
+        training = {
+            "recipe": cfg.recipe, "iterations": cfg.iterations, "best_step": self.best["step"],
+            "wall_time_s": round(wall, 1), "hardware": hardware_description(self.device),
+            "world_size": self.ctx.world_size, "num_train": len(dataset.train), "num_val": len(dataset.val),
+            "num_test": len(dataset.test_labeled) if test is not None else 0, "config": cfg.to_dict(),
+        }
+        save_pretrained(target, self.out, metrics=metrics, command=self.command, dataset=dataset.name,
+                        description=dataset.meta.get("description", "") or None, metadata={"training": training})
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _step(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        """One optimisation step on ``batch``; returns the loss. Raises :class:`NonFiniteLossError` before
+        touching the weights when the loss (on any rank) is not finite."""
+        cfg, device = self.cfg, self.device
+        image = batch["image"].to(device, memory_format=self.memory_format)
+        label = batch["label"].to(device)
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss = self.loss_fn(self.net(image), label)
+        if self.ctx.any(not torch.isfinite(loss).item(), device):
+            kept = load_state(self.last_path)["step"] if self.last_path.exists() else 0
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {step + 1}; stopped without saving. The last good "
+                f"checkpoint ({self.last_path}, step {kept}) is kept: check the data (NaNs?) or lower --lr, then "
+                "--resume or restart")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss
+
+    def _validate(self, step: int, row: dict[str, Any], bar: tqdm, wall: float) -> None:
+        """Validation Dice into ``row`` (rank 0); publishes the model when it is the best so far."""
+        if self.ctx.is_main:
+            per_class = evaluate(self.model, self.val_volumes, self.cfg, self.class_names, self.device,
+                                 self.autocast_dtype)
+            row["val_mean_dice"] = mean_dice(per_class)
+            row.update({f"val_dice_{n}": d for n, d in zip(self.class_names[1:], per_class)})
+            row.update(mask_health_scalars(self.model))  # saturation / a frozen generator shows up here
+            bar.write(f"step {step}: validation mean Dice {row['val_mean_dice']:.4f}")
+            if row["val_mean_dice"] > self.best["dice"]:
+                self.best = {"dice": row["val_mean_dice"], "step": step, "per_class": per_class}
+                self.publish(self.model, wall)
+        self.ctx.barrier()
+
+    def _loop(self, bar: tqdm) -> tuple[int, float]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        samples = cfg.subjects_per_step * cfg.crops_per_subject * self.ctx.world_size
+        step = self.start_step
+        self.net.train()
+        with StopFlag() as stop:
+            for batch in train_loader(self.train_set, self.sampler, cfg.workers):
+                t_step = time.perf_counter()
+                loss = self._step(batch, step)
+                step += 1
+                seconds = time.perf_counter() - t_step
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.2f}")
+                row: dict[str, Any] = dict(loss=loss.item(), lr=lr, seconds=seconds, samples_per_s=samples / seconds)
+                validate = step % cfg.val_every == 0 or step == cfg.iterations
+                if validate:
+                    self._validate(step, row, bar, self.wall_before + time.perf_counter() - t0)
+                self.log.write(step, **row)
+                wall = self.wall_before + time.perf_counter() - t0
+                saved = validate or step % cfg.checkpoint_every == 0
+                if saved:
+                    self.checkpoint(step, wall)
+                if self.ctx.any(stop.raised is not None, self.device):
+                    if not saved:
+                        self.checkpoint(step, wall)
+                    raise TrainingInterrupted(
+                        f"{stop.raised or 'a stop signal'} received: stopped after step {step}, checkpoint saved to "
+                        f"{self.last_path}; continue with: rep3d train --out {cfg.out} --resume")
+        return step, self.wall_before + time.perf_counter() - t0
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``cfg.iterations``; returns the summary written to ``<out>/train_state/summary.json``."""
+        bar = tqdm(total=self.cfg.iterations, initial=self.start_step, disable=not self.ctx.is_main, desc="train",
+                   unit="step", dynamic_ncols=True)
+        try:
+            step, wall = self._loop(bar)
+        finally:
+            bar.close()
+            self.log.close()
+        return self._finish(step, wall)
+
+    def _finish(self, step: int, wall: float) -> dict[str, Any]:
+        ctx, model = self.ctx, self.model
+        if ctx.enabled:
+            # DDP syncs gradients and broadcasts rank 0's buffers before each forward; the last forward's BatchNorm
+            # update is local, so hand every rank rank 0's final buffers (the ones rank 0 saved).
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+        digests = [parameter_digest(model)]
+        if ctx.enabled:
+            gathered: list[Any] = [None] * ctx.world_size
+            dist.all_gather_object(gathered, digests[0])
+            digests = gathered
+        summary: dict[str, Any] = {"steps": step, "wall_time_s": wall, "best": self.best,
+                                   "rank_parameter_sha256": digests, "hardware": hardware_description(self.device),
+                                   "world_size": ctx.world_size}
+        if ctx.is_main:
+            if self.dataset.test_labeled:
+                summary.update(self._test(wall))
+            (self.state_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        ctx.barrier()
+        if ctx.enabled:
+            dist.destroy_process_group()
+        return summary
+
+    def _test(self, wall: float) -> dict[str, Any]:
+        """Dice of the best (published) model on the labelled test cases; republishes with the test Dice."""
+        best_model = create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
+        test_volumes = [preprocessing(self.cfg, num_classes=len(self.class_names))(dict(item))
+                        for item in self.dataset.test_labeled]
+        test = evaluate(best_model, test_volumes, self.cfg, self.class_names, self.device, self.autocast_dtype)
+        self.publish(best_model, wall, test)
+        return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
+                "num_test": len(test_volumes)}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``<out>/train_state/summary.json``."""
+    return Trainer(cfg, resume=resume, command=command).run()
