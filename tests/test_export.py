@@ -240,6 +240,7 @@ def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
 
     run_bundle(run_id="run", config_file=str(bundle / "configs/inference.json"), bundle_root=str(bundle),
                dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "monai"))
+    assert torch.is_grad_enabled()  # the bundle switches gradients off only around its own forward passes
     assert main(["predict", f"local-dir:{tmp_path / 'run'}", str(tmp_path / "in"), "-o", str(tmp_path / "rep3d"),
                  "--quiet"]) == 0
     ours = nib.load(tmp_path / "rep3d" / "case_seg.nii.gz")

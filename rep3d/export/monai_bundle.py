@@ -70,9 +70,9 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False},
         ]},
         # one volume at a time, without MONAI's ignite-based engines (ignite is an optional MONAI dependency)
-        "predict": "$lambda item: @postprocessing(dict(item, pred=@inferer(item['image'][None].to(@device), "
-                   "@network)[0].cpu()))",
-        "initialize": ["$torch.set_grad_enabled(False)", "$os.makedirs(@output_dir, exist_ok=True)"],
+        "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@inferer("
+                   "item['image'][None].to(@device), @network)[0].cpu())))",
+        "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$[@predict(item) for item in @dataset]"],
     }
 
