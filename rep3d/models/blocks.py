@@ -171,7 +171,9 @@ class UnetrDecoder3d(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x, features)
         enc1 = self._run(self.encoder1, x)
         enc2 = self._run(self.encoder2, features[0])
         enc3 = self._run(self.encoder3, features[1])
@@ -182,3 +184,12 @@ class UnetrDecoder3d(nn.Module):
         d = self._run(self.decoder3, d, enc2)
         d = self._run(self.decoder2, d, enc1)
         return self.out(self._run(self.decoder1, d))
+
+    def _forward_plain(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        # the same graph without checkpointing (TorchScript cannot call it with *args)
+        enc1 = self.encoder1(x)
+        d = self.decoder5(self.encoder5(features[3]), self.encoder4(features[2]))
+        d = self.decoder4(d, self.encoder3(features[1]))
+        d = self.decoder3(d, self.encoder2(features[0]))
+        d = self.decoder2(d, enc1)
+        return self.out(self.decoder1(d))
