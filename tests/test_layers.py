@@ -419,17 +419,30 @@ def test_grad_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(conv.bn.running_mean, twin.bn.running_mean)  # BN stats updated once, not twice
 
 
-def test_torch_compile_forward_and_backward():
-    conv = RepLKConv3d(4, 5, small_kernel=3)
+@pytest.mark.parametrize("backend", ["auto", "direct"])
+def test_torch_compile_fullgraph_matches_eager_in_train_and_eval(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = RepLKConv3d(4, 5, small_kernel=3, conv_backend=backend)
+    twin = copy.deepcopy(conv)
+    x = torch.randn(2, 4, 6, 6, 6)
     try:
-        compiled = torch.compile(conv)
-        x = torch.randn(2, 4, 6, 6, 6)
-        compiled(x).square().mean().backward()
+        compiled = torch.compile(twin, fullgraph=True)  # fails on any graph break
+        y = compiled(x)
     except Exception as exc:  # pragma: no cover - platform dependent
         if "compiler" in str(exc).lower() or "cpp" in str(exc).lower():
             pytest.skip(f"no working C++ compiler for torch.compile here: {exc}")
         raise
-    assert conv.weight.grad is not None and conv.modulation.generator.conv1.weight.grad is not None
+    ref = conv(x)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y.square().mean().backward()
+    ref.square().mean().backward()
+    for (name, a), b in zip(conv.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    conv.eval(), twin.eval()
+    for size in (6, 9):  # a second volume size: one more graph, no failure
+        x = torch.randn(1, 4, size, size, size)
+        torch.testing.assert_close(compiled(x), conv(x), atol=1e-5, rtol=1e-5)
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

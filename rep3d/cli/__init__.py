@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "erf": ("erf", "effective receptive field of a model: PNG (slices, radial profile) and JSON of its numbers"),
     "masks": ("masks", "learned receptive-field masks against the distance prior, per block: PNG and JSON"),
     "models": ("models", "list registered models with params and MACs"),
+    "export": ("export", "export a folded model to ONNX, TorchScript, torch.export or a MONAI bundle"),
     "import-official": ("import_official", "convert an official Rep3D / 3D UX-Net checkpoint"),
     "nnunet-plans": ("nnunet_plans", "add a rep3d configuration to an nnU-Net v2 dataset's plans"),
     "nnunet-trainer-path": ("nnunet_trainer_path", "print the folder for nnUNet_extTrainer (rep3d's nnU-Net trainers)"),

@@ -9,6 +9,19 @@ import torch
 from rep3d.errors import Rep3DTypeError, Rep3DValueError
 
 
+def is_exporting(x: object = None) -> bool:
+    """True while a compiler or exporter traces the caller instead of running it on real tensors.
+
+    Covers ``torch.jit.script`` / ``torch.jit.trace``, dynamo (``torch.compile``, ``torch.export``, ONNX
+    ``dynamo=True``) and ``torch.fx.symbolic_trace`` (``x`` is an fx ``Proxy``). Layers skip their Python-level
+    input checks then: a traced shape is not a Python int, and the checks already ran in eager mode for the
+    shapes users try first. In scripted code guard calls with ``if not torch.jit.is_scripting():``.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    return isinstance(x, torch.fx.Proxy)
+
+
 def kernel_size_3d(
     kernel_size: int | Sequence[int], *, name: str = "kernel_size", minimum: int = 3
 ) -> tuple[int, int, int]:

@@ -8,16 +8,20 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rep3d.errors import Rep3DValueError
-from rep3d.layers.checks import check_volume, kernel_size_3d
-from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d
+from rep3d.layers.checks import check_volume, is_exporting, kernel_size_3d
+from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d, direct_depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
 from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
 
 Modulation = Literal["lrbm", "fixed"] | None
+
+# torch.fx.symbolic_trace records the engine as one call (it picks its path from real shapes when the graph runs)
+torch.fx.wrap("depthwise_conv3d")
 
 
 class RepLKConv3d(nn.Module):
@@ -103,23 +107,43 @@ class RepLKConv3d(nn.Module):
 
     def effective_kernel(self) -> torch.Tensor:
         """Large-branch kernel as the forward uses it: ``W * M`` (or ``W``), ``[C, 1, k, k, k]``."""
-        return self.modulation(self.weight) if getattr(self, "modulation", None) is not None else self.weight
+        if hasattr(self, "modulation") and self.modulation is not None:
+            return self.modulation(self.weight)
+        return self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_volume(x, self.channels, "RepLKConv3d")
+        # nested on purpose: TorchScript drops only a block under a bare ``torch.jit.is_scripting()`` test
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if not is_exporting(x):
+                check_volume(x, self.channels, "RepLKConv3d")
+        if torch.jit.is_scripting():
+            # ``deploy`` is not a constant to TorchScript, but the deployed form has no BatchNorm attribute at all
+            if not hasattr(self, "bn"):
+                return self._conv(x, self.weight, self.bias)
+            return self._train_forward(x)
         if self.deploy:
             return self._conv(x, self.weight, self.bias)
-        weight = self.effective_kernel()
-        if self.bn is None:
-            if self.small_weight is not None:
-                weight = weight + pad_kernel(self.small_weight, self.kernel_size)
-            return self._conv(x, weight, self.bias)
-        y = self.bn(self._conv(x, weight))
-        if self.small_weight is not None:
-            y = y + self.small_bn(self._conv(x, self.small_weight))
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
+        return self._train_forward(x)
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.effective_kernel()
+        small_weight = self.small_weight
+        if self.bn is None:
+            if small_weight is not None:
+                weight = weight + _centre_pad(small_weight, self.small_kernel, self.kernel_size)
+            return self._conv(x, weight, self.bias)
+        y = self.bn(self._conv(x, weight, None))
+        if small_weight is not None and self.small_bn is not None:
+            y = y + self.small_bn(self._conv(x, small_weight, None))
+        bias = self.bias
+        return y if bias is None else y + bias.view(1, -1, 1, 1, 1)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return direct_depthwise_conv3d(x, weight, bias)
+        if torch.jit.is_tracing():
+            # a Python autograd.Function cannot be serialised in a traced graph: plain ops, valid for any size
+            return direct_depthwise_conv3d(x, weight, bias)
         if self.grad_checkpointing and torch.is_grad_enabled():
             # Only the conv is recomputed: BatchNorm stays outside, so its running stats update once per step.
             return checkpoint(depthwise_conv3d, x, weight, bias, backend=self.conv_backend, use_reentrant=False)
@@ -242,6 +266,15 @@ class RepLKConv3d(nn.Module):
             )
         weight, bias = twin.fused_kernel()
         return {"weight": weight, "bias": bias}
+
+
+def _centre_pad(weight: torch.Tensor, have: tuple[int, int, int] | None, want: tuple[int, int, int]) -> torch.Tensor:
+    """Zero-pad a ``[C, 1, *have]`` kernel centred to ``want`` (a scriptable :func:`pad_kernel` for known sizes)."""
+    assert have is not None
+    pads: list[int] = []
+    for axis in [2, 1, 0]:
+        pads += [(want[axis] - have[axis]) // 2, (want[axis] - have[axis]) // 2]
+    return F.pad(weight, pads)
 
 
 def _init_kernel(weight: nn.Parameter) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rep3d.errors import Rep3DValueError
-from rep3d.layers.checks import check_float, check_volume, kernel_size_3d
+from rep3d.layers.checks import check_float, check_volume, is_exporting, kernel_size_3d
 from rep3d.layers.fft_conv import fft_depthwise_conv3d, fft_lengths, keep_spectra
 from rep3d.layers.fusion import crop_kernel
 from rep3d.layers.settings import get_engine_settings
@@ -71,23 +72,52 @@ def depthwise_conv3d(
         ``[B, C, D, H, W]`` in the dtype of ``x``. The FFT path computes float16/bfloat16 inputs in float32.
         Autocast is switched off inside: the dtype of ``x`` decides the precision, as for autocast's float32
         ops (a sum over 21^3 taps is where low precision hurts).
+
+    Under compilers: ``"auto"`` is resolved once per call signature by :func:`cached_backend`, which dynamo treats
+    as a constant, so ``torch.compile(fullgraph=True)`` sees one engine and no cost model. ``torch.compile``
+    specialises on the volume size (one graph per size, up to dynamo's ``recompile_limit``; bucket sizes, e.g. a
+    fixed sliding-window ROI). ``torch.export`` with a dynamic batch or dynamic spatial sizes gets the direct engine
+    (dynamic spatial sizes: uncropped), the one whose graph does not depend on them; ``"fft"`` refuses them.
     """
-    _check_args(x, weight, bias, backend)
-    if check_finite and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise Rep3DValueError(f"depthwise_conv3d: x holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; "
-                              "the fft engine would spread each one over its whole channel: clean the input first")
+    if not is_exporting(x):
+        _check_args(x, weight, bias, backend)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise Rep3DValueError(
+                f"depthwise_conv3d: x holds {bad} non-finite value(s) (NaN or inf) of {x.numel()}; "
+                "the fft engine would spread each one over its whole channel: clean the input first"
+            )
     if x.numel() == 0:  # batch 0 or a zero-size axis: an empty output of the input's shape, as F.conv3d gives
         y = x + weight.sum().to(x.dtype) * 0  # keeps weight (and bias) in the graph: zero gradients, not None
         return y if bias is None else y + bias.to(x.dtype).view(1, -1, 1, 1, 1)
-    ksize = useful_kernel_size(tuple(weight.shape[2:]), tuple(x.shape[2:]))
-    if ksize != tuple(weight.shape[2:]):
-        weight = crop_kernel(weight, ksize)
-    if backend == "auto":
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        )
-        backend = choose_backend(tuple(x.shape), ksize, x.device.type, x.dtype, needs_grad)
+    kernel = tuple(weight.shape[2:])
+    spatial = tuple(x.shape[2:])
+    batch = x.shape[0]
+    if backend != "direct" and torch.compiler.is_dynamo_compiling():
+        # dynamo presents symbolic sizes as ints; operator.index pins them (a guard: one graph per volume size), so
+        # that the engine choice, the crop and the FFT lengths are constants of the graph
+        spatial = tuple(operator.index(s) for s in spatial)
+        batch = operator.index(batch)
+    if not _all_ints(spatial):
+        # symbolic spatial sizes (torch.export / ONNX with dynamic D, H, W): the crop and the FFT lengths depend on
+        # the size, so only the uncropped direct conv is shape-polymorphic (and exact: the cropped taps only ever
+        # meet zero padding)
+        _check_polymorphic(backend, "spatial sizes")
+        backend = "direct"
+    else:
+        ksize = useful_kernel_size(kernel, spatial)
+        if ksize != kernel:
+            weight = crop_kernel(weight, ksize)
+        if backend == "auto":
+            needs_grad = torch.is_grad_enabled() and (
+                x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+            )
+            if isinstance(batch, int):
+                backend = cached_backend((batch, x.shape[1], *spatial), ksize, x.device.type, x.dtype, needs_grad)
+            else:
+                backend = "direct"  # a dynamic batch (torch.export): the FFT engine sizes its work by the batch
+        elif not isinstance(batch, int):
+            _check_polymorphic(backend, "batch size")
     with _no_autocast(x.device.type):
         if backend == "fft":
             compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -96,6 +126,32 @@ def depthwise_conv3d(
             )
             return y.to(x.dtype)
         return _DirectDepthwise.apply(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def _check_polymorphic(backend: str, what: str) -> None:
+    if backend == "fft":
+        raise Rep3DValueError(
+            f"depthwise_conv3d: the FFT engine cannot be exported with a dynamic {what} (its transform lengths and "
+            f"work split depend on it); export with conv_backend='auto' or 'direct' (a native conv, shape-"
+            f"polymorphic), or with a static {what}"
+        )
+
+
+def _all_ints(sizes: Sequence[object]) -> bool:
+    return all(isinstance(s, int) for s in sizes)
+
+
+def direct_depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Uncropped native depthwise conv, "same" padding, plain autograd: the TorchScript path of every layer.
+
+    TorchScript can neither script nor serialise a Python ``autograd.Function``, and a script graph must hold for
+    any input size, so the shape-dependent crop and engine choice are left out. Exact, but slower than
+    :func:`depthwise_conv3d` (native depthwise backward is very slow on CPU; fine for inference).
+    ``x`` ``[B, C, D, H, W]``, ``weight`` ``[C, 1, kd, kh, kw]`` (odd sizes), ``bias`` ``[C]`` or None.
+    """
+    pad = [weight.shape[2] // 2, weight.shape[3] // 2, weight.shape[4] // 2]
+    return F.conv3d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=pad,
+                    groups=weight.shape[0])
 
 
 def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> None:
@@ -163,7 +219,7 @@ def _direct_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, kernel_size: tupl
     """
     batch, channels, depth, *plane = x.shape
     pad_d, pad_h, pad_w = (k // 2 for k in kernel_size)
-    rows = max(1, min(depth, get_engine_settings().grad_w_slab_voxels // math.prod(plane)))
+    rows = max(1, min(depth, get_engine_settings().grad_w_slab_voxels // (plane[0] * plane[1])))
     grad_w = None
     for start in range(0, depth, rows):
         stop = min(depth, start + rows)
@@ -193,7 +249,11 @@ _ONEDNN_PAD_LIMIT = 260**3
 def _pad_inside_conv(device_type: str, spatial: Sequence[int], kernel_size: Sequence[int]) -> bool:
     if device_type != "cpu":
         return True
-    return math.prod(s * k for s, k in zip(spatial, kernel_size, strict=True)) <= _ONEDNN_PAD_LIMIT
+    # an explicit product, not math.prod over a generator: dynamo traces this inside a compiled backward
+    size = 1
+    for s, k in zip(spatial, kernel_size, strict=True):
+        size *= s * k
+    return size <= _ONEDNN_PAD_LIMIT
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -334,3 +394,28 @@ def choose_backend(
     flops = flop_estimates(x_shape, kernel_size, requires_grad)
     weight = CUDA_RULE["fft_flop_weight"][(bool(requires_grad), dtype_class(dtype))]  # type: ignore[index]
     return "fft" if weight * flops["fft"] < flops["direct"] else "direct"
+
+
+# The choice per (shape, kernel, device, dtype, grad, engine settings) is a pure function of hashable values,
+# computed once and cached. Marked constant for dynamo: torch.compile and torch.export call it while tracing and
+# bake the engine into the graph (guarded by the shape specialisation they already make), instead of tracing the
+# cost model.
+_CHOICES: dict[tuple, str] = {}
+
+
+@torch.compiler.assume_constant_result
+def cached_backend(
+    x_shape: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    device_type: str,
+    dtype: torch.dtype,
+    requires_grad: bool,
+) -> str:
+    """:func:`choose_backend` for one call signature, memoised; invisible to ``torch.compile`` graphs."""
+    args = (tuple(x_shape), tuple(kernel_size), device_type, dtype, bool(requires_grad))
+    settings = get_engine_settings()
+    key = (*args, settings.save_spectra, settings.save_spectra_bytes)  # these settings enter the cost model
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _CHOICES[key] = choose_backend(*args)
+    return choice

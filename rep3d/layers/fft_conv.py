@@ -137,6 +137,8 @@ class _FFTDepthwise(torch.autograd.Function):
             if keep:
                 ctx.spectra.append((spec, kspec))
                 spec = spec * kspec.conj()
+            elif torch.compiler.is_exporting():
+                spec = spec * kspec.conj()  # ONNX has no in-place complex conjugate
             else:
                 spec.mul_(kspec.conj_physical_())
             y[:, c0:c1] = irfftn(spec, s=lengths, dim=SPATIAL_DIMS)[crop]

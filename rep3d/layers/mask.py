@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
-from rep3d.layers.checks import check_float, kernel_size_3d
+from rep3d.layers.checks import check_float, is_exporting, kernel_size_3d
 
 MaskMode = Literal["lrbm", "fixed"]
 MaskForm = Literal["additive", "exp", "softmax", "tanh"]
@@ -99,10 +99,31 @@ class MaskGenerator(nn.Module):
             last.bias.zero_()
 
     def forward(self, prior: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_unrolled(prior)
         x = prior
         for i in range(1, self.depth):
             x = torch.sigmoid(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
         out = getattr(self, f"conv{self.depth}")(x)
+        return out if self.output_scale == "none" else out * self.output_gain
+
+    def _forward_unrolled(self, prior: torch.Tensor) -> torch.Tensor:
+        # TorchScript cannot look modules up by a computed name; hasattr on a literal is resolved when it compiles
+        if hasattr(self, "norm4"):
+            raise Rep3DValueError("TorchScript supports mask generators of depth <= 4; export the deployed model")
+        x = prior
+        if hasattr(self, "norm1"):
+            x = torch.sigmoid(self.norm1(self.conv1(x)))
+        if hasattr(self, "norm2"):
+            x = torch.sigmoid(self.norm2(self.conv2(x)))
+        if hasattr(self, "norm3"):
+            x = torch.sigmoid(self.norm3(self.conv3(x)))
+        if hasattr(self, "conv4"):
+            out = self.conv4(x)
+        elif hasattr(self, "conv3"):
+            out = self.conv3(x)
+        else:
+            out = self.conv2(x)
         return out if self.output_scale == "none" else out * self.output_gain
 
     def extra_repr(self) -> str:
@@ -195,13 +216,19 @@ class ModulatedKernelParam(nn.Module):
         return apply_mask_form(self.mask_form, prior, self.generator(prior))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # nested on purpose: TorchScript drops only a block under a bare ``torch.jit.is_scripting()`` test
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if not is_exporting(weight):
+                self._check_weight(weight)
+        return weight * self.mask().to(weight.dtype)
+
+    def _check_weight(self, weight: torch.Tensor) -> None:
         check_float(weight, "ModulatedKernelParam", "weight")
         if weight.ndim != 5 or tuple(weight.shape[2:]) != self.kernel_size:
             raise Rep3DValueError(
                 f"ModulatedKernelParam was built for kernels [C, C_in, {', '.join(map(str, self.kernel_size))}], "
                 f"got weight of shape {tuple(weight.shape)}"
             )
-        return weight * self.mask().to(weight.dtype)
 
     @torch.no_grad()
     def mask_stats(self) -> dict[str, float | None]:
@@ -248,7 +275,8 @@ def apply_mask_form(form: str, prior: torch.Tensor, out: torch.Tensor) -> torch.
         return prior * torch.softmax(out.flatten(), 0).view_as(out) * n
     if form == "tanh":
         return prior * (1.0 + torch.tanh(out))
-    raise Rep3DValueError(f"mask_form must be one of {MASK_FORMS}, got {form!r}")
+    # spelled out (no global, no !r): TorchScript compiles this function for scripted train-form models
+    raise Rep3DValueError("mask_form must be one of additive, exp, softmax, tanh; got '" + form + "'")
 
 
 def _near_bound(form: str, ratio: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
+from rep3d.layers.checks import is_exporting
 
 
 class LayerNorm3d(nn.LayerNorm):
@@ -16,10 +17,16 @@ class LayerNorm3d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # nested on purpose: TorchScript drops only a block under a bare ``torch.jit.is_scripting()`` test
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if not is_exporting(x):
+                self._check_input(x)
+        x = x.permute(0, 2, 3, 4, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 4, 1, 2, 3)
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.normalized_shape[0]:
             raise Rep3DValueError(
                 f"LayerNorm3d expects [B, {self.normalized_shape[0]}, D, H, W], got shape {tuple(x.shape)}"
             )
-        x = x.permute(0, 2, 3, 4, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 4, 1, 2, 3)

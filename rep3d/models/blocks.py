@@ -177,6 +177,8 @@ class UnetrDecoder3d(nn.Module):
         self._deep_supervision = False
         self.grad_checkpointing = False
 
+    __jit_unused_properties__ = ["head", "deep_supervision"]  # TorchScript runs _forward_plain, which needs neither
+
     @property
     def head(self) -> nn.Module:
         """The full-resolution 1x1x1 output conv."""
@@ -202,7 +204,9 @@ class UnetrDecoder3d(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x, features)
         enc1 = self._run(self.encoder1, x)
         enc2 = self._run(self.encoder2, features[0])
         enc3 = self._run(self.encoder3, features[1])
@@ -216,3 +220,12 @@ class UnetrDecoder3d(nn.Module):
         if not self._deep_supervision:
             return full
         return [full] + [head(m) for head, m in zip(self.seg_layers[1:], (d2, d4, d8))]
+
+    def _forward_plain(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        # the same graph without checkpointing (TorchScript cannot call it with *args)
+        enc1 = self.encoder1(x)
+        d = self.decoder5(self.encoder5(features[3]), self.encoder4(features[2]))
+        d = self.decoder4(d, self.encoder3(features[1]))
+        d = self.decoder3(d, self.encoder2(features[0]))
+        d = self.decoder2(d, enc1)
+        return self.out(self.decoder1(d))

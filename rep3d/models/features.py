@@ -33,8 +33,37 @@ class VolumeFeatureGetter(nn.Module):
                                                 intermediates_only=True)
 
 
+class _Intermediates(nn.Module):
+    def __init__(self, model: nn.Module, out_indices: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.out_indices = list(out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, self.out_indices, norm=True, output_fmt="NCDHW",
+                                                intermediates_only=True)
+
+
+class VolumeFeatureGraph(nn.Module):
+    """:class:`VolumeFeatureGetter` as one ``torch.fx`` graph (timm's ``feature_cls="fx"``): same outputs.
+
+    The graph is ``torch.fx.symbolic_trace`` of the getter's forward; large-kernel convs stay single calls that pick
+    their engine from the real input shape when the graph runs. ``self.graph_module`` can be edited or inspected.
+    """
+
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] = (0, 1, 2, 3)) -> None:
+        super().__init__()
+        self.out_indices = model.prune_intermediate_layers(out_indices, prune_norm=False, prune_head=True)
+        self.feature_info = FeatureInfo(model.feature_info, tuple(self.out_indices))
+        self.graph_module = torch.fx.symbolic_trace(_Intermediates(model, self.out_indices))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.graph_module(x)
+
+
 FEATURE_WRAPPERS: dict[str, Callable[..., nn.Module]] = {
     "getter": VolumeFeatureGetter,
+    "fx": VolumeFeatureGraph,
 }
 """``feature_cls`` name -> wrapper ``(model, out_indices) -> nn.Module``. timm's default (``None``) means "getter"."""
 

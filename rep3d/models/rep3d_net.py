@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rep3d.errors import Rep3DValueError
 from rep3d.layers import LayerNorm3d
-from rep3d.layers.checks import check_volume
+from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
 from rep3d.layers.depthwise import Backend
 from rep3d.models.blocks import Downsample3d, RepLKBlock3d, Stem3d, UnetrDecoder3d, UXBlock3d
@@ -132,7 +132,8 @@ class Rep3DEncoder(nn.Module):
                 "features are channels-first 3-D maps, output_fmt='NCDHW'"
             )
         take = _resolve_indices(indices, len(self.stages))
-        check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        if not is_exporting(x):
+            check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
         last = max(take) if intermediates_only and stop_early else len(self.stages) - 1
         out = []
         for i in range(last + 1):
@@ -145,10 +146,20 @@ class Rep3DEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All four encoder features ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``."""
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
         return self.forward_intermediates(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_features(x)
+
+    def _forward_plain(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # all four features without index bookkeeping or checkpointing: the graph TorchScript compiles
+        out: list[torch.Tensor] = []
+        for down, stage, norm in zip(self.downsample_layers, self.stages, self.norms):
+            x = stage(down(x))
+            out.append(norm(x))
+        return out
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 4, prune_norm: bool = False, prune_head: bool = True
@@ -210,7 +221,12 @@ class Rep3D(nn.Module):
         self.feature_info = self.encoder.feature_info
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` that says how to fix a wrong channel count or a spatial size off the stride."""
+        """Raise a ``ValueError`` that says how to fix a wrong channel count or a spatial size off the stride.
+
+        Skipped while a compiler or exporter traces the model (sizes are not Python ints then).
+        """
+        if is_exporting(x):
+            return
         check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
         sizes = tuple(x.shape[2:])
         if any(s % self.stride for s in sizes):
@@ -222,11 +238,13 @@ class Rep3D(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return self.decoder(x, self.encoder(x))
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return self.encoder.forward_features(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = True,

@@ -1,0 +1,60 @@
+"""``rep3d export``: write a deployable, verified copy of a model (ONNX, TorchScript, torch.export, MONAI bundle)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rep3d.layers.depthwise import BACKENDS
+
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2", "monai-bundle": ""}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rep3d.export import DYNAMIC_AXES, FORMATS, ONNX_OPSET
+
+    parser.add_argument("model", metavar="MODEL",
+                        help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:org/name")
+    parser.add_argument("--checkpoint", metavar="FILE", help="load these weights instead of the pretrained ones")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help=f"output file ({', '.join(f'{k}: *{v}' for k, v in SUFFIXES.items() if v)}) or, for "
+                             "monai-bundle, a folder")
+    parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help="example input size (default: the model cfg's roi_size)")
+    parser.add_argument("--dynamic", default="", metavar="AXES",
+                        help=f"comma-separated dynamic axes among {', '.join(DYNAMIC_AXES)} (onnx, exported-program; "
+                             "TorchScript is always dynamic); dynamic axes use the direct conv engine")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="large-kernel conv engine in the graph (default: the model's, usually auto)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset, >= 17 (default {ONNX_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rep3d.builder import create_model
+    from rep3d.errors import Rep3DError
+    from rep3d.export import export_model, parse_dynamic
+
+    def fail(message: str) -> int:
+        print(f"rep3d export: error: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        dynamic = parse_dynamic(args.dynamic)
+    except Rep3DError as err:
+        return fail(str(err))
+    try:
+        model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
+    except Exception as err:  # noqa: BLE001 - report and stop: nothing can be exported without a model
+        return fail(f"cannot build {args.model}: {type(err).__name__}: {err}")
+    try:
+        report = export_model(model, args.format, args.output, roi=args.roi, dynamic=dynamic, backend=args.backend,
+                              opset=args.opset, overwrite=args.overwrite)
+    except Rep3DError as err:
+        return fail(str(err))
+    if report.folded:
+        print(f"rep3d export: {args.model} is in training form: folded it (mask, small branch, BatchNorm -> one "
+              "depthwise conv per block) before exporting")
+    print(report.summary())
+    return 0

@@ -1,0 +1,183 @@
+"""A MONAI bundle for a folded rep3d model: the same pipeline as ``rep3d predict``, in MONAI's config language.
+
+Layout::
+
+    configs/metadata.json    MONAI bundle metadata (network_data_format, classes, versions)
+    configs/inference.json   LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged (from the model cfg);
+                             SlidingWindowInferer at the model's ROI blending per-window softmax (as rep3d does);
+                             Invertd back to the input grid (bilinear on probabilities), argmax, SaveImaged
+    models/model.ts          the TorchScript network (no rep3d needed to run it)
+    docs/README.md           the model card plus how to run the bundle
+
+Run it with ``python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IN
+--output_dir OUT``: every ``*.nii`` / ``*.nii.gz`` in ``IN`` becomes ``OUT/<name>_seg.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+BUNDLE_VERSION = "0.1.0"
+
+
+def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0.5) -> dict[str, Any]:
+    """``configs/inference.json`` for ``model`` (its ``pretrained_cfg`` gives orientation, spacing and window)."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    preprocessing: list[dict[str, Any]] = [
+        {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True, "dtype": "$numpy.float32",
+         "image_only": True},
+    ]
+    orientation = cfg.get("orientation") or "RAS"
+    preprocessing.append({"_target_": "Orientationd", "keys": "image", "axcodes": orientation,
+                          "labels": [["L", "R"], ["P", "A"], ["I", "S"]]})
+    if cfg.get("spacing"):
+        preprocessing.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in cfg["spacing"]],
+                              "mode": "bilinear", "padding_mode": "border"})
+    window = cfg.get("intensity_window")
+    if window is None:
+        from rep3d.presets import MODALITY_WINDOWS
+
+        window = MODALITY_WINDOWS.get(str(cfg.get("modality", "")).upper())
+    if window is not None:
+        preprocessing.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(window[0]),
+                              "a_max": float(window[1]), "b_min": 0.0, "b_max": 1.0, "clip": True})
+    return {
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "bundle_root": ".",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": "$@bundle_root + '/eval'",
+        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": "$torch.jit.load(os.path.join(@bundle_root, 'models', 'model.ts'), map_location=@device)",
+        # rep3d blends per-window probabilities, not logits: the softmax belongs to the network the inferer calls
+        "network": "$torch.nn.Sequential(@network_def, torch.nn.Softmax(dim=1)).to(@device).eval()",
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': path} for path in @datalist]",
+                    "transform": "@preprocessing"},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [int(r) for r in roi], "sw_batch_size": 1,
+                    "overlap": overlap, "mode": "gaussian", "padding_mode": "constant", "cval": 0.0},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False, "to_tensor": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False},
+        ]},
+        # one volume at a time, without MONAI's ignite-based engines (ignite is an optional MONAI dependency)
+        "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@inferer("
+                   "item['image'][None].to(@device), @network)[0].cpu())))",
+        "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
+        "run": ["$[@predict(item) for item in @dataset]"],
+    }
+
+
+def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``configs/metadata.json``: MONAI's bundle metadata fields, filled from the model and its cfg."""
+    import monai
+    import numpy
+
+    from rep3d.version import __version__
+
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    num_classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
+    names = list(cfg.get("class_names") or [f"class_{i}" for i in range(num_classes)])
+    synthetic = bool(cfg.get("synthetic"))
+    name = cfg.get("architecture", type(model).__name__) + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    description = cfg.get("description") or f"{name} segmentation network exported by rep3d {__version__}"
+    modality = str(cfg.get("modality", "CT"))
+    meta = {
+        "version": BUNDLE_VERSION,
+        "changelog": {BUNDLE_VERSION: f"exported by rep3d {__version__} (rep3d export --format monai-bundle)"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "required_packages_version": {"nibabel": _version("nibabel")},
+        "name": name,
+        "task": "3-D segmentation" + (" (SYNTHETIC training data)" if synthetic else ""),
+        "description": description,
+        "authors": "rep3d",
+        "copyright": f"license: {cfg.get('license', 'unknown')}",
+        "data_source": cfg.get("dataset", "unknown"),
+        "data_type": "nibabel",
+        "image_classes": f"{int(getattr(model, 'in_chans', 1))} channel(s), {cfg.get('modality', 'CT')} intensities",
+        "label_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
+        "pred_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
+        "eval_metrics": dict(cfg.get("metrics") or {}),
+        "intended_use": "research only, not for clinical use" + ("; trained on synthetic phantoms" * synthetic),
+        "references": [f"{cfg.get('paper_name', '')} ({cfg.get('paper_ids', '')})".strip()],
+        "network_data_format": {
+            "inputs": {"image": {
+                "type": "image", "format": "hounsfield" if modality.upper() == "CT" else "magnitude",
+                "modality": modality, "num_channels": int(getattr(model, "in_chans", 1)),
+                "spatial_shape": [int(r) for r in roi], "dtype": "float32", "value_range": [0, 1],
+                "is_patch_data": True, "channel_def": {"0": "image"},
+            }},
+            "outputs": {"pred": {
+                "type": "image", "format": "segmentation", "num_channels": num_classes,
+                "spatial_shape": [int(r) for r in roi], "dtype": "float32", "value_range": [0, 1],
+                "is_patch_data": True, "channel_def": {str(i): n for i, n in enumerate(names)},
+            }},
+        },
+        "rep3d": {
+            "roi_size": [int(r) for r in roi], "spacing": _list(cfg.get("spacing")),
+            "orientation": cfg.get("orientation") or "RAS", "intensity_window": _list(cfg.get("intensity_window")),
+            "synthetic": synthetic,
+        },
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def bundle_readme(model: nn.Module, roi: Sequence[int]) -> str:
+    """``docs/README.md``: how to run the bundle, then rep3d's model card."""
+    from rep3d.hub.publish import model_card, model_config
+
+    card = model_card(model, model_config(model))
+    if card.startswith("---"):  # drop the Hub's YAML header: a bundle's metadata lives in configs/metadata.json
+        end = card.find("\n---", 3)
+        card = card[end + 4:].lstrip() if end > 0 else card
+    usage = (
+        "# MONAI bundle\n\n"
+        "Exported by `rep3d export --format monai-bundle`: the folded network as TorchScript (`models/model.ts`, "
+        "runs without rep3d) and the inference pipeline of `rep3d predict` in `configs/inference.json` "
+        f"(orientation, spacing, intensity window, sliding window at {list(roi)} with overlap 0.5, inversion to "
+        "the input grid, label map saved as `<name>_seg.nii.gz`).\n\n"
+        "```bash\npython -m monai.bundle run --config_file configs/inference.json --bundle_root . \\\n"
+        "    --dataset_dir /path/to/niftis --output_dir /path/to/output\n```\n\n"
+    )
+    return usage + card
+
+
+def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[int],
+                       metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write the bundle for a folded, eval-mode CPU ``model`` into ``folder`` (created)."""
+    from rep3d.export import export_torchscript
+
+    folder = Path(folder)
+    for sub in ("configs", "models", "docs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    export_torchscript(model, folder / "models" / "model.ts")
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference_config(model, roi), indent=2) + "\n")
+    (folder / "configs" / "metadata.json").write_text(json.dumps(bundle_metadata(model, roi, metadata), indent=2)
+                                                      + "\n")
+    (folder / "docs" / "README.md").write_text(bundle_readme(model, roi))
+    return folder
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _list(value: Any) -> list | None:
+    return None if value is None else [float(v) for v in value]
