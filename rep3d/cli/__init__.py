@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list registered models with params and MACs"),
     "export": ("export", "export a folded model to ONNX, TorchScript, torch.export or a MONAI bundle"),
     "import-official": ("import_official", "convert an official Rep3D / 3D UX-Net checkpoint"),
+    "nnunet-plans": ("nnunet_plans", "add a rep3d configuration to an nnU-Net v2 dataset's plans"),
+    "nnunet-trainer-path": ("nnunet_trainer_path", "print the folder for nnUNet_extTrainer (rep3d's nnU-Net trainers)"),
+    "nnunet-export": ("nnunet_export", "turn an nnU-Net fold trained with a rep3d network into a rep3d model folder"),
+    "nnunet-pretrained": ("nnunet_pretrained", "write a rep3d model's weights for nnUNetv2_train -pretrained_weights"),
 }
 
 

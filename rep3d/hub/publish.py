@@ -235,7 +235,14 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
               f"| orientation | {meta.get('orientation', 'unknown')} |",
               f"| modality | {meta.get('modality', 'unknown')} |",
               f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
-              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |", ""]
+              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |"]
+    if meta.get("normalization"):  # replaces the window (models trained by nnU-Net)
+        lines[-2] = f"| normalisation per channel | `{json.dumps(meta['normalization'])}` |"
+    if meta.get("axis_order"):
+        lines += [f"| axis order of the network's input | {meta['axis_order']} (roi and spacing in this order"
+                  + ("; the file's voxel axes reversed, as nnU-Net reads NIfTI)" if meta["axis_order"] == "zyx"
+                     else ")") + " |"]
+    lines += [""]
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

@@ -23,7 +23,7 @@ from torch import nn
 
 from rep3d.errors import Rep3DValueError
 from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
-from rep3d.inference.preprocess import to_model_space
+from rep3d.inference.preprocess import check_normalization, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
 
@@ -236,12 +236,26 @@ class Predictor:
         self.overlap, self.blend, self.sw_batch_size = float(overlap), blend, int(sw_batch_size)
 
     def _set_grid(self, cfg: dict, spacing: Any, orientation: Any, intensity_window: Any) -> None:
+        # axis_order "zyx": the model's axes are the (oriented) file axes reversed, as nnU-Net reads NIfTI; the cfg's
+        # roi_size and spacing are then in the model's axis order
+        self.axis_order = str(cfg.get("axis_order") or "xyz")
+        if self.axis_order not in ("xyz", "zyx"):
+            raise Rep3DValueError(f"pretrained_cfg axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
         self.spacing = cfg.get("spacing") if spacing is AUTO else spacing
         if self.spacing is not None:
             self.spacing = _triple("spacing", self.spacing, float)
+            if spacing is AUTO and self.axis_order == "zyx":
+                self.spacing = self.spacing[::-1]
             if min(self.spacing) <= 0:
                 raise Rep3DValueError(f"spacing must be positive (mm), got {self.spacing}")
         self.orientation = (cfg.get("orientation") or "RAS") if orientation is AUTO else orientation
+        if self.orientation == "native":  # keep the file's own voxel axes (nnU-Net's readers do)
+            self.orientation = None
+        # per-channel normalisation recorded by rep3d nnunet-export; it replaces the intensity window
+        self.normalization = cfg.get("normalization") if intensity_window is AUTO else None
+        if self.normalization is not None:
+            intensity_window = None
+            check_normalization(self.normalization, cfg.get("in_chans"))
         if intensity_window is AUTO:
             modality = str(cfg.get("modality", "")).upper()
             intensity_window = cfg.get("intensity_window") or FALLBACK_WINDOWS.get(modality)
@@ -278,7 +292,7 @@ class Predictor:
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         in_shape = tuple(int(s) for s in image.shape[1:])
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
-                           intensity_window=self.intensity_window)
+                           intensity_window=self.intensity_window, normalization=self.normalization)
         grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
         probs = self.infer(x.as_tensor().float())  # [K, *grid] on the stitch device
         if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
@@ -356,6 +370,8 @@ class Predictor:
         stitch device."""
         from monai.inferers import sliding_window_inference
 
+        if self.axis_order == "zyx":
+            x = x.permute(0, 3, 2, 1)
         with torch.no_grad():
             out = sliding_window_inference(
                 x[None],
@@ -370,4 +386,4 @@ class Predictor:
                 device=self._stitch_device_for(x.shape[1:]),
                 progress=self.progress,
             )
-        return out[0]
+        return out[0].permute(0, 3, 2, 1) if self.axis_order == "zyx" else out[0]

@@ -2,6 +2,7 @@
 :class:`~rep3d.inference.Predictor` alike.
 
 Steps (MONAI dictionary transforms, each switched off by ``None``): ``Orientation`` to the axis codes (``"RAS"``)
+-> per-channel ``normalization`` as nnU-Net does it (models trained by nnU-Net; it normalises before resampling)
 -> ``Spacing`` to the voxel size in mm (bilinear for images, nearest for labels, border padding)
 -> ``ScaleIntensityRange`` of the image: the window ``(lo, hi)`` mapped linearly to ``[0, 1]``, clipped.
 """
@@ -9,8 +10,12 @@ Steps (MONAI dictionary transforms, each switched off by ``None``): ``Orientatio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from monai import transforms as T
+
+from rep3d.errors import Rep3DValueError
 
 # MONAI's default labels are LPS-flavoured; say explicitly that "R" means +x, "A" +y, "S" +z (RAS+ world).
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -23,6 +28,7 @@ def model_space_transforms(
     intensity_window: tuple[float, float] | None,
     image_key: str = "image",
     label_key: str | None = None,
+    normalization: Sequence[dict[str, Any]] | None = None,
 ) -> list:
     """Dictionary transforms taking ``{image_key: [C, X, Y, Z]}`` (and ``label_key``) onto the model grid.
 
@@ -32,11 +38,16 @@ def model_space_transforms(
         intensity_window: ``(lo, hi)`` mapped to ``[0, 1]`` with clipping, or ``None``.
         image_key / label_key: the dictionary keys; the label (if any) is oriented and resampled (nearest), never
             rescaled.
+        normalization: one dict per image channel (:data:`NORMALIZATION_SCHEMES`), applied before resampling, or
+            ``None``.
     """
     keys = [image_key] if label_key is None else [image_key, label_key]
     steps: list = []
     if orientation is not None:
         steps.append(T.Orientationd(keys, axcodes=orientation, labels=AXIS_LABELS))
+    if normalization is not None:
+        check_normalization(normalization, None)
+        steps.append(T.Lambdad(image_key, func=lambda x: normalise_channels(x, normalization)))
     if spacing is not None:
         modes = ["bilinear"] if label_key is None else ["bilinear", "nearest"]
         steps.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=modes, padding_mode="border"))
@@ -46,8 +57,41 @@ def model_space_transforms(
     return steps
 
 
-def to_model_space(image, *, spacing, orientation, intensity_window):
+def to_model_space(image, *, spacing, orientation, intensity_window, normalization=None):
     """Apply :func:`model_space_transforms` to one image (a ``MetaTensor [C, X, Y, Z]``); returns a MetaTensor
     whose ``affine`` is the model grid's."""
-    steps = model_space_transforms(spacing=spacing, orientation=orientation, intensity_window=intensity_window)
+    steps = model_space_transforms(spacing=spacing, orientation=orientation, intensity_window=intensity_window,
+                                   normalization=normalization)
     return T.Compose(steps)({"image": image})["image"] if steps else image
+
+
+NORMALIZATION_SCHEMES = ("clip_zscore", "zscore", "none")
+"""Per-channel normalisations of models trained by nnU-Net (``rep3d nnunet-export`` records them):
+``{"scheme": "clip_zscore", "clip": [lo, hi], "mean": m, "std": s}`` (nnU-Net's CTNormalization),
+``{"scheme": "zscore"}`` (per-image mean / std, ZScoreNormalization), ``{"scheme": "none"}``."""
+
+
+def check_normalization(normalization: Any, in_chans: int | None) -> None:
+    """Raise :class:`Rep3DValueError` unless ``normalization`` is a list of known schemes, one per channel."""
+    if not isinstance(normalization, Sequence) or any(
+            not isinstance(n, dict) or n.get("scheme") not in NORMALIZATION_SCHEMES for n in normalization):
+        raise Rep3DValueError(f"normalization must be a list of {{'scheme': one of {NORMALIZATION_SCHEMES}, ...}} "
+                              f"per input channel, got {normalization!r}")
+    if in_chans is not None and len(normalization) != in_chans:
+        raise Rep3DValueError(f"normalization has {len(normalization)} entries for a model with {in_chans} channels")
+
+
+def normalise_channels(x: torch.Tensor, normalization: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """``x [C, X, Y, Z]`` with each channel normalised as nnU-Net does (float32; statistics in float64)."""
+    if x.shape[0] != len(normalization):
+        raise Rep3DValueError(f"normalization has {len(normalization)} entries for an image with {x.shape[0]} "
+                              "channels")
+    out = x.clone().float()
+    for c, norm in enumerate(normalization):
+        if norm["scheme"] == "clip_zscore":
+            lo, hi = norm["clip"]
+            out[c] = (out[c].clamp(lo, hi) - norm["mean"]) / max(float(norm["std"]), 1e-8)
+        elif norm["scheme"] == "zscore":
+            v = out[c].double()
+            out[c] = ((v - v.mean()) / max(float(v.std(unbiased=False)), 1e-8)).float()
+    return out

@@ -129,6 +129,12 @@ class UnetrDecoder3d(nn.Module):
     Features are ``[B, widths[i], S/2^(i+1), ...]`` for i = 0..3. Skips: a basic block on the raw input (-> widths[0])
     and on features 0-2 (-> widths[i+1]), one to ``hidden_size`` on feature 3; up-blocks back to full resolution;
     a 1x1x1 conv to ``num_classes`` logits ``[B, num_classes, D, H, W]``.
+
+    ``deep_supervision_heads=True`` adds 1x1x1 heads on the up-path maps at 1/2, 1/4 and 1/8 resolution and moves
+    the full-resolution head into the same list: ``seg_layers = [full, 1/2, 1/4, 1/8]`` (nnU-Net's name, whose
+    pretrained-weight loader re-initialises exactly the ``.seg_layers.`` keys). The heads exist whether or not
+    ``deep_supervision`` is on, so a checkpoint saved in one mode loads strictly in the other. With
+    ``deep_supervision = True`` the forward returns the list of logits ``[full, 1/2, 1/4, 1/8]``.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class UnetrDecoder3d(nn.Module):
         num_classes: int,
         norm_name: str | tuple = "instance",
         res_block: bool = True,
+        deep_supervision_heads: bool = False,
     ) -> None:
         super().__init__()
         w = list(widths)
@@ -162,8 +169,34 @@ class UnetrDecoder3d(nn.Module):
         self.decoder3 = up(w[2], w[1])
         self.decoder2 = up(w[1], w[0])
         self.decoder1 = basic(w[0], w[0])
-        self.out = UnetOutBlock(3, w[0], num_classes)
+        if deep_supervision_heads:
+            # full, then the outputs of decoder3 (1/2), decoder4 (1/4), decoder5 (1/8)
+            self.seg_layers = nn.ModuleList([UnetOutBlock(3, c, num_classes) for c in (w[0], w[1], w[2], w[3])])
+        else:
+            self.out = UnetOutBlock(3, w[0], num_classes)
+        self._deep_supervision = False
         self.grad_checkpointing = False
+
+    __jit_unused_properties__ = ["head", "deep_supervision"]  # TorchScript runs _forward_plain, which needs neither
+
+    @property
+    def head(self) -> nn.Module:
+        """The full-resolution 1x1x1 output conv."""
+        return self.seg_layers[0] if hasattr(self, "seg_layers") else self.out
+
+    @property
+    def deep_supervision(self) -> bool:
+        """When True, :meth:`forward` returns logits at full, 1/2, 1/4 and 1/8 resolution (needs the heads)."""
+        return self._deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, enable: bool) -> None:
+        if enable and not hasattr(self, "seg_layers"):
+            raise Rep3DValueError(
+                "UnetrDecoder3d.deep_supervision=True needs the extra output heads: build the decoder with "
+                "deep_supervision_heads=True (rep3d.integrations.nnunet's network does)"
+            )
+        self._deep_supervision = bool(enable)
 
     def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -171,7 +204,7 @@ class UnetrDecoder3d(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         if torch.jit.is_scripting():
             return self._forward_plain(x, features)
         enc1 = self._run(self.encoder1, x)
@@ -179,11 +212,14 @@ class UnetrDecoder3d(nn.Module):
         enc3 = self._run(self.encoder3, features[1])
         enc4 = self._run(self.encoder4, features[2])
         hidden = self._run(self.encoder5, features[3])
-        d = self._run(self.decoder5, hidden, enc4)
-        d = self._run(self.decoder4, d, enc3)
-        d = self._run(self.decoder3, d, enc2)
-        d = self._run(self.decoder2, d, enc1)
-        return self.out(self._run(self.decoder1, d))
+        d8 = self._run(self.decoder5, hidden, enc4)
+        d4 = self._run(self.decoder4, d8, enc3)
+        d2 = self._run(self.decoder3, d4, enc2)
+        d = self._run(self.decoder2, d2, enc1)
+        full = self.head(self._run(self.decoder1, d))
+        if not self._deep_supervision:
+            return full
+        return [full] + [head(m) for head, m in zip(self.seg_layers[1:], (d2, d4, d8))]
 
     def _forward_plain(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         # the same graph without checkpointing (TorchScript cannot call it with *args)

@@ -185,6 +185,8 @@ class Rep3D(nn.Module):
     """Rep3D segmentation network: :class:`Rep3DEncoder` + :class:`UnetrDecoder3d`.
 
     ``[B, in_chans, D, H, W] -> [B, num_classes, D, H, W]`` logits; D, H, W must be multiples of 16.
+    ``deep_supervision_heads=True`` adds the decoder's 1/2, 1/4, 1/8 heads (see :class:`UnetrDecoder3d`); with
+    ``decoder.deep_supervision = True`` the forward then returns ``[full, 1/2, 1/4, 1/8]`` logits.
     """
 
     def __init__(
@@ -203,6 +205,7 @@ class Rep3D(nn.Module):
         conv_backend: Backend = "auto",
         deploy: bool = False,
         norm_name: str = "instance",
+        deep_supervision_heads: bool = False,
         **block_kwargs,
     ) -> None:
         super().__init__()
@@ -212,7 +215,8 @@ class Rep3D(nn.Module):
             in_chans, widths, depths, kernel_size, block=block, modulation=modulation, small_kernel=small_kernel,
             drop_path_rate=drop_path_rate, conv_backend=conv_backend, deploy=deploy, **block_kwargs,
         )
-        self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name)
+        self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
+                                      deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
         self.feature_info = self.encoder.feature_info
 
@@ -233,7 +237,7 @@ class Rep3D(nn.Module):
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not torch.jit.is_scripting():
             self.check_input(x)
         return self.decoder(x, self.encoder(x))
@@ -264,12 +268,19 @@ class Rep3D(nn.Module):
         self.decoder.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
-        return self.decoder.out
+        return self.decoder.head
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the 1x1x1 output conv by a freshly initialised one with ``num_classes`` outputs."""
-        out = self.decoder.out.conv.conv
-        self.decoder.out = UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
+        """Replace the 1x1x1 output conv(s) by freshly initialised ones with ``num_classes`` outputs."""
+
+        def fresh(head: nn.Module) -> nn.Module:
+            out = head.conv.conv
+            return UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
+
+        if hasattr(self.decoder, "seg_layers"):
+            self.decoder.seg_layers = nn.ModuleList([fresh(h) for h in self.decoder.seg_layers])
+        else:
+            self.decoder.out = fresh(self.decoder.out)
         self.num_classes = num_classes
 
 

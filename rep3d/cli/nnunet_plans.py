@@ -1,0 +1,31 @@
+"""``rep3d nnunet-plans``: add a rep3d configuration (inheriting from 3d_fullres) to a dataset's nnU-Net plans."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", "--dataset", required=True, metavar="ID", help="nnU-Net dataset id or name")
+    parser.add_argument("--model", default="rep3d_tiny", help="rep3d model name (default rep3d_tiny)")
+    parser.add_argument("--kernel-size", type=int, default=21, help="large-kernel size (default 21)")
+    parser.add_argument("--configuration-name", default="3d_fullres_rep3d",
+                        help="name of the new configuration (default 3d_fullres_rep3d)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: 3d_fullres's)")
+    parser.add_argument("-p", "--plans-name", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing configuration of that name")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rep3d.integrations.nnunet.plans import add_rep3d_configuration, plans_file_for
+
+    path = plans_file_for(args.dataset, args.plans_name)
+    warnings = add_rep3d_configuration(path, args.configuration_name, overwrite=args.overwrite, model=args.model,
+                                       kernel_size=args.kernel_size, batch_size=args.batch_size)
+    for warning in warnings:
+        print(f"rep3d nnunet-plans: warning: {warning}", file=sys.stderr)
+    print(f"rep3d nnunet-plans: added configuration {args.configuration_name!r} ({args.model}, k={args.kernel_size}) "
+          f"to {path}\n  train it with: nnUNet_extTrainer=$(rep3d nnunet-trainer-path) nnUNetv2_train "
+          f"{args.dataset} {args.configuration_name} FOLD -tr nnUNetTrainerRep3D -p {args.plans_name}")
+    return 0

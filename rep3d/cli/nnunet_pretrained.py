@@ -1,0 +1,33 @@
+"""``rep3d nnunet-pretrained``: a rep3d model's weights as a file for ``nnUNetv2_train -pretrained_weights``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="a rep3d model with weights: rep3d_tiny.phantom, local-dir:PATH, hf-hub:ORG/NAME")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.pth", help="file to write")
+    parser.add_argument("--in-chans", type=int, help="input channels of the nnU-Net dataset (adapts the stem)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rep3d.builder import create_model
+    from rep3d.errors import Rep3DValueError
+    from rep3d.integrations.nnunet.weights import write_nnunet_pretrained
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise Rep3DValueError(f"{args.output} exists; pass --overwrite to replace it")
+    kwargs = {"in_chans": args.in_chans} if args.in_chans else {}
+    model = create_model(args.model, pretrained=True, **kwargs)
+    path = write_nnunet_pretrained(model, args.output)
+    arch = model.pretrained_cfg.get("architecture")
+    kernel = model.model_args.get("kernel_size", 21)
+    print(f"rep3d nnunet-pretrained: wrote {path}\n  the plan must build the same network: rep3d nnunet-plans -d ID "
+          f"--model {arch} --kernel-size {kernel}\n  then: nnUNetv2_train ID 3d_fullres_rep3d FOLD -tr "
+          f"nnUNetTrainerRep3D -pretrained_weights {path}")
+    return 0
