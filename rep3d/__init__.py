@@ -1,5 +1,14 @@
 """rep3d: large-kernel re-parameterized 3D convolutions (Rep3D, arXiv 2505.19603)."""
 
+import warnings
+
+with warnings.catch_warnings():
+    # timm < 1.0.23 (which nnunetv2's dynamic-network-architectures pins) decorates a class with torch.jit.interface,
+    # and torch >= 2.14 warns about that at import: every `rep3d` command would start with two lines of a warning the
+    # user cannot act on. Hide that one message while timm is first imported; the filter is restored afterwards.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
+    import timm  # noqa: F401
+
 from rep3d import layers, models  # noqa: F401
 from rep3d.builder import create_model, list_models, model_info
 from rep3d.errors import Rep3DError, Rep3DWeightsError

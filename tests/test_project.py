@@ -113,3 +113,14 @@ def test_every_declared_pytest_marker_is_used():
     pending = {"gpu"}  # used by tests/test_gpu.py on the gpu branch of issue 15; the lead empties this at merge
     unused = [m for m in markers if f"pytest.mark.{m}" not in tests and m not in pending]
     assert not unused, f"markers declared in pyproject.toml and never used: {unused}"
+
+
+def test_importing_the_command_line_prints_no_future_warning():
+    """Every `rep3d` command imports rep3d.cli first: a third-party deprecation printed there (timm < 1.0.23 under
+    torch 2.14 warns about torch.jit.interface) would precede every one-line error and every result."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", "import rep3d.cli"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
