@@ -4,6 +4,7 @@ import copy
 import importlib
 import math
 import pkgutil
+import shutil
 
 import pytest
 import timm.utils
@@ -426,13 +427,11 @@ def test_torch_compile_fullgraph_matches_eager_in_train_and_eval(backend):
     conv = RepLKConv3d(4, 5, small_kernel=3, conv_backend=backend)
     twin = copy.deepcopy(conv)
     x = torch.randn(2, 4, 6, 6, 6)
-    try:
-        compiled = torch.compile(twin, fullgraph=True)  # fails on any graph break
-        y = compiled(x)
-    except Exception as exc:  # pragma: no cover - platform dependent
-        if "compiler" in str(exc).lower() or "cpp" in str(exc).lower():
-            pytest.skip(f"no working C++ compiler for torch.compile here: {exc}")
-        raise
+    # decided before compiling: an error message that merely mentions "compiler" must never turn into a skip
+    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler on PATH for torch.compile's CPU backend")
+    compiled = torch.compile(twin, fullgraph=True)  # fails on any graph break
+    y = compiled(x)
     ref = conv(x)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     y.square().mean().backward()
