@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -16,6 +17,7 @@ from rep3d.cli import main
 from rep3d.data import (
     PHANTOM_CLASSES,
     PHANTOM_HU,
+    PHANTOM_SETTINGS,
     MSDLayoutError,
     load_msd_dataset,
     make_phantom,
@@ -23,6 +25,8 @@ from rep3d.data import (
     write_msd_dataset,
 )
 from rep3d.data import phantom as phantom_mod
+from rep3d.data.phantom import case_seed
+from rep3d.errors import Rep3DValueError
 
 SMALL = (48, 48, 40)
 SMALL_SPACING = (4.0, 4.0, 5.0)  # the same field of view as the default 96x96x80 @ 2x2x2.5 mm
@@ -118,6 +122,47 @@ def test_kidneys_look_alike_and_differ_only_by_side():
     assert 0.8 < np.mean(vols[right]) / np.mean(vols[left]) < 1.25
     assert abs(np.mean(hus[right]) - np.mean(hus[left])) < 10
     assert PHANTOM_HU["right_kidney"] == PHANTOM_HU["left_kidney"]
+
+
+def test_default_setting_still_generates_the_phantoms_the_bundled_weights_were_tested_on():
+    # digest of this case before phantom settings existed: a change here silently changes the demo, the bundled
+    # weights' test set and every recorded Dice
+    p = make_phantom(case_seed(0, "test", 0), (40, 40, 32))
+    digest = hashlib.sha256(p.image.tobytes() + p.label.tobytes()).hexdigest()
+    assert digest == "0df8e4dd24bf24a0755ad2e6660e17817f427559a6508aeb51855b1d021bc798"
+
+
+def test_hard_setting_keeps_the_anatomy_and_removes_the_intensity_cues():
+    liver, spleen = PHANTOM_CLASSES.index("liver"), PHANTOM_CLASSES.index("spleen")
+    hard = PHANTOM_SETTINGS["hard"]
+    steady = {  # the two settings without the per-volume jitter, so one seed shows the table's effect
+        "easy": dataclasses.replace(PHANTOM_SETTINGS["default"], organ_jitter=0.0),
+        "hard": dataclasses.replace(hard, organ_jitter=0.0),
+    }
+    for seed in range(2):
+        cases = {k: make_phantom(seed, SMALL, SMALL_SPACING, noise_std=0.0, blur_sigma=0.0, setting=v)
+                 for k, v in steady.items()}
+        np.testing.assert_array_equal(cases["easy"].label, cases["hard"].label)
+        organs = [k for k in range(1, len(PHANTOM_CLASSES)) if (cases["easy"].label == k).any()]
+        means = {name: {k: float(p.image[p.label == k].mean()) for k in organs} for name, p in cases.items()}
+        assert np.std(list(means["hard"].values())) < 0.5 * np.std(list(means["easy"].values())), means
+        assert means["easy"][liver] - means["easy"][spleen] == pytest.approx(15.0)
+        assert means["hard"][liver] == pytest.approx(means["hard"][spleen])  # position-only pair
+    assert hard.noise_range[0] > PHANTOM_SETTINGS["default"].noise_range[1]
+    assert hard.organ_jitter > PHANTOM_SETTINGS["default"].organ_jitter
+
+
+def test_unknown_phantom_setting_names_the_choices():
+    with pytest.raises(Rep3DValueError, match="default.*hard"):
+        make_phantom(0, SMALL, SMALL_SPACING, setting="harder")
+
+
+def test_hard_dataset_records_its_setting(tmp_path):
+    root = write_msd_dataset(tmp_path / "hard", num_train=1, num_test=1, shape=SMALL, spacing=SMALL_SPACING,
+                             setting="hard")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["phantom"]["setting"]["name"] == "hard"
+    assert "hard" in meta["description"]
 
 
 def test_make_phantom_rejects_bad_shape_and_spacing():

@@ -8,7 +8,14 @@ import numpy as np
 
 from rep3d.data.figures import save_overlay_png
 from rep3d.data.msd import write_msd_dataset
-from rep3d.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, DEFAULT_WINDOW, case_seed, make_phantom
+from rep3d.data.phantom import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    DEFAULT_WINDOW,
+    PHANTOM_SETTINGS,
+    case_seed,
+    make_phantom,
+)
 from rep3d.presets import PHANTOM_CLASSES
 
 
@@ -23,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"volume shape in voxels (default {DEFAULT_SHAPE})")
     parser.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING, metavar=("SX", "SY", "SZ"),
                         help=f"voxel spacing in mm (default {DEFAULT_SPACING})")
+    parser.add_argument("--setting", default="default", choices=sorted(PHANTOM_SETTINGS),
+                        help="default: the demo's phantoms; hard: low contrast, heavy noise, spleen with the liver's "
+                             "intensity (needs context; used by the ablation study)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
     parser.add_argument("--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -31,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     root = write_msd_dataset(args.outdir, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                              shape=args.shape, spacing=args.spacing, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             progress=not args.quiet, setting=args.setting)
     if args.preview:
-        case = make_phantom(case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing)
+        case = make_phantom(case_seed(args.seed, "train" if args.num_train else "test", 0), args.shape, args.spacing,
+                            setting=args.setting)
         kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
         centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
         save_overlay_png(  # planes through the kidneys: the pair only context tells apart
@@ -41,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
             class_names=PHANTOM_CLASSES, title="SYNTHETIC phantom",
         )
         print(f"preview: {args.preview}")
-    print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic) to {root}")
+    kind = "" if args.setting == "default" else f", setting {args.setting!r}"
+    print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic{kind}) to {root}")
     return 0

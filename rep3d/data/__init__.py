@@ -2,7 +2,15 @@
 
 from rep3d.data.figures import save_overlay_png
 from rep3d.data.msd import MSDDataset, MSDLayoutError, load_msd_dataset, save_nifti, write_msd_dataset
-from rep3d.data.phantom import DEFAULT_WINDOW, PHANTOM_CLASSES, PHANTOM_HU, Phantom, make_phantom
+from rep3d.data.phantom import (
+    DEFAULT_WINDOW,
+    PHANTOM_CLASSES,
+    PHANTOM_HU,
+    PHANTOM_SETTINGS,
+    Phantom,
+    PhantomSetting,
+    make_phantom,
+)
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -10,7 +18,9 @@ __all__ = [
     "MSDLayoutError",
     "PHANTOM_CLASSES",
     "PHANTOM_HU",
+    "PHANTOM_SETTINGS",
     "Phantom",
+    "PhantomSetting",
     "load_msd_dataset",
     "make_phantom",
     "save_nifti",

@@ -14,6 +14,7 @@ ignore and ``monai.data.load_decathlon_datalist(..., data_list_key="test_labeled
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -29,7 +30,9 @@ from rep3d.data.phantom import (
     DEFAULT_SPACING,
     DEFAULT_WINDOW,
     PHANTOM_HU,
+    PhantomSetting,
     case_seed,
+    get_phantom_setting,
     make_phantom,
 )
 from rep3d.errors import Rep3DDataError, Rep3DValueError
@@ -56,11 +59,12 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
 
 
 def _phantom_meta(training: list, test: list, test_labeled: list, seed: int, shape: Sequence[int],
-                  spacing: Sequence[float]) -> dict[str, Any]:
+                  spacing: Sequence[float], setting: PhantomSetting) -> dict[str, Any]:
     """``dataset.json`` of a phantom dataset: MSD keys plus the labelled test list and the generator settings."""
     return {
         "name": "rep3d-phantom",
-        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom); no patient data",
+        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom"
+                       + ("" if setting.name == "default" else f", setting {setting.name!r}") + "); no patient data",
         "reference": "rep3d (synthetic)",
         "licence": "CC0-1.0 (synthetic data)",
         "release": "1.0",
@@ -79,6 +83,7 @@ def _phantom_meta(training: list, test: list, test_labeled: list, seed: int, sha
             "shape": [int(s) for s in shape],
             "spacing": [float(s) for s in spacing],
             "orientation": "RAS",
+            "setting": dataclasses.asdict(setting),
             "hu_means": PHANTOM_HU,
             "intensity_window": list(DEFAULT_WINDOW),
         },
@@ -95,13 +100,15 @@ def write_msd_dataset(
     spacing: Sequence[float] = DEFAULT_SPACING,
     overwrite: bool = False,
     progress: bool = False,
+    setting: str | PhantomSetting = "default",
 ) -> Path:
     """Generate ``num_train`` + ``num_test`` synthetic phantoms (:func:`rep3d.data.make_phantom`) into
     ``outdir`` in MSD layout, with labels for the test cases too. Images are stored as int16 HU (rounded),
     labels as uint8.
 
     Case ``i`` of a split always gets the same phantom for a given ``seed`` (see
-    :func:`rep3d.data.phantom.case_seed`), whatever ``num_train`` / ``num_test`` are.
+    :func:`rep3d.data.phantom.case_seed`), whatever ``num_train`` / ``num_test`` are. ``setting`` (a
+    :data:`rep3d.data.phantom.PHANTOM_SETTINGS` name) sets contrast and noise; it is recorded in ``dataset.json``.
 
     Raises:
         FileExistsError: ``outdir`` already holds a ``dataset.json`` and ``overwrite`` is false.
@@ -111,6 +118,7 @@ def write_msd_dataset(
         raise Rep3DValueError(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
+    setting = get_phantom_setting(setting)
     root = Path(outdir)
     if root.exists() and not root.is_dir():
         raise Rep3DValueError(f"{root} is an existing file; give a folder path for the MSD dataset")
@@ -134,7 +142,7 @@ def write_msd_dataset(
         iterator = tqdm(cases, desc="phantoms", unit="case")
     training, test, test_labeled = [], [], []
     for split, index, name in iterator:
-        case = make_phantom(case_seed(seed, split, index), shape, spacing)
+        case = make_phantom(case_seed(seed, split, index), shape, spacing, setting=setting)
         image = np.clip(np.rint(case.image), -32768, 32767).astype(np.int16)
         img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
         save_nifti(dirs[img_dir] / f"{name}.nii.gz", image, case.affine)
@@ -146,7 +154,7 @@ def write_msd_dataset(
             test.append(pair["image"])
             test_labeled.append(pair)
 
-    meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing)
+    meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing, setting)
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +46,54 @@ PHANTOM_HU: dict[str, float] = {
 """Mean Hounsfield units per tissue, before partial-volume blur and noise."""
 
 ORGAN_HU_JITTER = 5.0
-"""Standard deviation (HU) of the per-volume, per-organ shift of the organ mean."""
+"""Standard deviation (HU) of the per-volume, per-organ shift of the organ mean (default setting)."""
+
+SOFT_TISSUE_HU = 50.0
+"""Reference intensity that a setting's ``organ_contrast`` pulls the organ means towards."""
+
+
+@dataclass(frozen=True)
+class PhantomSetting:
+    """How hard a phantom is to segment; the anatomy (shapes, positions, random draws) is the same in every setting.
+
+    Attributes:
+        name: the key in :data:`PHANTOM_SETTINGS`.
+        organ_contrast: organ mean HU become ``SOFT_TISSUE_HU + organ_contrast * (PHANTOM_HU[organ] - SOFT_TISSUE_HU)``;
+            below 1 the organs move towards each other and towards muscle and bowel.
+        organ_jitter: standard deviation (HU) of the per-volume shift of each organ's mean.
+        noise_range: white-noise standard deviation (HU) drawn uniformly from this range per volume.
+        shared_intensity: ``{organ: other}``: ``organ`` takes ``other``'s mean intensity, so only shape and
+            position tell the two apart.
+    """
+
+    name: str
+    organ_contrast: float = 1.0
+    organ_jitter: float = ORGAN_HU_JITTER
+    noise_range: tuple[float, float] = (10.0, 20.0)
+    shared_intensity: tuple[tuple[str, str], ...] = ()
+
+
+PHANTOM_SETTINGS: dict[str, PhantomSetting] = {
+    "default": PhantomSetting("default"),
+    # Low contrast, heavy noise, overlapping organ intensities and a second position-only pair (spleen looks like
+    # liver): local texture says little, so a model has to use context. The ablation study trains on this setting.
+    "hard": PhantomSetting("hard", organ_contrast=0.35, organ_jitter=10.0, noise_range=(35.0, 50.0),
+                           shared_intensity=(("spleen", "liver"),)),
+}
+"""Named phantom settings; ``default`` is the one the demo and the bundled weights use."""
+
+
+def get_phantom_setting(setting: str | PhantomSetting) -> PhantomSetting:
+    """``setting`` itself, or the entry of :data:`PHANTOM_SETTINGS` it names (a clear error otherwise)."""
+    if isinstance(setting, PhantomSetting):
+        return setting
+    try:
+        return PHANTOM_SETTINGS[setting]
+    except KeyError:
+        raise Rep3DValueError(
+            f"unknown phantom setting {setting!r}; choose one of {sorted(PHANTOM_SETTINGS)}"
+        ) from None
+
 
 DEFAULT_SHAPE = (96, 96, 80)
 DEFAULT_SPACING = PHANTOM.spacing
@@ -253,11 +301,15 @@ class _Painter:
     """Paints organs into ``label`` / ``hu`` within the abdominal cavity; every random choice comes from ``rng``."""
 
     def __init__(self, rng: np.random.Generator, body: _Body, cavity: np.ndarray, label: np.ndarray,
-                 hu: np.ndarray) -> None:
+                 hu: np.ndarray, setting: PhantomSetting) -> None:
         self.rng, self.body, self.cavity, self.label, self.hu = rng, body, cavity, label, hu
+        self.setting = setting
 
     def organ_hu(self, name: str) -> float:
-        return PHANTOM_HU[name] + self.rng.normal(0.0, ORGAN_HU_JITTER)
+        setting = self.setting
+        mean = PHANTOM_HU[dict(setting.shared_intensity).get(name, name)]
+        mean = SOFT_TISSUE_HU + setting.organ_contrast * (mean - SOFT_TISSUE_HU)
+        return mean + self.rng.normal(0.0, setting.organ_jitter)
 
     def ellipsoid(self, name, centre_u, half_u, max_rot, warp_amp=0.12, exponent=2.0, value=None) -> None:
         """A warped ellipsoid (``exponent`` > 2: boxier) with jittered centre, scaled half-axes, random rotation."""
@@ -333,6 +385,7 @@ def make_phantom(
     noise_std: float | None = None,
     blur_sigma: float = 0.6,
     bowel_loops: int = 5,
+    setting: str | PhantomSetting = "default",
 ) -> Phantom:
     """Generate one synthetic CT-like abdomen: image (HU) + label map (:data:`PHANTOM_CLASSES`) + RAS affine.
 
@@ -342,9 +395,12 @@ def make_phantom(
         shape: ``(X, Y, Z)`` voxels. The anatomy is defined relative to the field of view, so any shape works;
             keep it >= 32 per axis for recognisable organs.
         spacing: voxel size in mm along X, Y, Z.
-        noise_std: white-noise standard deviation in HU; ``None`` draws it uniformly from [10, 20].
+        noise_std: white-noise standard deviation in HU; ``None`` draws it from the setting's ``noise_range``
+            ([10, 20] by default).
         blur_sigma: partial-volume blur (Gaussian sigma in voxels) applied to the HU map before the noise.
         bowel_loops: number of unlabelled soft-tissue blobs (clutter) in the lower abdomen.
+        setting: a :data:`PHANTOM_SETTINGS` name or a :class:`PhantomSetting`: contrast, noise and which organs
+            share an intensity. The anatomy of a seed is the same in every setting.
 
     Returns:
         :class:`Phantom` ``(image float32 [X, Y, Z] HU, label uint8 [X, Y, Z], affine float64 [4, 4])``.
@@ -355,16 +411,17 @@ def make_phantom(
         raise Rep3DValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise Rep3DValueError(f"make_phantom: spacing must be 3 positive floats in mm, got {spacing}")
+    setting = get_phantom_setting(setting)
     rng = np.random.default_rng(seed)
     affine = phantom_affine(shape, spacing)
     # the order of the random draws below is part of each phantom's definition: keep it when editing
-    painter = _Painter(rng, *_body_and_wall(rng, shape, spacing, affine))
+    painter = _Painter(rng, *_body_and_wall(rng, shape, spacing, affine), setting)
     painter.organs(bowel_loops)
     label, hu = painter.label, painter.hu
 
     # ---- partial-volume blur, then noise
     image = _gaussian_blur(hu, blur_sigma)
-    sigma = rng.uniform(10.0, 20.0) if noise_std is None else float(noise_std)
+    sigma = rng.uniform(*setting.noise_range) if noise_std is None else float(noise_std)
     image += rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
     return Phantom(image.astype(np.float32, copy=False), label, affine)
 
