@@ -257,3 +257,57 @@ def test_an_array_without_affine_is_taken_as_already_on_the_model_grid(orientati
         ThresholdOracle(), roi_size=8, spacing=(1.5, 2.0, 2.5), orientation=orientation, intensity_window=None
     )
     assert np.array_equal(p(image).label, image[0] > 0.5)  # no resampling, nothing moved
+
+
+def test_foreground_box_is_the_box_training_crops_to():
+    from monai.transforms import CropForegroundd
+
+    from rep3d.inference.preprocess import foreground_box, is_foreground
+
+    x = torch.zeros(2, 12, 10, 9)
+    x[0, 2:7, 3, 4] = 0.5
+    x[1, 5, 1:4, 6:8] = 1.0  # any channel counts
+    assert foreground_box(x) == (slice(2, 7), slice(1, 4), slice(4, 8))
+    cropped = CropForegroundd(["image"], source_key="image", select_fn=is_foreground, allow_smaller=True)(
+        {"image": x})["image"]
+    assert torch.equal(torch.as_tensor(cropped), x[(slice(None), *foreground_box(x))])
+    assert foreground_box(torch.zeros(1, 4, 4, 4)) is None
+
+
+def _body_in_air(shape=(40, 36, 32), box=(slice(6, 30), slice(5, 27), slice(4, 28)), seed=0):
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1000.0, dtype=np.float32)
+    image[box] = rng.uniform(-100, 250, size=image[box].shape)
+    return image, box
+
+
+def test_predictor_segments_the_foreground_box_as_training_crops_and_the_air_is_background():
+    torch.manual_seed(0)
+    model = rep3d.create_model("rep3d_tiny", num_classes=3, kernel_size=7).eval()
+    image, box = _body_in_air()
+    common = dict(roi_size=32, spacing=None, orientation=None, intensity_window=(-125.0, 275.0), device="cpu")
+    cropped = Predictor(model, **common)
+    whole = Predictor(model, crop_foreground=False, **common)
+    assert cropped.crop_foreground  # on by default with an intensity window
+    out = cropped(image[None], np.eye(4), probabilities=True)
+    # the same as segmenting the body box alone
+    shifted = np.eye(4)
+    shifted[:3, 3] = [b.start for b in box]
+    ref = whole(image[box][None], shifted, probabilities=True)
+    np.testing.assert_array_equal(out.label[box], ref.label)
+    np.testing.assert_allclose(out.probabilities[(slice(None), *box)], ref.probabilities, atol=1e-6)
+    outside = np.ones(image.shape, bool)
+    outside[box] = False
+    assert not out.label[outside].any()
+    np.testing.assert_array_equal(out.probabilities[0][outside], 1.0)
+    # and not what the whole grid gives: the air around the body changes a large-kernel model's output
+    full = whole(image[None], np.eye(4), probabilities=True)
+    assert np.abs(full.probabilities[(slice(None), *box)] - ref.probabilities).max() > 1e-3
+
+
+def test_foreground_crop_is_off_without_a_window_or_with_nnunet_normalisation():
+    model = rep3d.create_model("rep3d_tiny", num_classes=2, kernel_size=3)
+    assert not Predictor(model, intensity_window=None, device="cpu").crop_foreground
+    model.pretrained_cfg = dict(model.pretrained_cfg, normalization=[{"scheme": "zscore"}])
+    assert not Predictor(model, device="cpu").crop_foreground
+    assert Predictor(model, intensity_window=(0, 1), device="cpu", crop_foreground=True).crop_foreground

@@ -23,7 +23,7 @@ from torch import nn
 
 from rep3d.errors import Rep3DValueError
 from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
-from rep3d.inference.preprocess import check_normalization, to_model_space
+from rep3d.inference.preprocess import check_normalization, foreground_box, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
 
@@ -172,6 +172,10 @@ class Predictor:
         intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
         class_names: names of the output channels (index = label value).
         progress: tqdm bar over the windows of each volume.
+        crop_foreground: segment only the box around the foreground (:func:`rep3d.inference.foreground_box`: voxels
+            above the intensity window's floor, the body of a CT), as training crops each volume; every voxel
+            outside it is background. ``AUTO``: on when an intensity window is applied (rep3d-trained models), off
+            for nnU-Net normalisations and raw intensities.
         nonfinite: what to do with NaN / infinite input voxels, which the FFT engine would spread over whole
             feature maps (an all-background result): ``"error"`` (default) refuses the volume with
             :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
@@ -197,6 +201,7 @@ class Predictor:
         intensity_window: tuple[float, float] | None = AUTO,
         class_names: Sequence[str] | None = AUTO,
         progress: bool = False,
+        crop_foreground: bool = AUTO,
         nonfinite: str | float = "error",
     ) -> None:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -214,6 +219,8 @@ class Predictor:
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
         self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
         self.nonfinite = _nonfinite_policy(nonfinite)
+        self.crop_foreground = (self.intensity_window is not None and self.normalization is None
+                                if crop_foreground is AUTO else bool(crop_foreground))
         self.model = model.to(self.device).eval()
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
@@ -294,7 +301,7 @@ class Predictor:
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
                            intensity_window=self.intensity_window, normalization=self.normalization)
         grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
-        probs = self.infer(x.as_tensor().float())  # [K, *grid] on the stitch device
+        probs = self.infer_cropped(x.as_tensor().float())  # [K, *grid] on the stitch device
         if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
             raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
                                   "the input is; check the weights (e.g. load them with --checkpoint again)")
@@ -364,6 +371,18 @@ class Predictor:
                     prob = prob[:, perm]
             total = prob if total is None else total + prob
         return total / len(flips)
+
+    def infer_cropped(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`infer` on the foreground box of ``x [C, *grid]`` (with ``crop_foreground``), the rest background:
+        softmax ``[K, *grid]`` float32 on the stitch device."""
+        box = foreground_box(x) if self.crop_foreground else None
+        if box is None or all(b.stop - b.start == n for b, n in zip(box, x.shape[1:])):
+            return self.infer(x)
+        inside = self.infer(x[(slice(None), *box)])
+        probs = inside.new_zeros((inside.shape[0], *x.shape[1:]))
+        probs[0] = 1.0  # outside the body: background with certainty
+        probs[(slice(None), *box)] = inside
+        return probs
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """``x [C, *grid]`` already on the model grid (preprocessed) -> softmax ``[K, *grid]`` float32 on the

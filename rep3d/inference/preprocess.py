@@ -5,6 +5,12 @@ Steps (MONAI dictionary transforms, each switched off by ``None``): ``Orientatio
 -> per-channel ``normalization`` as nnU-Net does it (models trained by nnU-Net; it normalises before resampling)
 -> ``Spacing`` to the voxel size in mm (bilinear for images, nearest for labels, border padding)
 -> ``ScaleIntensityRange`` of the image: the window ``(lo, hi)`` mapped linearly to ``[0, 1]``, clipped.
+
+Training then crops each volume to its foreground (:func:`is_foreground`: above the window's floor, i.e. the body of
+a CT) and the :class:`~rep3d.inference.Predictor` segments the same box (:func:`foreground_box`), so that a model
+sees the same field of view at inference as in training: a network with large kernels uses the volume's extent as
+context, and the air around a body changes its predictions (measured on the phantom test set: right-kidney Dice
+0.965 on the whole grid vs 0.995 on the training crop).
 """
 
 from __future__ import annotations
@@ -55,6 +61,26 @@ def model_space_transforms(
         lo, hi = intensity_window
         steps.append(T.ScaleIntensityRanged(image_key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
     return steps
+
+
+def is_foreground(x: torch.Tensor) -> torch.Tensor:
+    """Foreground of a windowed image: any voxel above the window's floor (``> 0`` after the window's ``[0, 1]``).
+    Training's ``CropForegroundd`` and :func:`foreground_box` both use it (any channel counts)."""
+    return x > 0
+
+
+def foreground_box(x: torch.Tensor) -> tuple[slice, ...] | None:
+    """The smallest box ``(slice, slice, slice)`` over the spatial axes of ``x [C, X, Y, Z]`` holding every
+    :func:`is_foreground` voxel of any channel, as training crops; ``None`` when there is no foreground."""
+    mask = is_foreground(x).any(dim=0)
+    if not bool(mask.any()):
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = torch.nonzero(mask.any(dim=other)).flatten()
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def to_model_space(image, *, spacing, orientation, intensity_window, normalization=None):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rep3d.data.msd import check_label_values
 from rep3d.data.nifti import NiftiReader
 from rep3d.errors import Rep3DError
-from rep3d.inference.preprocess import model_space_transforms
+from rep3d.inference.preprocess import is_foreground, model_space_transforms
 from rep3d.train.recipes import TrainConfig
 
 
@@ -59,7 +59,8 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True, num_classes: int | 
         T.EnsureChannelFirstd(keys),
         *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation,
                                 intensity_window=cfg.intensity_window, label_key="label" if with_label else None),
-        T.CropForegroundd(keys, source_key="image", allow_smaller=True),
+        # the Predictor segments the same box (rep3d.inference.foreground_box)
+        T.CropForegroundd(keys, source_key="image", select_fn=is_foreground, allow_smaller=True),
         T.SpatialPadd(keys, spatial_size=cfg.roi_size),
         T.EnsureTyped(keys, track_meta=False),
     ])
