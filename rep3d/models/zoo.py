@@ -66,15 +66,15 @@ PHANTOM_WEIGHTS = _cfg(
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",
     tta_flip_axes=(),  # trained without flips: flip TTA is refused for these weights
     bundled="rep3d_tiny_phantom.safetensors",
-    sha256="9e09234ec2aef61c0dd9a3ff1a383b3482f0b86a0af759eee29e389550ad058c",
+    sha256="2bea591f5751d9a05c78f974097d2c22e0321e094c8a61154b436447cdf3ab01",
 )
 
 # The architecture each set of weights was trained with, pinned so that a later change of a default can never
 # silently change what bundled weights compute (a key mismatch would be loud; a residual toggled would not be).
 WEIGHTS_MODEL_ARGS: dict[str, dict[str, Any]] = {
-    # the first bundled weights: rep3d's earlier residual block and tanh mask (4 hidden channels, unscaled output)
-    "rep3d_tiny.phantom": dict(block_residual=True, mask_form="tanh", generator_hidden_channels=4,
-                               generator_kernel_size=7, generator_depth=2, generator_output_scale="none"),
+    # the paper's plain block and additive mask with its 690-parameter generator (retrained 2026-11-30)
+    "rep3d_tiny.phantom": dict(block_residual=False, mask_form="additive", generator_hidden_channels=1,
+                               generator_kernel_size=7, generator_depth=2, generator_output_scale="sqrt_fan_in"),
 }
 
 default_cfgs = default_cfgs({
