@@ -63,7 +63,7 @@ def write_demo_phantom(folder: Path, shape: tuple[int, int, int], seed: int) -> 
 def preprocess(img: nib.Nifti1Image, spacing: tuple[float, ...], window: tuple[float, float]) -> torch.Tensor:
     """NIfTI -> ``[1, 1, X, Y, Z]`` float32 in RAS at ``spacing`` mm with intensities windowed to [0, 1]."""
     ras = nib.as_closest_canonical(img)
-    data = torch.from_numpy(np.asarray(ras.dataobj, dtype=np.float32))
+    data = torch.from_numpy(np.ascontiguousarray(ras.dataobj, dtype=np.float32))
     zooms = ras.header.get_zooms()[:3]
     size = [max(1, round(n * z / s)) for n, z, s in zip(data.shape, zooms, spacing)]
     x = F.interpolate(data[None, None], size=size, mode="trilinear", align_corners=False)
@@ -90,25 +90,29 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def postprocess(probs: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``probs [1, K, *model grid]`` -> labels ``[X, Y, Z]`` (RAS input grid), one connected component per class."""
+def postprocess(probs: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, int]:
+    """``probs [1, K, *model grid]`` -> labels ``[X, Y, Z]`` (RAS input grid) with one connected component per class,
+    and the number of voxels the component filter set to background."""
     probs = F.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
     labels = probs[0].argmax(0)
     out = torch.zeros_like(labels)
     for c in range(1, probs.shape[1]):
         out[largest_component(labels == c)] = c
-    return out
+    return out, int((out != labels).sum())
 
 
-def segment(model: torch.nn.Module, path: Path, roi: tuple[int, int, int], overlap: float) -> nib.Nifti1Image:
-    """The whole pipeline on one file; returns the label map as a NIfTI image on the input's grid."""
+def segment(model: torch.nn.Module, path: Path, roi: tuple[int, int, int],
+            overlap: float) -> tuple[nib.Nifti1Image, int]:
+    """The whole pipeline on one file: the label map as a NIfTI image on the input's grid, and the number of voxels
+    the connected-component filter removed."""
     cfg = model.pretrained_cfg
     img = nib.load(str(path))
     x = preprocess(img, tuple(cfg["spacing"]), tuple(cfg["intensity_window"]))
     with torch.no_grad():
         logits = sliding_window_inference(x, roi, sw_batch_size=1, predictor=model, overlap=overlap, mode="gaussian")
     canonical_shape = nib.as_closest_canonical(img).shape[:3]
-    labels_ras = postprocess(torch.softmax(logits, 1), canonical_shape).numpy().astype(np.uint8)
+    labels_ras, removed = postprocess(torch.softmax(logits, 1), canonical_shape)
+    labels_ras = labels_ras.numpy().astype(np.uint8)
     # back from RAS to the input's own axis order: the saved map overlays the input voxel for voxel
     back = ornt_transform(axcodes2ornt("RAS"), io_orientation(img.affine))
     labels = np.ascontiguousarray(apply_orientation(labels_ras, back))
@@ -117,7 +121,7 @@ def segment(model: torch.nn.Module, path: Path, roi: tuple[int, int, int], overl
     out.set_sform(*img.get_sform(coded=True))
     out.header.set_xyzt_units(*img.header.get_xyzt_units())
     out.header.set_intent("label")
-    return out
+    return out, removed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,11 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     model = rep3d.create_model(args.model, pretrained=True).eval()
     roi = tuple(args.roi or model.pretrained_cfg["roi_size"])
     t0 = time.perf_counter()
-    seg = segment(model, args.input, roi, args.overlap)
+    seg, removed = segment(model, args.input, roi, args.overlap)
     nib.save(seg, str(output))
     img = nib.load(str(args.input))
     print(f"segmented {args.input} {img.shape} ({''.join(nib.aff2axcodes(img.affine))}) with {args.model}: "
-          f"{time.perf_counter() - t0:.1f} s, sliding window {roi}, overlap {args.overlap}")
+          f"{time.perf_counter() - t0:.1f} s, sliding window {roi}, overlap {args.overlap}; largest-component "
+          f"filter removed {removed} voxels")
     saved = nib.load(str(output))
     same_grid = saved.shape == img.shape[:3] and np.allclose(saved.affine, img.affine)
     print(f"saved {output}: shape {saved.shape}, dtype {saved.get_data_dtype()}, input affine kept: {same_grid}")
