@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     status_wrong, reason = post(url, wrong.read_bytes())
     print(f"POST a 1 mm volume: {status_wrong} {reason.decode().strip()}")
     server.shutdown()
+    server.server_close()
 
     # ---- the same request answered by PyTorch: the eager folded model, then the torch.export program
     x = service.preprocess(nib.load(str(request_path)))

@@ -21,9 +21,10 @@ What it shows:
   its own grid).
 
 For long runs use ``rep3d train`` instead (validation, checkpoints, exact resume, model card): the ``model_args`` of
-a training config go to ``rep3d.create_model``, so ``rep3d train --model local-dir:INIT --model-arg pretrained=true``
-(or ``--model rep3d_tiny.phantom --model-arg pretrained=true``) starts from pretrained weights; it updates the
-BatchNorm statistics as it trains, as the paper's recipe does.
+a training config go to ``rep3d.create_model``, so ``rep3d train --model rep3d_tiny.phantom --model-arg
+pretrained=true`` starts from the bundled weights (with a fresh head; ``--model local-dir:FOLDER`` starts from a
+``save_pretrained`` folder, e.g. a warm-started model). It updates the BatchNorm statistics as it trains, as the
+paper's recipe does.
 
 Everything here is SYNTHETIC: the numbers show the mechanics of fine-tuning, nothing about real anatomy.
 
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.num_train, args.num_test, args.shape, args.roi, args.steps = 1, 1, (64, 64, 48), 32, 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the fresh head's initialisation
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"{out} exists; choose a new --out (this example never overwrites anything)")
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     model.train()
     for m in model.modules():  # freeze BatchNorm statistics (the affine parameters still train)
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, torch.nn.BatchNorm3d):
             m.eval()
     t0, losses = time.perf_counter(), []
     for step in range(args.steps):
@@ -192,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     print("test Dice".ljust(12) + "".join(f"{column:>12}" for column in dice))
     for name in (*NEW_CLASSES[1:], "mean"):
         print(name.ljust(12) + "".join(f"{d[name]:>12.4f}" for d in dice.values()))
-    print(f"mean Dice before fine-tuning {dice['fresh head']['mean']:.4f}, after {dice['fine-tuned']['mean']:.4f} "
-          f"(SYNTHETIC data; model saved in {out / 'run'})")
+    print("mean Dice: " + ", ".join(f"{column} {d['mean']:.4f}" for column, d in dice.items())
+          + f" (SYNTHETIC data; fine-tuned model saved in {out / 'run'})")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def preprocess(img: nib.Nifti1Image, spacing: tuple[float, ...], window: tuple[f
 
 
 def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """Largest 26-connected component of a boolean ``[X, Y, Z]`` mask (label propagation by 3x3x3 max-pooling)."""
+    """Largest 26-connected component of a boolean ``[X, Y, Z]`` mask (label propagation by 3x3x3 max-pooling).
+
+    Short and dependency-free, not fast: the loop runs once per voxel of the longest path inside a component. For
+    large volumes use ``scipy.ndimage.label`` or ``cc3d``."""
     if not mask.any():
         return mask
     nz = mask.nonzero()
