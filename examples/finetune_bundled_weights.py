@@ -11,7 +11,7 @@ What it shows:
 * warm-starting that head: each new class takes the old head's row of the same class (``kidney``
   the mean of the two kidneys' rows; ``--fresh-head`` skips this);
 * a short fine-tuning loop written out (AdamW; the new head at a 10x higher learning rate than the pretrained body;
-  BatchNorm statistics kept frozen, so that a few small crops cannot overwrite what the full-size training
+  BatchNorm statistics kept frozen, so that a few crops of a few cases cannot overwrite what the full training
   measured), fed by rep3d's own training data pipeline (``rep3d.train.build_config`` + the cached, seeded crops of
   ``rep3d.train.data.CachedVolumes``: the recipe's preprocessing, pos/neg crops and augmentation);
 * the fine-tuned model written with ``rep3d.save_pretrained`` and loaded back with

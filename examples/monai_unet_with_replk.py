@@ -15,7 +15,7 @@ What it shows:
 Run (about 20 s on one CPU core at the defaults: 100 steps, 32³ phantoms, 13³ kernels)::
 
     python examples/monai_unet_with_replk.py
-    python examples/monai_unet_with_replk.py --size 48 --kernel-size 13 --steps 40
+    python examples/monai_unet_with_replk.py --size 48 --kernel-size 21 --steps 200 --threads 2
     python examples/monai_unet_with_replk.py --smoke          # the tiny run the tests use
 """
 
