@@ -1,8 +1,9 @@
-"""Griffe extension for the documentation site: render the Sphinx roles rep3d's docstrings use as code.
+"""Griffe extension for the documentation site: render the reStructuredText bits of rep3d's docstrings.
 
-rep3d's docstrings cross-reference with Sphinx roles (``:class:`~rep3d.layers.RepLKConv3d```); Markdown has no such
-syntax and would print the role verbatim. This turns each role into a code span (``~`` keeps the last component, as
-in Sphinx) before mkdocstrings renders the docstring.
+rep3d's docstrings cross-reference with Sphinx roles (``:class:`~rep3d.layers.RepLKConv3d```) and a few hold simple
+reST tables (columns framed by ``====  ====`` rules). Markdown has neither and would print them verbatim or run the
+table's rows together. Before mkdocstrings renders a docstring, each role becomes a code span (``~`` keeps the last
+component, as in Sphinx) and each simple table a fenced text block, which keeps its columns aligned.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import griffe
 
 _ROLE = re.compile(r":(?:class|meth|func|mod|attr|data|exc|obj):`(~?)([^`]+)`")
+_TABLE_RULE = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
 
 
 def _as_code(match: re.Match) -> str:
@@ -20,7 +22,24 @@ def _as_code(match: re.Match) -> str:
     return f"``{name}``"
 
 
+def _fence_simple_tables(text: str) -> str:
+    """Wrap each reST simple table (three ``===`` rules: top, under the header, bottom) in a ```text fence."""
+    lines, out, rules = text.splitlines(), [], 0
+    for line in lines:
+        if _TABLE_RULE.match(line):
+            if rules == 0:
+                out.append("```text")
+            rules += 1
+            out.append(line)
+            if rules == 3:
+                out.append("```")
+                rules = 0
+        else:
+            out.append(line)
+    return "\n".join(out) if rules == 0 else text  # an unbalanced table is left as it was
+
+
 class SphinxRolesAsCode(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(_as_code, obj.docstring.value)
+            obj.docstring.value = _fence_simple_tables(_ROLE.sub(_as_code, obj.docstring.value))
