@@ -3,7 +3,8 @@
 rep3d's docstrings cross-reference with Sphinx roles (``:class:`~rep3d.layers.RepLKConv3d```) and a few hold simple
 reST tables (columns framed by ``====  ====`` rules). Markdown has neither and would print them verbatim or run the
 table's rows together. Before mkdocstrings renders a docstring, each role becomes a code span (``~`` keeps the last
-component, as in Sphinx) and each simple table a fenced text block, which keeps its columns aligned.
+component, as in Sphinx), each simple table a fenced text block, which keeps its columns aligned, and the
+``text::`` that introduces an indented literal block ends in one colon.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:class|meth|func|mod|attr|data|exc|obj):`(~?)([^`]+)`")
 _TABLE_RULE = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
+_LITERAL_MARKER = re.compile(r"(?<=\S)::$", flags=re.M)  # reST "text::" before an indented block
 
 
 def _as_code(match: re.Match) -> str:
@@ -42,4 +44,5 @@ def _fence_simple_tables(text: str) -> str:
 class SphinxRolesAsCode(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _fence_simple_tables(_ROLE.sub(_as_code, obj.docstring.value))
+            text = _LITERAL_MARKER.sub(":", _ROLE.sub(_as_code, obj.docstring.value))
+            obj.docstring.value = _fence_simple_tables(text)
