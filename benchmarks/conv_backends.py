@@ -15,7 +15,7 @@ tests/test_depthwise.py; the native and direct columns are independent cross-che
 (``/proc/self/statm`` sampled every 0.5 ms after ``malloc_trim(0)``) over the second (warm) call. Both
 include the outputs and gradients.
 
-Example (the README table)::
+Example (the table in docs/guides/fast-convolution.md)::
 
     python benchmarks/conv_backends.py --sizes 96 128 --batch 1 2 --skip-native-backward --json out.json
 """

@@ -59,3 +59,8 @@ def test_demo_runs_from_the_installed_wheel_not_the_source_tree(wheel, tmp_path)
     for name in ("phantom_image.nii.gz", "phantom_label.nii.gz", "prediction.nii.gz", "demo.png"):
         assert (work / "out" / name).is_file(), name
     assert "mean" in result.stdout
+
+
+def test_wheel_ships_the_py_typed_marker(wheel):
+    # PEP 561: without it, users' type checkers ignore rep3d's inline hints
+    assert "rep3d/py.typed" in zipfile.ZipFile(wheel).namelist()

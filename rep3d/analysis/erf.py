@@ -80,7 +80,8 @@ def effective_receptive_field(
         target: ``"logits"`` (the model output) or ``"stage1"`` .. ``"stage4"`` (the raw stage outputs, before the
             feature LayerNorm, whose channel sum would not depend on the input).
         n_samples: use at most this many inputs (default: all).
-        radii, thresholds: for the summaries (:func:`erf_summary`).
+        radii: mass radii for the summaries (:func:`erf_summary`).
+        thresholds: area thresholds for the summaries (:func:`erf_summary`).
 
     Returns:
         :class:`ERFResult`; ``erf`` is ``[D, H, W]`` float64, centred on the input point under the central output

@@ -140,7 +140,8 @@ def save_overlay_png(
     Args:
         path: output ``.png``.
         image: ``[X, Y, Z]`` (or ``[1, X, Y, Z]``) intensities, RAS+ axis order (numpy or torch).
-        label, prediction: integer label maps of the same shape, or ``None``.
+        label: integer label map of the same shape, or ``None``.
+        prediction: integer label map of the same shape, or ``None``.
         window: intensities mapped to black / white (HU for CT).
         spacing: voxel size (mm) along X, Y, Z, for the panels' aspect ratio.
         centre: voxel ``(i, j, k)`` the three planes pass through; default: the centroid of the foreground of

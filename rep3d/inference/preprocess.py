@@ -42,7 +42,8 @@ def model_space_transforms(
         spacing: target voxel size (mm) along the oriented axes, or ``None`` to keep the input's.
         orientation: axis codes such as ``"RAS"``, or ``None`` to keep the input's axis order.
         intensity_window: ``(lo, hi)`` mapped to ``[0, 1]`` with clipping, or ``None``.
-        image_key / label_key: the dictionary keys; the label (if any) is oriented and resampled (nearest), never
+        image_key: the image's dictionary key.
+        label_key: the label's dictionary key, or ``None``; the label is oriented and resampled (nearest), never
             rescaled.
         normalization: one dict per image channel (:data:`NORMALIZATION_SCHEMES`), applied before resampling, or
             ``None``.

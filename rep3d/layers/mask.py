@@ -67,8 +67,8 @@ class MaskGenerator(nn.Module):
     short phantom run drove tanh masks into both bounds, exp masks to 1000x the prior in one block and to 0 in
     another, and an additive mask through zero. ``"fan_in"`` froze the deep blocks' masks (they moved ~1e-5 per 10
     steps); ``"sqrt_fan_in"`` kept every mask moving, both ways, with no element near a bound
-    (``benchmarks/mask_forms.py``, numbers in the README). It changes no architecture: the same 690 parameters, a
-    different step size for the mask.
+    (``benchmarks/mask_forms.py``, numbers in docs/guides/layers.md). It changes no architecture: the same 690
+    parameters, a different step size for the mask.
     """
 
     def __init__(self, hidden_channels: int = 1, kernel_size: int = 7, depth: int = 2, init_scale: float = 0.1,
@@ -153,8 +153,8 @@ class ModulatedKernelParam(nn.Module):
                                                                   saturates: ``tanh'`` -> 0 cuts the gradient
     ============  ==============================  ==============  ==================================================
 
-    ``additive`` is the default: it is the paper's formula, and in the measured short runs (README, "Which mask
-    form") it kept moving the most with no element negative once the generator output is scaled by
+    ``additive`` is the default: it is the paper's formula, and in the measured short runs (docs/guides/layers.md,
+    "Which mask form") it kept moving the most with no element negative once the generator output is scaled by
     ``1/sqrt(fan_in)``. ``mask_stats()["negative"]`` reports a sign flip should one happen. ``softmax`` removes the
     overall-scale direction that BatchNorm (or ``W``) absorbs and along which bounded forms drift into their bound
     (``tanh``: the first bundled weights sat at ``M = 2P``); it is an option until a longer ablation shows it earns

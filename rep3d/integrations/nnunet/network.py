@@ -71,7 +71,9 @@ class Rep3DnnUNet(nn.Module):
     ``[B, num_classes, D, H, W]``, or with ``decoder.deep_supervision = True`` the list ``[full, 1/2, 1/4, 1/8]``.
 
     Args:
-        input_channels, num_classes, deep_supervision: nnU-Net's own arguments.
+        input_channels: nnU-Net's own argument: channels of the input.
+        num_classes: nnU-Net's own argument: output classes.
+        deep_supervision: nnU-Net's own argument: return the list of deep-supervision outputs.
         model: a rep3d model name (``rep3d.list_models()``), e.g. ``"rep3d_tiny"``, ``"rep3d_base_fixed"``.
         strides: the plan's strides; must be :data:`NNUNET_STRIDES` (checked: nnU-Net's targets depend on them).
         **model_kwargs: the model's own keyword arguments (``kernel_size``, ``drop_path_rate``, ...).
