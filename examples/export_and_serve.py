@@ -9,7 +9,8 @@ What it shows:
    window, ROI, classes). (``"torchscript"`` and ``"monai-bundle"`` are the other formats; recent PyTorch, 2.14
    here, warns that TorchScript is deprecated.)
 3. a segmentation service that needs only onnxruntime, nibabel, numpy and MONAI's sliding window -- no rep3d: a
-   ``POST /segment`` with a NIfTI volume answers with the label map as NIfTI (same shape, same affine), and refuses
+   ``POST /segment`` with a NIfTI volume answers with the label map as NIfTI (same shape, same affine; the body's
+   bounding box segmented, as rep3d's training and Predictor do, the air around it background), and refuses
    (HTTP 422, with the reason) a volume whose voxel spacing is not the model's instead of segmenting it wrongly;
 4. a client: it sends a SYNTHETIC phantom (``rep3d.data.make_phantom``) to the server running on localhost, saves the
    answer, and checks it against PyTorch: the same sliding window with the eager folded model (max abs difference
@@ -54,6 +55,18 @@ def sliding_logits(run, x: torch.Tensor, roi: tuple[int, ...], overlap: float) -
     return sliding_window_inference(x, tuple(roi), sw_batch_size=1, predictor=run, overlap=overlap, mode="gaussian")
 
 
+def body_box(x: torch.Tensor) -> tuple[slice, ...]:
+    """The box around the voxels above the window's floor (the body) of ``x [1, C, X, Y, Z]``: the field of view the
+    model was trained on (rep3d's training crops to it; ``rep3d.inference.foreground_box`` is the same rule). A
+    large-kernel model uses the volume's extent as context, so segmenting the air around the body costs Dice."""
+    inside = (x[0] > 0).any(0)
+    if not inside.any():
+        return tuple(slice(0, n) for n in inside.shape)
+    hits = inside.nonzero()
+    lo, hi = hits.min(0).values, hits.max(0).values + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 class RequestError(ValueError):
     """A request the service refuses; the message goes back to the client."""
 
@@ -92,9 +105,12 @@ class SegmentationService:
             raise RequestError(f"the body is not a NIfTI-1 volume ({type(err).__name__}: {err})") from err
         if len(img.shape) != 3:
             raise RequestError(f"expected a 3-D volume, got shape {img.shape}")
+        x = self.preprocess(img)
+        box = body_box(x)
         with torch.no_grad():
-            logits = sliding_logits(self.logits, self.preprocess(img), self.meta["roi_size"], overlap)
-        labels_ras = logits[0].argmax(0).numpy().astype(np.uint8)
+            logits = sliding_logits(self.logits, x[(..., *box)], self.meta["roi_size"], overlap)
+        labels_ras = np.zeros(x.shape[2:], dtype=np.uint8)  # outside the body: background
+        labels_ras[box] = logits[0].argmax(0).numpy()
         back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                                nib.orientations.io_orientation(img.affine))
         labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels_ras, back))
@@ -217,11 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     server.server_close()
 
     # ---- the same request answered by PyTorch: the eager folded model, then the torch.export program
-    x = service.preprocess(nib.load(str(request_path)))
+    full = service.preprocess(nib.load(str(request_path)))
+    x = full[(..., *body_box(full))]  # the service's crop
     with torch.no_grad():
         ort_logits = sliding_logits(service.logits, x, roi, args.overlap)
         torch_logits = sliding_logits(deployed, x, roi, args.overlap)
-        window = x[..., :roi[0], :roi[1], :roi[2]]
+        window = full[..., :roi[0], :roi[1], :roi[2]]
         if tuple(window.shape[2:]) == roi:
             program = torch.export.load(str(pt2_path)).module()
             pt2_diff = float((program(window) - deployed(window)).abs().max())

@@ -6,8 +6,11 @@ What it shows, step by step (all in this file, with nibabel, numpy and torch):
    orientation -- the axis order many DICOM converters write -- so that the reorientation below has work to do;
 2. pre-processing: reorient to RAS (``nibabel.as_closest_canonical``), resample to the model's voxel spacing
    (trilinear ``torch.nn.functional.interpolate``), map the model's CT window to [0, 1] -- the spacing and window
-   are read from ``model.pretrained_cfg``, i.e. what the weights were trained with;
-3. ``monai.inferers.sliding_window_inference`` with the model (Gaussian blending of overlapping windows);
+   are read from ``model.pretrained_cfg``, i.e. what the weights were trained with -- then crop to the body
+   (``rep3d.inference.foreground_box``: voxels above the window's floor), the field of view rep3d's training sees:
+   large kernels use the volume's extent as context, so the air around a body changes their predictions;
+3. ``monai.inferers.sliding_window_inference`` with the model (Gaussian blending of overlapping windows) on the
+   crop; everything outside it is background;
 4. post-processing: softmax probabilities resampled back onto the input grid, argmax, then the largest connected
    component of every class (a small torch implementation; removes isolated false-positive islands);
 5. the label map saved as ``<name>_seg.nii.gz`` with the input's own axis order, affine, qform and sform, so it
@@ -40,6 +43,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 import rep3d
 from rep3d.data import make_phantom, save_nifti
+from rep3d.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING
+from rep3d.inference import foreground_box
 from rep3d.metrics import dice_per_class, mean_dice
 
 
@@ -50,8 +55,10 @@ def reorient(data: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarr
 
 
 def write_demo_phantom(folder: Path, shape: tuple[int, int, int], seed: int) -> tuple[Path, Path]:
-    """A SYNTHETIC phantom (image in HU, label) as NIfTI in LPS orientation; returns the two paths."""
-    case = make_phantom(seed, shape)
+    """A SYNTHETIC phantom (image in HU, label) as NIfTI in LPS orientation; returns the two paths. The voxel size
+    keeps the default field of view, so the anatomy has the size the bundled weights were trained on."""
+    spacing = tuple(s * d / n for s, d, n in zip(DEFAULT_SPACING, DEFAULT_SHAPE, shape))
+    case = make_phantom(seed, shape, spacing)
     image, affine = reorient(case.image, case.affine, "LPS")
     label, _ = reorient(case.label, case.affine, "LPS")
     paths = folder / "phantom.nii.gz", folder / "phantom_label.nii.gz"
@@ -111,10 +118,15 @@ def segment(model: torch.nn.Module, path: Path, roi: tuple[int, int, int],
     cfg = model.pretrained_cfg
     img = nib.load(str(path))
     x = preprocess(img, tuple(cfg["spacing"]), tuple(cfg["intensity_window"]))
+    box = foreground_box(x[0]) or tuple(slice(0, n) for n in x.shape[2:])  # the body, as training crops
     with torch.no_grad():
-        logits = sliding_window_inference(x, roi, sw_batch_size=1, predictor=model, overlap=overlap, mode="gaussian")
+        logits = sliding_window_inference(x[(..., *box)], roi, sw_batch_size=1, predictor=model, overlap=overlap,
+                                          mode="gaussian")
+    probs = torch.zeros((1, logits.shape[1], *x.shape[2:]))
+    probs[:, 0] = 1.0  # outside the body: background
+    probs[(slice(None), slice(None), *box)] = torch.softmax(logits, 1)
     canonical_shape = nib.as_closest_canonical(img).shape[:3]
-    labels_ras, removed = postprocess(torch.softmax(logits, 1), canonical_shape)
+    labels_ras, removed = postprocess(probs, canonical_shape)
     labels_ras = labels_ras.numpy().astype(np.uint8)
     # back from RAS to the input's own axis order: the saved map overlays the input voxel for voxel
     back = ornt_transform(axcodes2ornt("RAS"), io_orientation(img.affine))

@@ -21,7 +21,7 @@ from rep3d.inference.io import (
     output_stem,
 )
 from rep3d.inference.predictor import AUTO, FALLBACK_ROI, FALLBACK_WINDOWS, NonFiniteInputWarning, Predictor
-from rep3d.inference.preprocess import model_space_transforms, to_model_space
+from rep3d.inference.preprocess import foreground_box, is_foreground, model_space_transforms, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "evaluate_cases",
     "evaluate_dataset",
     "find_volumes",
+    "foreground_box",
+    "is_foreground",
     "load_volume",
     "model_grid_affine",
     "model_space_transforms",
