@@ -25,7 +25,7 @@ from rep3d.analysis.erf import (
     radial_profile,
     random_inputs,
 )
-from rep3d.analysis.figures import save_convergence_png, save_erf_png, save_masks_png
+from rep3d.analysis.figures import save_convergence_png, save_curves_png, save_erf_png, save_masks_png
 from rep3d.analysis.masks import mask_report, ratio_by_ring
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ratio_by_ring",
     "ring_errors",
     "save_convergence_png",
+    "save_curves_png",
     "save_erf_png",
     "save_masks_png",
     "set_effective_kernel",

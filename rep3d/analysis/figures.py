@@ -11,7 +11,8 @@ import numpy as np
 from rep3d.analysis.erf import ERFResult
 
 PAD, TITLE_H = 6, 14
-LINE_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48))
+LINE_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+                (240, 50, 230), (210, 245, 60))
 
 
 def heat_rgb(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -60,7 +61,7 @@ def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str,
     draw.text((x0, bottom - 10), label(lo), fill=(200, 200, 200))
     draw.text((left, bottom + 2), "0", fill=(200, 200, 200))
     draw.text((right - 30, bottom + 2), x_last or f"{n - 1}", fill=(200, 200, 200))
-    spacing = min(90, (right - left - 8) // max(len(series), 1))
+    spacing = min(max(90, 7 * max(len(name) for name, _ in series) + 8), (right - left - 8) // max(len(series), 1))
     for idx, (name, _) in enumerate(series):
         y = ys[idx]
         colour = LINE_COLOURS[idx % len(LINE_COLOURS)]
@@ -166,4 +167,21 @@ def save_convergence_png(path: str | Path, records: Sequence[dict[str, Any]], *,
         flag = " DIVERGED" if rec.get("diverged") else ""
         _line_plot(draw, (x, y, x + panel, y + height), series,
                    f"{rec['variant']} lr {rec['lr']:g}{flag}", log=True, x_last=f"step {steps[-1]}")
+    return _save(canvas, path)
+
+
+def save_curves_png(path: str | Path, panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float]]]]], *,
+                    x_last: str | None = None, log: Sequence[bool] | None = None, width: int = 760,
+                    height: int = 300, title: str = "") -> Path:
+    """Stacked line plots: one panel per ``(panel title, [(series label, y values at x = 0, 1, ...)])``; ``log[i]``
+    puts panel ``i`` on a log scale; ``x_last`` labels the right end of every x axis."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (width + 2 * PAD, len(panels) * (height + PAD) + TITLE_H + PAD), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((PAD, PAD), title, fill=(255, 255, 255))
+    for n, (panel_title, series) in enumerate(panels):
+        y = TITLE_H + PAD + n * (height + PAD)
+        _line_plot(draw, (PAD, y, PAD + width, y + height), series, panel_title,
+                   log=bool(log[n]) if log else False, x_last=x_last)
     return _save(canvas, path)
