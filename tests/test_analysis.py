@@ -88,6 +88,16 @@ def test_erf_of_a_stage_is_centred_under_the_stage_voxel_and_restores_train_mode
         effective_receptive_field(model, random_inputs((1, 32, 32, 32), 1), target="stage5")
 
 
+def test_erf_leaves_the_parameters_gradients_as_they_were():
+    torch.manual_seed(2)
+    model = nn.Sequential(_depthwise(torch.rand(3, 3, 3, dtype=torch.float64)),
+                          _depthwise(torch.rand(3, 3, 3, dtype=torch.float64)))
+    model[0].weight.grad = torch.full_like(model[0].weight, 0.25)  # a training step's gradient, not yet applied
+    effective_receptive_field(model, random_inputs((1, 9, 9, 9), 2).double())
+    assert torch.equal(model[0].weight.grad, torch.full_like(model[0].weight, 0.25))
+    assert model[1].weight.grad is None
+
+
 def test_area_ratio_and_mass_within_radii_on_a_hand_made_map():
     erf = np.zeros((9, 9, 9))
     erf[4, 4, 4] = 2.0  # half of the total at the centre

@@ -111,8 +111,10 @@ def effective_receptive_field(
             x = x.detach().to(device=device, dtype=dtype).requires_grad_(True)
             y = _target_output(model, x, target)
             out_centre = [s // 2 for s in y.shape[2:]]
-            y[(slice(None), slice(None), *out_centre)].sum().backward()
-            grad = x.grad.detach().abs().sum(dim=(0, 1)).double().cpu()
+            # the input's gradient only: parameters' .grad stay as they were (an ERF taken mid-training must not
+            # add to the next optimizer step)
+            (grad,) = torch.autograd.grad(y[(slice(None), slice(None), *out_centre)].sum(), x)
+            grad = grad.detach().abs().sum(dim=(0, 1)).double().cpu()
             total = grad if total is None else total + grad
             if in_shape is None:
                 in_shape = tuple(x.shape[2:])
