@@ -4,6 +4,8 @@ Layout::
 
     configs/metadata.json    MONAI bundle metadata (network_data_format, classes, versions)
     configs/inference.json   LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged (from the model cfg);
+                             with a window, the sliding window runs on the body's box and the rest is background
+                             (as rep3d's training crops and its Predictor segments);
                              SlidingWindowInferer at the model's ROI blending per-window softmax (as rep3d does);
                              Invertd back to the input grid (bilinear on probabilities), argmax, SaveImaged
     models/model.ts          the TorchScript network (no rep3d needed to run it)
@@ -69,9 +71,20 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False},
         ]},
+        # The body's box (voxels above the window's floor, rep3d.inference.foreground_box), as training crops and
+        # rep3d's Predictor segments; outside it the probabilities are background with certainty, so that resampling
+        # back to the input grid blends exactly as the Predictor does. Without a window: the whole grid.
+        "foreground_box": "$lambda x: tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero("
+                          "(x > 0).any(0), as_tuple=True)) if " + ("True" if window is not None else "False")
+                          + " and bool((x > 0).any()) else tuple(slice(0, n) for n in x.shape[1:])",
+        "background_outside": "$lambda p, box, shape: torch.cat([torch.nn.functional.pad(p[k], [v for b, n in "
+                              "reversed(list(zip(box, shape))) for v in (b.start, n - b.stop)], value=fill) "
+                              "for k, fill in ((slice(0, 1), 1.0), (slice(1, None), 0.0))])",
+        "segment": "$lambda image, box: @background_outside(@inferer(image[None][(slice(None), slice(None), *box)]"
+                   ".to(@device), @network)[0].cpu(), box, image.shape[1:])",
         # one volume at a time, without MONAI's ignite-based engines (ignite is an optional MONAI dependency)
-        "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@inferer("
-                   "item['image'][None].to(@device), @network)[0].cpu())))",
+        "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@segment(item['image'], "
+                   "@foreground_box(item['image'])))))",
         "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$[@predict(item) for item in @dataset]"],
     }
