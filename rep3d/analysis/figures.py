@@ -39,9 +39,9 @@ def _paste_panel(canvas, draw, rgb: np.ndarray, x: int, y: int, side: int, title
 
 
 def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str, Sequence[float]]], title: str,
-               *, log: bool = False, x_last: str | None = None) -> None:
+               *, log: bool = False, x_last: str | None = None, x_first: str = "0") -> None:
     """A minimal line plot of ``series`` (``(label, y values at x = 0, 1, ...)``) inside ``box`` (x0, y0, x1, y1);
-    ``x_last`` labels the right end of the x axis (default: the last index)."""
+    ``x_first`` / ``x_last`` label the ends of the x axis (default: ``0`` and the last index)."""
     x0, y0, x1, y1 = box
     draw.text((x0, y0), title, fill=(255, 255, 255))
     top, bottom, left, right = y0 + TITLE_H + 4, y1 - 14, x0 + 40, x1 - 4
@@ -59,9 +59,16 @@ def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str,
     label = (lambda v: f"{10 ** v:.2g}") if log else (lambda v: f"{v:.3g}")
     draw.text((x0, top), label(hi), fill=(200, 200, 200))
     draw.text((x0, bottom - 10), label(lo), fill=(200, 200, 200))
-    draw.text((left, bottom + 2), "0", fill=(200, 200, 200))
+    draw.text((left, bottom + 2), x_first, fill=(200, 200, 200))
     draw.text((right - 30, bottom + 2), x_last or f"{n - 1}", fill=(200, 200, 200))
-    spacing = min(max(90, 7 * max(len(name) for name, _ in series) + 8), (right - left - 8) // max(len(series), 1))
+    # legend: labels side by side (about 6 px per character), wrapping to a new row when the plot is too narrow
+    legend, lx, ly = [], left + 4, top + 2
+    for name, _ in series:
+        width = max(6 * len(name) + 14, 40)
+        if lx + width > right and lx > left + 4:
+            lx, ly = left + 4, ly + 12
+        legend.append((lx, ly))
+        lx += width
     for idx, (name, _) in enumerate(series):
         y = ys[idx]
         colour = LINE_COLOURS[idx % len(LINE_COLOURS)]
@@ -77,7 +84,7 @@ def _line_plot(draw, box: tuple[int, int, int, int], series: Sequence[tuple[str,
             draw.line(points, fill=colour, width=2)
         elif points:
             draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2), fill=colour)
-        draw.text((left + 4 + spacing * idx, top + 2), name, fill=colour)
+        draw.text(legend[idx], name, fill=colour)
 
 
 def save_erf_png(path: str | Path, result: ERFResult, *, title: str = "", side: int = 192) -> Path:
@@ -171,10 +178,10 @@ def save_convergence_png(path: str | Path, records: Sequence[dict[str, Any]], *,
 
 
 def save_curves_png(path: str | Path, panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float]]]]], *,
-                    x_last: str | None = None, log: Sequence[bool] | None = None, width: int = 760,
-                    height: int = 300, title: str = "") -> Path:
+                    x_first: str = "0", x_last: str | None = None, log: Sequence[bool] | None = None,
+                    width: int = 760, height: int = 300, title: str = "") -> Path:
     """Stacked line plots: one panel per ``(panel title, [(series label, y values at x = 0, 1, ...)])``; ``log[i]``
-    puts panel ``i`` on a log scale; ``x_last`` labels the right end of every x axis."""
+    puts panel ``i`` on a log scale; ``x_first`` / ``x_last`` label the ends of every x axis."""
     from PIL import Image, ImageDraw
 
     canvas = Image.new("RGB", (width + 2 * PAD, len(panels) * (height + PAD) + TITLE_H + PAD), (0, 0, 0))
@@ -183,5 +190,5 @@ def save_curves_png(path: str | Path, panels: Sequence[tuple[str, Sequence[tuple
     for n, (panel_title, series) in enumerate(panels):
         y = TITLE_H + PAD + n * (height + PAD)
         _line_plot(draw, (PAD, y, PAD + width, y + height), series, panel_title,
-                   log=bool(log[n]) if log else False, x_last=x_last)
+                   log=bool(log[n]) if log else False, x_last=x_last, x_first=x_first)
     return _save(canvas, path)
