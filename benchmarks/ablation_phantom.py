@@ -5,10 +5,11 @@ with the same recipe, data, budget and seeds through ``rep3d.train`` (the code b
 recipe (AdamW lr 2e-3, 50 warm-up steps, cosine to ``--iterations``, DiceCE, 2 crops per step, clip 1.0), on the
 ``hard`` phantom setting (organ contrast x0.35, noise 35-50 HU, per-volume organ jitter 10 HU, spleen with the liver's
 intensity): the kidneys, and largely liver vs spleen, differ only by position. After training each run reports the
-test Dice per class, its validation and loss curves, the ERF of the logits on seeded crops of the data, the learned masks'
-health (lrbm variants) and wall time. A run whose ``result.json`` exists is skipped, so the study can be completed
-over several invocations, and a run being trained by another invocation (its ``claim`` file names a live process)
-is left to it, so two invocations with ``--threads 1`` can share a 2-core machine; ``--report`` only aggregates.
+test Dice per class, its validation and loss curves, the ERF of the logits on seeded crops of the data, the learned
+masks' health (lrbm variants) and wall time. A run whose ``result.json`` exists is skipped, so the study can be
+completed over several invocations, and a run being trained by another invocation (its ``claim`` file names a live
+process) is left to it, so two invocations with ``--threads 1`` can share a 2-core machine;
+``--report`` only aggregates.
 
     rep3d phantom data/phantom_hard --setting hard --num-train 24 --num-test 8 --shape 64 64 50 \\
         --spacing 3 3 4 --seed 1
@@ -177,9 +178,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                   f"{np.median([r['wall_time_s'] for r in by_variant[v]]) / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "Effective receptive field of the logits (centre voxel, 4 seeded crops of the data, mean over seeds): `area t` is "
-              "the fraction of the crop holding the fraction t of the gradient mass (larger = wider), `mass r≤R` "
-              "the fraction of the mass within R voxels of the centre.", ""]
+    lines += ["", "Effective receptive field of the logits (centre voxel, 4 seeded crops of the data, mean over "
+              "seeds): `area t` is the fraction of the crop holding the fraction t of the gradient mass (larger = "
+              "wider), `mass r≤R` the fraction of the mass within R voxels of the centre.", ""]
     erf_cols = [(f"area {t}", "area_ratio", t) for t in (done[0]["erf"]["area_ratio"] if done else {})]
     erf_cols += [(f"mass r≤{r}", "mass_within", r) for r in (done[0]["erf"]["mass_within"] if done else {})]
     lines += ["| variant | " + " | ".join(c for c, _, _ in erf_cols) + " |", "|---|" + "---|" * len(erf_cols)]
