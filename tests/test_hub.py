@@ -358,6 +358,8 @@ def test_different_num_classes_reinitialises_the_head_with_a_warning(tmp_path):
     fresh, loaded = model.state_dict(), source.state_dict()
     assert fresh["decoder.out.conv.conv.weight"].shape[0] == 2
     assert all(torch.equal(fresh[k], loaded[k]) for k in fresh if not k.startswith("decoder.out."))
+    # the cfg now describes this model: no class names of the old head, its own class count
+    assert "class_names" not in model.pretrained_cfg and model.pretrained_cfg["num_classes"] == 2
 
 
 @pytest.mark.parametrize("source_chans, target_chans", [(1, 3), (3, 1), (2, 6)])

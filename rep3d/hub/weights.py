@@ -250,6 +250,7 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], cfg: Mapp
         if isinstance(getattr(model, "pretrained_cfg", None), dict):
             model.pretrained_cfg.pop("class_names", None)
             model.pretrained_cfg.pop("label_names", None)
+            model.pretrained_cfg["num_classes"] = target  # the cfg describes the model, not the checkpoint
         state.update({key: expected[key] for key in head_keys if key in expected})
     return _convert_form(model, state, metadata or {}, name, where)
 
