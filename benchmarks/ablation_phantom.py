@@ -24,6 +24,7 @@ Synthetic data only (rep3d's phantoms); float32; CPU unless a GPU is visible.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -114,8 +115,6 @@ def _curves(metrics_csv: Path) -> dict[str, Any]:
     """Validation Dice and training loss per step, and the mask-health trace, from the run's ``metrics.csv``."""
     if not metrics_csv.exists():
         return {}
-    import csv
-
     rows = list(csv.DictReader(metrics_csv.open()))
 
     def num(row: dict[str, str], key: str) -> float | None:

@@ -49,6 +49,12 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
     if window is not None:
         preprocessing.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(window[0]),
                               "a_max": float(window[1]), "b_min": 0.0, "b_max": 1.0, "clip": True})
+    whole_grid = "tuple(slice(0, n) for n in x.shape[1:])"
+    # The body's box (voxels above the window's floor, rep3d.inference.foreground_box), as training crops and rep3d's
+    # Predictor segments; without a window there is no floor and the whole grid is segmented.
+    foreground_box = (f"$lambda x: tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero((x > 0).any(0), "
+                      f"as_tuple=True)) if bool((x > 0).any()) else {whole_grid}" if window is not None
+                      else f"$lambda x: {whole_grid}")
     return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
@@ -71,12 +77,9 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False},
         ]},
-        # The body's box (voxels above the window's floor, rep3d.inference.foreground_box), as training crops and
-        # rep3d's Predictor segments; outside it the probabilities are background with certainty, so that resampling
-        # back to the input grid blends exactly as the Predictor does. Without a window: the whole grid.
-        "foreground_box": "$lambda x: tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero("
-                          "(x > 0).any(0), as_tuple=True)) if " + ("True" if window is not None else "False")
-                          + " and bool((x > 0).any()) else tuple(slice(0, n) for n in x.shape[1:])",
+        "foreground_box": foreground_box,
+        # outside the box the probabilities are background with certainty, so that resampling back to the input grid
+        # blends exactly as the Predictor does
         "background_outside": "$lambda p, box, shape: torch.cat([torch.nn.functional.pad(p[k], [v for b, n in "
                               "reversed(list(zip(box, shape))) for v in (b.start, n - b.stop)], value=fill) "
                               "for k, fill in ((slice(0, 1), 1.0), (slice(1, None), 0.0))])",
