@@ -9,8 +9,8 @@ Names it understands:
 * ``"local-dir:PATH"``: a folder written by :func:`rep3d.save_pretrained`.
 
 Layering (see docs/design.md): ``rep3d.errors`` <- ``rep3d.layers`` <- ``rep3d.hub`` <- ``rep3d.models`` <- this
-module <- consumers (inference, train, data, evaluate, demo, official) <- ``rep3d.cli``. Consumers import the
-builder from here, never from ``rep3d.models.registry``.
+module <- consumers (inference, train, data, analysis, demo, official, bundle, metrics, export) <- ``rep3d.cli``.
+Consumers import the builder from here, never from ``rep3d.models.registry``.
 """
 
 from __future__ import annotations

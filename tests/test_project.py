@@ -110,8 +110,7 @@ def test_every_declared_pytest_marker_is_used():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     markers = [m.split(":")[0].strip() for m in config["markers"]]
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("*.py"))
-    pending = {"gpu"}  # used by tests/test_gpu.py on the gpu branch of issue 15; the lead empties this at merge
-    unused = [m for m in markers if f"pytest.mark.{m}" not in tests and m not in pending]
+    unused = [m for m in markers if f"pytest.mark.{m}" not in tests]
     assert not unused, f"markers declared in pyproject.toml and never used: {unused}"
 
 
