@@ -21,6 +21,7 @@ from timm.models import (
 )
 from torch import nn
 
+from rep3d.configs.model_args import check_model_args
 from rep3d.errors import Rep3DValueError
 from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
 from rep3d.hub.config import TIMM_CFG_KEYS, split_cfg
@@ -133,6 +134,9 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
                 cfg.pop(key, None)
     if pretrained:
         check_weights_available(cfg, list_models(pretrained=True))
+    # the model's own arguments, checked under the registered name (a typo such as timm's drop_rate names this model
+    # and lists what it accepts instead of failing in an inner layer)
+    check_model_args(variant, kwargs, block=getattr(model_cls, "fixed_block", None))
     model_args = dict(kwargs)
     timm_cfg, extra = split_cfg(cfg)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
