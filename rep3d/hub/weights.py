@@ -19,7 +19,6 @@ Adapting pretrained weights to the model asked for (:func:`adapt_state_dict`):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import pickle
 import re
@@ -33,7 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from rep3d.errors import Rep3DTypeError, Rep3DWeightsError, printable
+from rep3d.configs.folder import SOURCE_KEYS, clean_data, load_config_json
+from rep3d.errors import Rep3DError, Rep3DTypeError, Rep3DWeightsError, printable
 from rep3d.hub.config import CONFIG_NAME, metadata_from_json
 from rep3d.hub.download import WeightsSource, resolve_weights, weights_name
 from rep3d.layers import RepLKConv3d, is_deployed
@@ -388,11 +388,16 @@ def _sidecar_config(source: WeightsSource) -> dict[str, Any]:
     path = source.path.parent / CONFIG_NAME
     if source.kind != "hub" or not path.is_file():
         return {}
-    try:
-        section = json.loads(path.read_text()).get("rep3d", {})
-    except (OSError, ValueError, AttributeError):
+    try:  # read as untrusted data: size and depth caps, control characters replaced
+        section = clean_data(load_config_json(path, "config.json", str(path))).get("rep3d", {})
+    except (Rep3DError, AttributeError):
         return {}
-    return section if isinstance(section, dict) else {}
+    if not isinstance(section, dict):
+        return {}
+    metadata = section.get("metadata")
+    if isinstance(metadata, dict):  # descriptions only: never a weight source
+        section["metadata"] = {k: v for k, v in metadata.items() if k not in SOURCE_KEYS}
+    return section
 
 
 def _evict(path: Path) -> None:
