@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from rep3d.configs.folder import SOURCE_KEYS, FolderConfig, load_config_json, read_folder_config
+from rep3d.configs.folder import SOURCE_KEYS, CheckedCfg, FolderConfig, load_config_json, read_folder_config
 from rep3d.errors import Rep3DWeightsError, printable
 from rep3d.hub import CONFIG_NAME, hub_download, load_checkpoint
 from rep3d.hub.download import hub_where, split_hub_id
@@ -149,8 +149,8 @@ def _model_from_config(folder_cfg: FolderConfig, source: dict[str, Any], name: s
     # the registered architecture's cfg (classifier, first_conv, ...) under the folder's descriptions, then the one
     # weight source the caller resolved: nothing in the folder names where weights come from
     registered = {k: v for k, v in ARCH_CFGS.get(arch, {}).items() if k not in SOURCE_KEYS}
-    cfg = {**registered, **folder_cfg.pretrained_cfg(), "architecture": arch,
-           **{k: v for k, v in source.items() if v is not None}}
+    cfg = CheckedCfg({**registered, **folder_cfg.pretrained_cfg(), "architecture": arch,
+                      **{k: v for k, v in source.items() if v is not None}})
     model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=cfg, **{**config_args, **kwargs})
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)

@@ -476,3 +476,28 @@ def test_huge_or_deeply_nested_configs_are_refused_with_a_clear_error(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("Rep3DError") for line in lines), proc.stdout + proc.stderr
     assert "bytes" in lines[0] and "nested" in lines[1]
+
+
+def test_timm_create_model_on_a_folder_loads_only_the_folders_own_weights(tmp_path):
+    """timm's own loader reads the config (``timm.create_model("local-dir:...")``): a source the file names is
+    dropped, and factory keys in its model_args are refused as through rep3d.create_model."""
+    import timm
+
+    folder = tiny_folder(tmp_path)
+    other = tiny_folder(tmp_path, "other")
+    with torch.no_grad():
+        model = rep3d.create_model(f"local-dir:{other}", pretrained=True)
+        for p in model.parameters():
+            p.add_(1.0)
+    rep3d.save_pretrained(model, tmp_path / "other2")
+    edit_config(folder, lambda c: c["pretrained_cfg"].update(hf_hub_filename="../other2/model.safetensors",
+                                                             bundled="../other2/model.safetensors"))
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    own = rep3d.create_model(f"local-dir:{folder}", pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), own.state_dict().values()))
+    marker = tmp_path / "PWNED"
+    evil = write_pickle(tmp_path / "evil.pth", marker)
+    edit_config(folder, lambda c: c["model_args"].update(checkpoint_path=str(evil)))
+    with pytest.raises(Rep3DError, match="checkpoint_path"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert not marker.exists()

@@ -78,6 +78,21 @@ class FolderConfig:
         return cfg
 
 
+class CheckedCfg(dict):
+    """A ``pretrained_cfg`` dict that rep3d's builder assembled from a checked folder config (a Python type, so no
+    JSON file can claim to be one). The registry treats any other cfg naming a ``hf-hub`` / ``local-dir`` source as
+    read by timm's own loader from an unchecked file (see :func:`timm_loaded_cfg`)."""
+
+
+def timm_loaded_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A cfg that ``timm.create_model("hf-hub:..." / "local-dir:...")`` read from a folder's config.json without
+    rep3d's checks: keep the one weight source timm set itself (the folder for ``local-dir``, the repository for
+    ``hf-hub``) and drop every other source key the file may carry (``file``, ``bundled``, ``url``,
+    ``hf_hub_filename``, ...), so the weights are the folder's own ``model.safetensors``."""
+    own = ("source", "file") if cfg.get("source") == "local-dir" else ("source", "hf_hub_id")
+    return {k: v for k, v in cfg.items() if k not in SOURCE_KEYS or k in own or k == "architecture"}
+
+
 def load_config_json(path: str | Path, name: str, where: str) -> dict[str, Any]:
     """Parse a ``config.json`` under the size and depth caps; raise :class:`Rep3DWeightsError` (reason ``config``)."""
     path = Path(path)
