@@ -25,8 +25,6 @@ from hub_server import HubServer
 
 import rep3d
 from rep3d.cli import main
-from rep3d.configs.cfg import InputCfg, LabelCfg, ModelCfg, Provenance
-from rep3d.configs.folder import read_folder_config
 from rep3d.errors import Rep3DError, Rep3DWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,6 +226,8 @@ def test_weight_file_entries_outside_the_folder_or_not_safetensors_are_refused(t
 
 
 def test_config_classes_round_trip_and_refuse_unknown_or_missing_keys():
+    from rep3d.configs.cfg import InputCfg, LabelCfg, ModelCfg, Provenance
+
     cfgs = [ModelCfg("rep3d_tiny", dict(TINY, num_classes=3)),
             InputCfg(1, (64, 64, 64), (2.0, 2.0, 2.5), (-125.0, 275.0), "RAS", "CT",
                      {"modality": "CT", "spacing_range": [1.0, 3.0], "foreground_fraction": 0.2}),
@@ -250,11 +250,15 @@ def test_config_classes_round_trip_and_refuse_unknown_or_missing_keys():
 @pytest.mark.parametrize("distribution", [{"mean": float("nan")}, {"nested": {"a": 1}}, {"x": "y" * 1000},
                                           {"many": list(range(100))}, {"code": None}])
 def test_training_distribution_must_be_a_flat_mapping_of_numbers_lists_or_short_strings(distribution):
+    from rep3d.configs.cfg import InputCfg
+
     with pytest.raises(Rep3DError, match="training_distribution"):
         InputCfg(1, training_distribution=distribution)
 
 
 def test_old_config_files_still_load_into_the_typed_classes():
+    from rep3d.configs.folder import read_folder_config
+
     config = json.loads((ROOT / "rep3d/weights/rep3d_tiny_phantom.json").read_text())
     folder = read_folder_config(config, "phantom", "bundled", "registry")
     assert folder.model.architecture == "rep3d_tiny" and folder.model.args["widths"] == (12, 24, 48, 96)
