@@ -373,8 +373,12 @@ def test_pretrained_strict_false_in_a_config_does_not_loosen_loading(tmp_path):
     state.pop("decoder.out.conv.conv.bias")
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     edit_config(folder, lambda c: (c["pretrained_cfg"].update(pretrained_strict=False),
+                                   c["model_args"].update(pretrained_strict=False),
                                    c["rep3d"]["weights"].pop("sha256")))
-    with pytest.raises(Rep3DWeightsError, match="missing"):
+    with pytest.raises(Rep3DWeightsError, match="pretrained_strict"):  # before: loaded with the head bias random
+        rep3d.create_model(f"local-dir:{folder}", pretrained=True)
+    edit_config(folder, lambda c: c["model_args"].pop("pretrained_strict"))
+    with pytest.raises(Rep3DWeightsError, match="missing"):  # in pretrained_cfg it is ignored: the load stays strict
         rep3d.create_model(f"local-dir:{folder}", pretrained=True)
     model = rep3d.create_model(f"local-dir:{folder}", pretrained=True, pretrained_strict=False)  # the caller asks
     assert model.num_classes == 3
