@@ -62,6 +62,7 @@ class Int(_Spec):
     high: int
     odd: bool = False
     hint: str = ""
+    """Added to the message for a value below ``low``."""
 
     def check(self, model: str, name: str, value: Any) -> int:
         if not _is_int(value):
@@ -69,7 +70,7 @@ class Int(_Spec):
         if not self.low <= value <= self.high or (self.odd and value % 2 == 0):
             odd = "an odd int" if self.odd else "an int"
             raise Rep3DValueError(f"{model}: {name} must be {odd} in [{self.low}, {self.high}], got {value!r}"
-                                  + (f"; {self.hint}" if self.hint else ""))
+                                  + (f"; {self.hint}" if self.hint and value < self.low else ""))
         return value
 
 
