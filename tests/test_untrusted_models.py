@@ -247,6 +247,16 @@ def test_config_classes_round_trip_and_refuse_unknown_or_missing_keys():
             type(cfg).from_dict({**data, "version": 99})
 
 
+def test_input_orientation_is_axis_codes_or_native():
+    from rep3d.configs.cfg import InputCfg
+
+    assert InputCfg(1, orientation="LPS").orientation == "LPS"
+    assert InputCfg(1, orientation="native").orientation == "native"  # nnU-Net folders: the file's own axes
+    for bad in ("$RAS", "RRS", "RA", "@x"):
+        with pytest.raises(Rep3DError, match="orientation"):
+            InputCfg(1, orientation=bad)
+
+
 @pytest.mark.parametrize("distribution", [{"mean": float("nan")}, {"nested": {"a": 1}}, {"x": "y" * 1000},
                                           {"many": list(range(100))}, {"code": None}])
 def test_training_distribution_must_be_a_flat_mapping_of_numbers_lists_or_short_strings(distribution):

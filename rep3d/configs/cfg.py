@@ -134,11 +134,13 @@ class ModelCfg(_Cfg):
 def _orientation(value: Any) -> str | None:
     if value is None:
         return None
-    code = text(value, "InputCfg", "orientation", limit=3)
+    code = text(value, "InputCfg", "orientation", limit=6)
+    if code == "native":  # keep the file's own voxel axes (models trained by nnU-Net)
+        return code
     axes = sorted(next((i for i, pair in enumerate(ORIENTATION_AXES) if c in pair), -1) for c in code)
     if len(code) != 3 or axes != [0, 1, 2]:
         raise _fail("InputCfg", f"orientation must be 3 axis codes, one of L/R, one of P/A and one of I/S (e.g. "
-                    f"'RAS', 'LPS'), got {code!r}")
+                    f"'RAS', 'LPS'), or 'native', got {code!r}")
     return code
 
 
@@ -167,7 +169,8 @@ def _distribution(value: Any) -> Mapping[str, Any] | None:
 @dataclass(frozen=True)
 class InputCfg(_Cfg):
     """The input the weights expect: ``roi_size`` (sliding-window patch, voxels), ``spacing`` (mm), the intensity
-    ``window`` mapped to [0, 1], ``in_chans``, ``orientation`` (e.g. ``"RAS"``), ``modality`` and the
+    ``window`` mapped to [0, 1], ``in_chans``, ``orientation`` (e.g. ``"RAS"``, or ``"native"``: the file's own
+    voxel axes), ``modality`` and the
     ``training_distribution`` (a flat mapping: modality, spacing range, intensity statistics, foreground fraction,
     ...). Every number is finite and bounded; ``None`` means not recorded."""
 
