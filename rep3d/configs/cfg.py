@@ -209,7 +209,7 @@ class InputCfg(_Cfg):
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "intensity_window", window)
         object.__setattr__(self, "orientation", _orientation(self.orientation))
-        object.__setattr__(self, "modality", _opt_text(self.modality, cls, "modality", limit=32))
+        object.__setattr__(self, "modality", _opt_text(self.modality, cls, "modality", limit=128))
         object.__setattr__(self, "training_distribution", _distribution(self.training_distribution))
 
 
