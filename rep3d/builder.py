@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
-from rep3d.errors import Rep3DWeightsError
-from rep3d.hub import CONFIG_NAME, DEFAULT_FILENAME, hub_download, load_checkpoint, read_config
-from rep3d.hub.config import metadata_from_json, rep3d_section, weights_section
+from rep3d.configs.folder import SOURCE_KEYS, CheckedCfg, FolderConfig, load_config_json, read_folder_config
+from rep3d.errors import Rep3DWeightsError, printable
+from rep3d.hub import CONFIG_NAME, hub_download, load_checkpoint
 from rep3d.hub.download import hub_where, split_hub_id
+from rep3d.hub.weights import read_header_shapes
 from rep3d.models.info import model_info
-from rep3d.models.registry import check_name, is_model, list_models
+from rep3d.models.registry import ARCH_CFGS, check_name, is_model, list_models
 
 __all__ = ["create_model", "create_model_from_folder", "create_model_from_hub", "list_models", "model_info"]
 
@@ -68,91 +70,111 @@ def create_model(
 def create_model_from_hub(model_id: str, pretrained: bool = False, *, checkpoint_path: str | Path | None = None,
                           cache_dir: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """Build the model published at ``"org/name[@revision]"`` from its ``config.json``; with ``pretrained=True`` load
-    its ``model.safetensors`` (same commit as the config, sha256-checked, strict). ``kwargs`` override model args."""
+    its ``model.safetensors`` (same commit as the config, sha256-checked, strict). ``kwargs`` override model args.
+
+    The repository is untrusted data: its config is read through :func:`rep3d.configs.folder.read_folder_config`
+    (constructor arguments only, checked; no weight source of its own) and checked against the weights' shapes
+    before the model is built."""
     name = f"{HF_HUB_PREFIX}{model_id}"
     repo_id, revision = split_hub_id(model_id)
     revision = revision or "main"
     path = Path(hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, name=name))
     where = hub_where(repo_id, CONFIG_NAME, revision)
-    config = read_config(path, name, where)
-    _check_architecture(config, name, where, "check the repository; a timm model loads with "
-                        "timm.create_model('hf-hub:...')")
+    folder_cfg = _read_folder_config(path, name, where, "hf-hub", "check the repository; a timm model loads with "
+                                     "timm.create_model('hf-hub:...')")
     commit = path.parent.name if re.fullmatch(r"[0-9a-f]{40}", path.parent.name) else revision
-    filename, sha256 = _weights_entry(config, name, where)
-    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit, "hf_hub_filename": filename,
-              "sha256": sha256}
-    return _model_from_config(config, source, name, pretrained, checkpoint_path, cache_dir=cache_dir, **kwargs)
+    source = {"source": "hf-hub", "hf_hub_id": repo_id, "hf_revision": commit,
+              "hf_hub_filename": folder_cfg.weights_file, "sha256": folder_cfg.sha256}
+    weights = None
+    if pretrained:
+        weights = Path(hub_download(repo_id, folder_cfg.weights_file, revision=commit, cache_dir=cache_dir,
+                                    name=name))
+    return _model_from_config(folder_cfg, source, name, pretrained, checkpoint_path, weights, cache_dir=cache_dir,
+                              **kwargs)
 
 
 def create_model_from_folder(folder: str | Path, pretrained: bool = False, *,
                              checkpoint_path: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """Build the model :func:`rep3d.save_pretrained` wrote into ``folder`` (``create_model("local-dir:FOLDER")``);
-    with ``pretrained=True`` load its weights (sha256-checked, strict). ``kwargs`` override model args."""
+    with ``pretrained=True`` load its weights (sha256-checked, strict). ``kwargs`` override model args.
+
+    The folder is untrusted data: its config is checked as for a Hub repository, and its files are read only where
+    their resolved path (symlinks followed) stays inside the folder."""
     folder = Path(folder)
     name = f"{LOCAL_DIR_PREFIX}{folder}"
     fix = "point at a folder written by rep3d.save_pretrained"
     if not folder.is_dir():
         raise Rep3DWeightsError(name, str(folder), "the folder does not exist" if not folder.exists() else
                                 "this is a file, not a folder", fix, reason="not_found")
-    if not (folder / CONFIG_NAME).is_file():
+    config_path = _inside(folder, CONFIG_NAME, name)
+    if not config_path.is_file():
         raise Rep3DWeightsError(name, str(folder), f"the folder has no {CONFIG_NAME}", fix, reason="not_found")
-    config = read_config(folder / CONFIG_NAME, name, str(folder / CONFIG_NAME))
-    _check_architecture(config, name, str(folder), fix)
-    filename, sha256 = _weights_entry(config, name, str(folder / CONFIG_NAME))
-    source = {"source": "local-dir", "file": str(folder / filename), "sha256": sha256}
-    return _model_from_config(config, source, name, pretrained, checkpoint_path, **kwargs)
+    folder_cfg = _read_folder_config(config_path, name, str(folder / CONFIG_NAME), "local-dir", fix)
+    weights = _inside(folder, folder_cfg.weights_file, name)
+    source = {"source": "local-dir", "file": str(weights), "sha256": folder_cfg.sha256}
+    return _model_from_config(folder_cfg, source, name, pretrained, checkpoint_path, weights if pretrained else None,
+                              **kwargs)
 
 
-def _check_architecture(config: Mapping[str, Any], name: str, where: str, fix: str) -> None:
+def _inside(folder: Path, filename: str, name: str) -> Path:
+    """``folder / filename`` with every symlink resolved; refused when that leaves the folder."""
+    root = folder.resolve()
+    path = (root / filename).resolve()
+    if not path.is_relative_to(root):
+        raise Rep3DWeightsError(name, str(folder / filename), f"{filename} resolves to {path}, outside the model "
+                                "folder (a symlink or '..' leading out of it)", "copy the file into the folder; a "
+                                "model folder is read only inside itself", reason="unsafe")
+    return path
+
+
+def _read_folder_config(path: Path, name: str, where: str, source: str, fix: str) -> FolderConfig:
+    config = load_config_json(path, name, where)
     arch = config.get("architecture")
     if not isinstance(arch, str) or not is_model(arch):
-        raise Rep3DWeightsError(name, where, f"config.json names architecture {arch!r}, which is not a rep3d model",
-                                fix, reason="config")
+        raise Rep3DWeightsError(name, where, f"config.json names architecture {printable(repr(arch))[:100]}, which "
+                                "is not a rep3d model", fix, reason="config")
+    return read_folder_config(config, name, where, source)
 
 
-def _weights_entry(config: Mapping[str, Any], name: str, where: str) -> tuple[str, str | None]:
-    """``(file name, sha256)`` of ``config["rep3d"]["weights"]``, checked: the file must be a plain path inside the
-    folder / repository (no absolute path, no ``..``) and the sha256 64 hex digits."""
-    weights = weights_section(config)
-    filename, sha256 = weights.get("file", DEFAULT_FILENAME), weights.get("sha256")
-    fix = "re-publish the folder with rep3d.save_pretrained / push_to_hub"
-    parts = PurePosixPath(filename).parts if isinstance(filename, str) else ()
-    if not parts or PurePosixPath(filename).is_absolute() or PureWindowsPath(filename).is_absolute() or any(
-            part in ("..", "") for part in parts) or "\\" in filename:
-        raise Rep3DWeightsError(name, where, f"config.json names the weight file {filename!r}; it must be a file "
-                                "inside the model's folder (a relative path without '..')", fix, reason="config")
-    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
-        raise Rep3DWeightsError(name, where, f"config.json gives the weights' sha256 as {sha256!r}; it must be 64 "
-                                "hexadecimal digits", fix, reason="config")
-    return filename, sha256
+def _model_from_config(folder_cfg: FolderConfig, source: dict[str, Any], name: str, pretrained: bool,
+                       checkpoint_path: str | Path | None, weights: Path | None, **kwargs: Any) -> nn.Module:
+    """Build the folder's architecture with its checked model args and 3-D metadata, weights from ``source``.
 
-
-def _model_from_config(config: Mapping[str, Any], source: dict[str, Any], name: str, pretrained: bool,
-                       checkpoint_path: str | Path | None, **kwargs: Any) -> nn.Module:
-    """Build ``config["architecture"]`` with its model args and 3-D metadata, weights from ``source``."""
-    fix = "re-publish the folder with rep3d.save_pretrained / push_to_hub (or fix model_args in its config.json)"
-    config_args = config.get("model_args")
-    if config_args is None:
-        config_args = {}
-    if not isinstance(config_args, dict):
-        raise Rep3DWeightsError(name, CONFIG_NAME, f"model_args must be a JSON object of constructor arguments, got "
-                                f"{type(config_args).__name__} {config_args!r}", fix, reason="config")
-    cfg = {**(config.get("pretrained_cfg") or {}), **metadata_from_json(rep3d_section(config).get("metadata") or {}),
-           "architecture": config["architecture"], **source}
-    if config.get("label_names"):
-        cfg["label_names"] = config["label_names"]
-    model_args = {**config_args, **kwargs}
-    try:
-        model = timm.create_model(config["architecture"], pretrained=pretrained, pretrained_cfg=cfg, **model_args)
-    except TypeError as err:
-        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-        if unknown is None:
-            raise
-        key = unknown[1]
-        given = "config.json's model_args" if key in config_args and key not in kwargs else "the keyword arguments"
-        raise Rep3DWeightsError(name, CONFIG_NAME, f"{given} hold {key!r}, which {config['architecture']} does not "
-                                "take", fix if given.startswith("config") else "remove the argument", reason="config"
-                                ) from err
+    Only the caller's ``kwargs`` may differ from what the weights hold (``num_classes``, ``in_chans``: the head or
+    input convs are then adapted, as asked) or pass timm's factory options (``pretrained_strict=False``)."""
+    arch = folder_cfg.model.architecture
+    config_args = dict(folder_cfg.model.args)
+    if weights is not None:
+        check_config_fits_weights(arch, config_args, weights, name)
+    # the registered architecture's cfg (classifier, first_conv, ...) under the folder's descriptions, then the one
+    # weight source the caller resolved: nothing in the folder names where weights come from
+    registered = {k: v for k, v in ARCH_CFGS.get(arch, {}).items() if k not in SOURCE_KEYS}
+    cfg = CheckedCfg({**registered, **folder_cfg.pretrained_cfg(), "architecture": arch,
+                      **{k: v for k, v in source.items() if v is not None}})
+    model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=cfg, **{**config_args, **kwargs})
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
     return model
+
+
+def check_config_fits_weights(arch: str, args: Mapping[str, Any], weights: Path, name: str) -> None:
+    """Compare the tensor shapes a model built from ``args`` would hold with those in the safetensors header of
+    ``weights``, without allocating either (the model is built on the ``meta`` device, the header read alone).
+
+    Raises :class:`Rep3DWeightsError` (reason ``config``) when a shared tensor differs (a config claiming 5 classes
+    for weights with 9): a folder's config must describe its weights; only the caller may ask for adaptation. A
+    header that cannot be read is left to the loader, which reports it."""
+    shapes = read_header_shapes(weights)
+    if shapes is None:
+        return
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in timm.create_model(arch, **args).state_dict().items()}
+    mismatched = [f"{printable(k)} {shapes[k]} vs {expected[k]}" for k in expected
+                  if k in shapes and shapes[k] != expected[k]]
+    if mismatched:
+        more = f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise Rep3DWeightsError(
+            name, str(weights), f"config.json does not describe these weights: tensor shapes in the file vs the "
+            f"config's model: {'; '.join(mismatched[:3])}{more}",
+            "re-publish the folder with rep3d.save_pretrained; to adapt the head or input channels, ask for it: "
+            "create_model(..., num_classes=N) or in_chans=C", reason="config")

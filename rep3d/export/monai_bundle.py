@@ -35,7 +35,7 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
         {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True, "dtype": "$numpy.float32",
          "image_only": True},
     ]
-    orientation = cfg.get("orientation") or "RAS"
+    orientation = checked_axcodes(cfg.get("orientation") or "RAS")
     preprocessing.append({"_target_": "Orientationd", "keys": "image", "axcodes": orientation,
                           "labels": [["L", "R"], ["P", "A"], ["I", "S"]]})
     if cfg.get("spacing"):
@@ -147,7 +147,7 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
         },
     }
     meta.update(extra or {})
-    return meta
+    return as_bundle_data(meta)
 
 
 def bundle_readme(model: nn.Module, roi: Sequence[int]) -> str:
@@ -184,6 +184,38 @@ def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[in
                                                       + "\n")
     (folder / "docs" / "README.md").write_text(bundle_readme(model, roi))
     return folder
+
+
+MONAI_SYNTAX = ("$", "@", "%")
+"""A string MONAI's config parser reads as code or a link: ``$`` an expression it evaluates, ``@`` a reference, ``%``
+a macro that reads another file."""
+MONAI_SPECIAL_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+
+
+def as_bundle_data(value: Any) -> Any:
+    """``value`` with every string (and key) that MONAI's parser would act on escaped with a leading backslash:
+    ``"$expr"`` -> ``"\\$expr"``, ``{"_target_": ...}`` -> ``{"\\_target_": ...}``. Model metadata is written
+    into a bundle as data, never as an expression (MONAI has no escape syntax of its own)."""
+    if isinstance(value, str):
+        return "\\" + value if value.startswith(MONAI_SYNTAX) or value.startswith("\\") else value
+    if isinstance(value, Mapping):
+        return {("\\" + k if k in MONAI_SPECIAL_KEYS else as_bundle_data(str(k))): as_bundle_data(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_bundle_data(v) for v in value]
+    return value
+
+
+def checked_axcodes(code: Any) -> str:
+    """An orientation as MONAI's ``Orientationd`` takes it: 3 letters, one from each of L/R, P/A, I/S."""
+    from rep3d.errors import Rep3DValueError
+
+    pairs = ("LR", "PA", "IS")
+    if not (isinstance(code, str) and len(code) == 3
+            and sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in code) == [0, 1, 2]):
+        raise Rep3DValueError(f"MONAI bundle: the model's orientation must be 3 axis codes, one of L/R, P/A and I/S "
+                              f"(e.g. 'RAS'), got {code!r}; set model.pretrained_cfg['orientation']")
+    return code
 
 
 def _version(package: str) -> str:

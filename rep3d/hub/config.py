@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from timm.models import PretrainedCfg
 
-from rep3d.errors import Rep3DWeightsError
+from rep3d.configs.folder import load_config_json
 
 CONFIG_NAME = "config.json"
 DEFAULT_FILENAME = "model.safetensors"
@@ -47,17 +46,9 @@ def metadata_from_json(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_config(path: Path, name: str, where: str) -> dict[str, Any]:
-    """Parse a ``config.json``; raise :class:`Rep3DWeightsError` (reason ``config``) when it is not a JSON object."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise Rep3DWeightsError(name, where, f"config.json is not valid JSON ({err})",
-                                "re-publish the folder with rep3d.save_pretrained / push_to_hub",
-                                reason="config") from err
-    if not isinstance(config, dict):
-        raise Rep3DWeightsError(name, where, "config.json is not a JSON object", "re-publish the folder",
-                                reason="config")
-    return config
+    """Parse a ``config.json`` under the size and depth caps of :func:`rep3d.configs.folder.load_config_json`; raise
+    :class:`Rep3DWeightsError` (reason ``config``) when it is too large, too deep, not JSON or not a JSON object."""
+    return load_config_json(path, name, where)
 
 
 def rep3d_section(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ rebuild makes the deployed form. Building a model from such a folder is the buil
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from huggingface_hub import HfApi, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DValueError, printable
 from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME, TIMM_CFG_KEYS
 from rep3d.hub.weights import sha256_file
 from rep3d.layers import is_deployed
@@ -197,27 +199,42 @@ def _tta_row(axes: Any) -> str:
     return f"flips along axes {', '.join(map(str, axes))} (trained with these flips)"
 
 
+def _md(value: Any, newlines: bool = False) -> str:
+    """A value from a config as Markdown text: HTML escaped (a card shows a stranger's text, never runs their script),
+    table pipes escaped, control characters (and, unless ``newlines``, line breaks) replaced."""
+    if value is None:
+        return ""
+    return html.escape(printable(value, newlines=newlines), quote=False).replace("|", "\\|")
+
+
+def _fenced(value: Any) -> str:
+    """Text for a fenced code block, which it cannot close."""
+    return printable(value, newlines=True).replace("```", "` ` `")
+
+
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
     meta = config["rep3d"]["metadata"]
     arch, form = config["architecture"], config["rep3d"]["form"]
     synthetic = bool(meta.get("synthetic"))
+    # the YAML header takes identifiers only: a license or dataset with other characters stays in the text, escaped
     license_id = config["pretrained_cfg"].get("license") or "other"
+    license_id = license_id if re.fullmatch(r"[\w.+-]{1,64}", str(license_id)) else "other"
     tags = ["rep3d", "image-segmentation", "medical-imaging", "3d", "volumetric", "large-kernel-convolution"]
     if synthetic:
         tags.append("synthetic-data")
     card_data = ModelCardData(
         license=license_id, library_name="rep3d", pipeline_tag="image-segmentation", tags=tags,
-        datasets=[meta["dataset"]] if meta.get("dataset") else None,
+        datasets=[meta["dataset"]] if re.fullmatch(r"[\w./-]{1,128}", str(meta.get("dataset", ""))) else None,
         metrics=["dice"] if meta.get("metrics") else None,
     )
-    title = repo_id or meta.get("origin") or arch
+    title = _md(repo_id or meta.get("origin") or arch)
     params = sum(p.numel() for p in model.parameters())
     lines = [f"---\n{card_data.to_yaml()}\n---", "", f"# {title}", ""]
     if synthetic:
         lines += ["> **Synthetic.** These weights were trained on synthetic phantom data, not on patient scans: "
                   "they demonstrate the pipeline and are not a clinical model.", ""]
-    lines += [config["pretrained_cfg"].get("description") or (
+    lines += [_md(config["pretrained_cfg"].get("description"), newlines=True) or (
         f"`{arch}` from [rep3d](https://arxiv.org/abs/2505.19603): a 3-D segmentation network with large "
         "re-parameterized depthwise kernels and a UNETR-style decoder."), ""]
     lines += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{arch}` |",
@@ -227,13 +244,13 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     names = meta.get("class_names")
     if names:
         lines += ["## Classes", "", "| index | name |", "|---|---|"]
-        lines += [f"| {i} | {n} |" for i, n in enumerate(names)] + [""]
+        lines += [f"| {i} | {_md(n)} |" for i, n in enumerate(names)] + [""]
     window = meta.get("intensity_window")
     lines += ["## Input the weights expect", "", "| | |", "|---|---|",
               f"| ROI (sliding-window patch) | {_fmt_triplet(meta.get('roi_size'))} |",
               f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
-              f"| orientation | {meta.get('orientation', 'unknown')} |",
-              f"| modality | {meta.get('modality', 'unknown')} |",
+              f"| orientation | {_md(meta.get('orientation', 'unknown'))} |",
+              f"| modality | {_md(meta.get('modality', 'unknown'))} |",
               f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
               f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |"]
     if meta.get("normalization"):  # replaces the window (models trained by nnU-Net)
@@ -247,11 +264,12 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     metrics = meta.get("metrics")
     if metrics:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-        lines += [""] + ([f"Data: {meta['dataset']}" + (" (synthetic)" if synthetic else ""), ""]
+        lines += [f"| {_md(k)} | {v:.4f} |" if isinstance(v, float) else f"| {_md(k)} | {_md(v)} |"
+                  for k, v in metrics.items()]
+        lines += [""] + ([f"Data: {_md(meta['dataset'])}" + (" (synthetic)" if synthetic else ""), ""]
                          if meta.get("dataset") else [])
         if meta.get("command"):
-            lines += ["Produced by:", "", "```bash", str(meta["command"]), "```", ""]
+            lines += ["Produced by:", "", "```bash", _fenced(meta["command"]), "```", ""]
         else:
             lines += ["The command that produced these numbers was not recorded.", ""]
     else:
@@ -259,10 +277,10 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     training = meta.get("training")
     if isinstance(training, Mapping):
         lines += ["## Training", "", "| | |", "|---|---|"]
-        lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in training.items() if k != "config"]
+        lines += [f"| {_md(str(k).replace('_', ' '))} | {_md(v)} |" for k, v in training.items() if k != "config"]
         if training.get("config"):
             lines += ["", "<details><summary>full training configuration</summary>", "", "```json",
-                      json.dumps(training["config"], indent=2), "```", "", "</details>"]
+                      _fenced(json.dumps(training["config"], indent=2)), "```", "", "</details>"]
         lines += [""]
     ref = f"hf-hub:{repo_id}" if repo_id else "hf-hub:ORG/NAME"
     lines += ["## Usage", "", "```python", "import rep3d", "",
@@ -273,6 +291,6 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     paper = meta.get("paper_name") or model.pretrained_cfg.get("paper_name")
     paper_ids = model.pretrained_cfg.get("paper_ids")
     if paper:
-        lines += [f"- {paper}" + (f" ({paper_ids})" if paper_ids else "")]
-    lines += [f"- license of these weights: {license_id}", f"- saved with rep3d {config['rep3d']['version']}", ""]
+        lines += [f"- {_md(paper)}" + (f" ({_md(paper_ids)})" if paper_ids else "")]
+    lines += [f"- license of these weights: {_md(license_id)}", f"- saved with rep3d {config['rep3d']['version']}", ""]
     return "\n".join(lines)

@@ -19,7 +19,6 @@ Adapting pretrained weights to the model asked for (:func:`adapt_state_dict`):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import pickle
 import re
@@ -33,7 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from rep3d.errors import Rep3DTypeError, Rep3DWeightsError
+from rep3d.configs.folder import SOURCE_KEYS, clean_data, load_config_json
+from rep3d.errors import Rep3DError, Rep3DTypeError, Rep3DWeightsError, printable
 from rep3d.hub.config import CONFIG_NAME, metadata_from_json
 from rep3d.hub.download import WeightsSource, resolve_weights, weights_name
 from rep3d.layers import RepLKConv3d, is_deployed
@@ -119,7 +119,21 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
                                 "'state_dict' / 'model')", reason="corrupt") from err
     if ignored is not None:
         ignored.extend(left_out)
+    check_tensor_storage(state, name, where)
     return state, metadata
+
+
+def check_tensor_storage(state: Mapping[str, torch.Tensor], name: str, where: str) -> None:
+    """Raise :class:`Rep3DWeightsError` (``corrupt``) for a tensor that claims more elements than its storage holds
+    (a pickled size with zero strides over one value): touching it, even to count NaNs, would allocate what it
+    claims. Checked before any value is read."""
+    for key, tensor in state.items():
+        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if tensor.numel() > stored:
+            raise Rep3DWeightsError(
+                name, where, f"tensor {printable(key)!r} claims {tensor.numel():,} elements of shape "
+                f"{tuple(tensor.shape)} but its storage holds {stored:,}: not a saved weight", "use the original "
+                "checkpoint (a weight file saves every element it holds)", reason="corrupt")
 
 
 def _read_pickle(path: Path, name: str, where: str) -> Any:
@@ -141,8 +155,22 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if "resize storage" in str(err):  # torch refuses a pickled size larger than the storage it points into
+            raise Rep3DWeightsError(name, where, "a tensor claims more elements than its storage holds: not a saved "
+                                    "weight (refused before any value was read)", "use the original checkpoint",
+                                    reason="corrupt") from err
         raise Rep3DWeightsError(name, where, f"cannot read the checkpoint ({type(err).__name__}: {err}); it is "
                                 "truncated or corrupt", "download or export it again", reason="corrupt") from err
+
+
+def read_header_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes from a safetensors file's header, without reading any tensor; ``None`` when the file is not a
+    readable safetensors file (the loader then reports what is wrong with it)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
 
 
 def verify_sha256(path: Path, expected: str, name: str, where: str) -> None:
@@ -351,7 +379,7 @@ def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str]
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
         if keys:
             more = f", ... (+{len(keys) - show})" if len(keys) > show else ""
-            parts.append(f"{len(keys)} {label} ({', '.join(keys[:show])}{more})")
+            parts.append(f"{len(keys)} {label} ({', '.join(printable(k) for k in keys[:show])}{more})")
     return "; ".join(parts)
 
 
@@ -360,11 +388,16 @@ def _sidecar_config(source: WeightsSource) -> dict[str, Any]:
     path = source.path.parent / CONFIG_NAME
     if source.kind != "hub" or not path.is_file():
         return {}
-    try:
-        section = json.loads(path.read_text()).get("rep3d", {})
-    except (OSError, ValueError, AttributeError):
+    try:  # read as untrusted data: size and depth caps, control characters replaced
+        section = clean_data(load_config_json(path, "config.json", str(path))).get("rep3d", {})
+    except (Rep3DError, AttributeError):
         return {}
-    return section if isinstance(section, dict) else {}
+    if not isinstance(section, dict):
+        return {}
+    metadata = section.get("metadata")
+    if isinstance(metadata, dict):  # descriptions only: never a weight source
+        section["metadata"] = {k: v for k, v in metadata.items() if k not in SOURCE_KEYS}
+    return section
 
 
 def _evict(path: Path) -> None:

@@ -21,6 +21,8 @@ from timm.models import (
 )
 from torch import nn
 
+from rep3d.configs.folder import CheckedCfg, timm_loaded_cfg
+from rep3d.configs.model_args import check_model_args
 from rep3d.errors import Rep3DValueError
 from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
 from rep3d.hub.config import TIMM_CFG_KEYS, split_cfg
@@ -120,6 +122,11 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     strict = kwargs.pop("pretrained_strict", True)
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    if isinstance(pretrained_cfg, dict) and not isinstance(pretrained_cfg, CheckedCfg) and pretrained_cfg.get(
+            "source") in ("hf-hub", "local-dir"):
+        # timm.create_model("hf-hub:..." / "local-dir:...") read this from a folder's config.json itself: weights come
+        # only from the folder / repository timm named, never from a source the file names
+        pretrained_cfg = timm_loaded_cfg(pretrained_cfg)
     own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
     if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
         # A bare name means the architecture. timm would resolve it to the default tag's cfg (for rep3d_tiny the
@@ -133,6 +140,9 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
                 cfg.pop(key, None)
     if pretrained:
         check_weights_available(cfg, list_models(pretrained=True))
+    # the model's own arguments, checked under the registered name (a typo such as timm's drop_rate names this model
+    # and lists what it accepts instead of failing in an inner layer)
+    check_model_args(variant, kwargs, block=getattr(model_cls, "fixed_block", None))
     model_args = dict(kwargs)
     timm_cfg, extra = split_cfg(cfg)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)

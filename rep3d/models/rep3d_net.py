@@ -13,6 +13,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rep3d.configs.model_args import check_model_args
 from rep3d.errors import Rep3DValueError
 from rep3d.layers import LayerNorm3d
 from rep3d.layers.checks import check_volume, is_exporting
@@ -187,7 +188,12 @@ class Rep3D(nn.Module):
     ``[B, in_chans, D, H, W] -> [B, num_classes, D, H, W]`` logits; D, H, W must be multiples of 16.
     ``deep_supervision_heads=True`` adds the decoder's 1/2, 1/4, 1/8 heads (see :class:`UnetrDecoder3d`); with
     ``decoder.deep_supervision = True`` the forward then returns ``[full, 1/2, 1/4, 1/8]`` logits.
+
+    Every argument is checked against :mod:`rep3d.configs.model_args` (types, bounds, known names) at construction.
     """
+
+    fixed_block: str | None = None
+    """The block kind a subclass always uses (it then takes no ``block`` argument); ``None``: ``block`` chooses."""
 
     def __init__(
         self,
@@ -209,6 +215,17 @@ class Rep3D(nn.Module):
         **block_kwargs,
     ) -> None:
         super().__init__()
+        # every argument is checked before anything is allocated: a typo names this model and lists the accepted
+        # arguments, a size out of bounds (a 1001-wide kernel, 0 classes) fails here and not deep inside torch
+        given = dict(in_chans=in_chans, num_classes=num_classes, widths=widths, depths=depths, kernel_size=kernel_size,
+                     modulation=modulation, hidden_size=hidden_size, drop_path_rate=drop_path_rate,
+                     conv_backend=conv_backend, deploy=deploy, norm_name=norm_name,
+                     deep_supervision_heads=deep_supervision_heads, **block_kwargs)
+        if small_kernel is not None:
+            given["small_kernel"] = small_kernel
+        if self.fixed_block is None:
+            given["block"] = block
+        check_model_args(type(self).__name__, given, block=self.fixed_block)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.encoder = Rep3DEncoder(
@@ -286,6 +303,8 @@ class Rep3D(nn.Module):
 
 class UXNet3D(Rep3D):
     """3D UX-Net (k=7 ConvNeXt-style blocks); ``modulation="lrbm"`` applies the Rep3D mask to its kernels."""
+
+    fixed_block = "ux"
 
     def __init__(self, in_chans: int = 1, num_classes: int = 16, widths=(48, 96, 192, 384), depths=(2, 2, 2, 2),
                  kernel_size: int = 7, *, modulation: Modulation = None, **kwargs) -> None:

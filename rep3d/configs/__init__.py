@@ -1,0 +1,16 @@
+"""Configs as data: the schema a model folder's ``config.json`` is read through, and the model constructor's argument
+schema the models check themselves against.
+
+* :mod:`rep3d.configs.model_args`: constructor arguments (names, types, bounds) and timm's factory options;
+* :mod:`rep3d.configs.cfg`: the typed, frozen config classes (:class:`ModelCfg`, :class:`InputCfg`,
+  :class:`LabelCfg`, :class:`Provenance`) with versioned ``to_dict`` / ``from_dict``;
+* :mod:`rep3d.configs.folder`: reading an untrusted ``config.json`` (size and depth caps, control characters, the
+  old timm-style layout) into those classes.
+
+This package sits above :mod:`rep3d.layers` and below :mod:`rep3d.hub`: it reads no files it is not handed and builds
+no model.
+"""
+
+from rep3d.configs.model_args import FACTORY_KEYS, accepted_args, check_model_args
+
+__all__ = ["FACTORY_KEYS", "accepted_args", "check_model_args"]
