@@ -127,7 +127,7 @@ def test_kidneys_look_alike_and_differ_only_by_side():
 def test_default_setting_still_generates_the_phantoms_the_bundled_weights_were_tested_on():
     # digest of this case before phantom settings existed: a change here silently changes the demo, the bundled
     # weights' test set and every recorded Dice
-    p = make_phantom(case_seed(0, "test", 0), (40, 40, 32))
+    p = make_phantom(case_seed(0, "test", 0), (40, 40, 32), phantom_mod.DEFAULT_SPACING)
     digest = hashlib.sha256(p.image.tobytes() + p.label.tobytes()).hexdigest()
     assert digest == "0df8e4dd24bf24a0755ad2e6660e17817f427559a6508aeb51855b1d021bc798"
 

@@ -41,18 +41,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the example epilog's line breaks and appends ``(default: X)`` to an option whose help does not mention
-    its default; options without a default (``None``) and flags must say what happens in their own words."""
+    """Keeps the example epilog's line breaks and appends ``(default: X)`` (``(default: off)`` for a flag) to an
+    option whose help does not mention its default; an option whose default is ``None`` must say in its own words
+    what happens without it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" not in text.lower() and action.default not in (None, False, argparse.SUPPRESS)
-                and action.option_strings and action.nargs != 0):
-            default = action.default
-            if isinstance(default, (list, tuple)):
-                default = " ".join(map(str, default)) if default else "none"
-            text += f" (default: {default})"
-        return text
+        if "default" in text.lower() or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # a flag
+            return text + (" (default: off)" if action.default is False else "")
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default)) if default else "none"
+        return text + f" (default: {default})"
 
 
 def command_in(argv: Sequence[str]) -> str | None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from rep3d.demo import DEMO_FILES, DEMO_MODEL, run_demo
+EXAMPLE = "rep3d demo -o rep3d-demo"
+DEMO_MODEL = "rep3d_tiny.phantom"  # rep3d.demo.DEMO_MODEL, repeated so that `rep3d demo --help` loads no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rep3d.demo import DEMO_FILES, run_demo
+
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -35,7 +35,8 @@ def recipe_default(key: str, unit: str = "") -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="DIR",
-                      help="MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/); required unless --resume")
+                      help="MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/); required unless --resume "
+                           "(default: none)")
     data.add_argument("--preset", choices=sorted(DATASET_PRESETS),
                       help="dataset spacing / orientation / intensity window (default: the recipe's: phantom for "
                            "--recipe phantom, else the paper's CT values)")
