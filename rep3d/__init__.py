@@ -15,7 +15,7 @@ from rep3d.errors import Rep3DError, Rep3DWeightsError
 from rep3d.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
-    from rep3d import data, hub, layers, models
+    from rep3d import data, hub, layers, metrics, models
     from rep3d.builder import create_model, list_models, model_info
     from rep3d.hub import push_to_hub, save_pretrained
     from rep3d.inference import Predictor
@@ -33,6 +33,7 @@ __all__ = [
     "layers",
     "list_models",
     "load_official_checkpoint",
+    "metrics",
     "model_info",
     "models",
     "push_to_hub",
@@ -51,7 +52,7 @@ _LAZY_NAMES = {
     "load_official_checkpoint": "rep3d.official",
     "Predictor": "rep3d.inference",
 }
-_LAZY_SUBPACKAGES = ("data", "hub", "layers", "models")
+_LAZY_SUBPACKAGES = ("data", "hub", "layers", "metrics", "models")
 
 timm_registration.install()
 

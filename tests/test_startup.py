@@ -24,9 +24,10 @@ def _median_seconds(commands: dict[str, list[str]], repeats: int = 5) -> dict[st
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"], check=True,
-                         capture_output=True, text=True).stdout
-    return {name.split(".")[0] for name in out.split()}
+    # the module list goes to stderr: a help text on stdout may name torch
+    err = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules), file=sys.stderr)"],
+                         check=True, capture_output=True, text=True).stderr
+    return {name.split(".")[0] for name in err.split()}
 
 
 def test_import_rep3d_loads_no_heavy_subsystem():

@@ -21,6 +21,12 @@ EXAMPLE = "rep3d predict rep3d_tiny.phantom scans/ -o segmentations/ --preview"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # positionals in this order: MODEL INPUT...
+    model = parser.add_argument_group("model")
+    model.add_argument("model", metavar="MODEL",
+                       help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:ORG/NAME")
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="load these weights instead of the pretrained ones (default: the pretrained ones)")
     data = parser.add_argument_group("data")
     data.add_argument("inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz) or folders of them")
     data.add_argument(
@@ -28,11 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
              "with a warning)",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument("model", metavar="MODEL",
-                       help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:ORG/NAME")
-    model.add_argument("--checkpoint", metavar="FILE",
-                       help="load these weights instead of the pretrained ones (default: the pretrained ones)")
     inference = parser.add_argument_group("inference")
     inference.add_argument("--device", default="auto",
                            help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)")
