@@ -109,16 +109,41 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def format_summary(summary: dict[str, Any], cfg: TrainConfig) -> str:
+    """What ``rep3d train`` prints at the end: best validation Dice and its step, test Dice per class (when the
+    dataset has a labelled test split), wall time, the model folder and the commands to run next."""
+    from rep3d.train.trainer import format_duration
+
+    out, best = summary.get("model_dir", cfg.out), summary["best"]
+    model = f"local-dir:{out}"
+    lines = [f"rep3d train: done: {summary['steps']} steps in {format_duration(summary['wall_time_s'])} "
+             f"({summary['wall_time_s']:.0f} s wall time, set-up and validation included)",
+             f"  best validation mean Dice {best['dice']:.4f} at step {best['step']} (the published weights)"]
+    if "test_dice" in summary:
+        per_class = ", ".join(f"{name} {dice:.3f}" for name, dice in summary["test_dice"].items())
+        lines.append(f"  test Dice on {summary['num_test']} case(s): mean {summary['test_mean_dice']:.4f}; {per_class}")
+    else:
+        lines.append("  no labelled test split (imagesTs/ + labelsTs/): no test Dice")
+    lines += [f"  model folder: {out} (config.json, model.safetensors, README.md model card, curves.png)",
+              "  next:",
+              f"    rep3d predict {model} SCANS/ -o segmentations/ --preview",
+              f"    rep3d evaluate {model} --data {cfg.data or 'DATA'} --split test",
+              f"    rep3d export {model} --format onnx -o model.onnx"]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from rep3d.train.trainer import NonFiniteLossError, TrainingInterrupted, train
 
     cfg = config_from_args(args)
     try:
-        train(cfg, resume=args.resume, command=recorded_command(args))
+        summary = train(cfg, resume=args.resume, command=recorded_command(args))
     except TrainingInterrupted as exc:  # a checkpoint was written: the conventional SIGTERM status
         print(str(exc), file=sys.stderr)
         return 143
     except NonFiniteLossError as exc:
         print(f"rep3d train: error: {exc}", file=sys.stderr)
         return 3
+    if "model_dir" in summary:  # rank 0 of a torchrun job (or the only process) reports
+        print(format_summary(summary, cfg))
     return 0
