@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rep3d.builder import create_model
     from rep3d.errors import Rep3DError
-    from rep3d.export import export_model, parse_dynamic
+    from rep3d.export import export_model, parse_dynamic, require_format
 
     def fail(message: str) -> int:
         print(f"rep3d export: error: {message}", file=sys.stderr)
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dynamic = parse_dynamic(args.dynamic)
+        require_format(args.format)  # a missing extra is one line, before the model is built
     except Rep3DError as err:
         return fail(str(err))
     try:
