@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     for name, d in zip(result.class_names[1:], result.dice):
         print(f"{name.ljust(width)}  {d:.3f}")
     print(f"{'mean'.ljust(width)}  {result.mean:.3f}")
-    print(f"wrote {result.out}/{', '.join(DEMO_FILES)} ({result.seconds:.1f} s for generation + segmentation)")
+    print(f"wrote {len(DEMO_FILES)} files into {result.out.resolve()}/: {', '.join(DEMO_FILES)} "
+          f"({result.seconds:.1f} s for generation + segmentation); look at {result.out / DEMO_FILES[-1]}")
     return 0
