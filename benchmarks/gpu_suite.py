@@ -307,9 +307,9 @@ def count_forwards(model: torch.nn.Module):
 @functools.lru_cache(maxsize=1)
 def _phantom_volume(shape):
     """One synthetic volume (6 s to make at 256x256x160), shared by the predictor and model sections."""
-    from rep3d.data.phantom import case_seed, make_phantom
+    from rep3d.data.phantom import DEFAULT_SPACING, case_seed, make_phantom
 
-    return make_phantom(case_seed(0, "test", 1000), tuple(shape))
+    return make_phantom(case_seed(0, "test", 1000), tuple(shape), DEFAULT_SPACING)
 
 
 def section_predictor(suite: Suite, deadline: float) -> dict:

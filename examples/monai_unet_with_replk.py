@@ -31,7 +31,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 import rep3d
-from rep3d.data import DEFAULT_WINDOW, PHANTOM_CLASSES, make_phantom
+from rep3d.data import DEFAULT_SPACING, DEFAULT_WINDOW, PHANTOM_CLASSES, make_phantom
 from rep3d.layers import RepLKConv3d, mask_health
 from rep3d.metrics import dice_per_class, mean_dice
 
@@ -60,7 +60,7 @@ def phantom_batch(seeds: list[int], size: int) -> tuple[torch.Tensor, torch.Tens
     images, labels = [], []
     lo, hi = DEFAULT_WINDOW
     for seed in seeds:
-        case = make_phantom(seed, shape=(size, size, size))
+        case = make_phantom(seed, shape=(size, size, size), spacing=DEFAULT_SPACING)
         images.append(np.clip((case.image - lo) / (hi - lo), 0.0, 1.0))
         labels.append(case.label.astype(np.int64))
     return torch.from_numpy(np.stack(images))[:, None].float(), torch.from_numpy(np.stack(labels))[:, None]

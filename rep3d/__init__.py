@@ -1,21 +1,26 @@
-"""rep3d: large-kernel re-parameterized 3D convolutions (Rep3D, arXiv 2505.19603)."""
+"""rep3d: large-kernel re-parameterized 3D convolutions (Rep3D, arXiv 2505.19603).
 
-import warnings
+``import rep3d`` is light: it loads no torch, timm, monai or hub client. The public names below resolve on first use
+(PEP 562), and rep3d's models are registered with timm as soon as timm is imported (:mod:`rep3d.timm_registration`),
+so ``import rep3d; timm.create_model("rep3d_tiny")`` works as documented.
+"""
 
-with warnings.catch_warnings():
-    # timm < 1.0.23 (which nnunetv2's dynamic-network-architectures pins) decorates a class with torch.jit.interface,
-    # and torch >= 2.14 warns about that at import: every `rep3d` command would start with two lines of a warning the
-    # user cannot act on. Hide that one message while timm is first imported; the filter is restored afterwards.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
-    import timm  # noqa: F401
+from __future__ import annotations
 
-from rep3d import layers, models  # noqa: F401
-from rep3d.builder import create_model, list_models, model_info
+import importlib
+from typing import TYPE_CHECKING
+
+from rep3d import timm_registration
 from rep3d.errors import Rep3DError, Rep3DWeightsError
-from rep3d.hub import push_to_hub, save_pretrained
-from rep3d.models import reparameterize_model
-from rep3d.official import load_official_checkpoint
 from rep3d.version import __version__
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
+    from rep3d import data, hub, layers, metrics, models
+    from rep3d.builder import create_model, list_models, model_info
+    from rep3d.hub import push_to_hub, save_pretrained
+    from rep3d.inference import Predictor
+    from rep3d.models import reparameterize_model
+    from rep3d.official import load_official_checkpoint
 
 __all__ = [
     "Predictor",
@@ -24,9 +29,11 @@ __all__ = [
     "__version__",
     "create_model",
     "data",
+    "hub",
     "layers",
     "list_models",
     "load_official_checkpoint",
+    "metrics",
     "model_info",
     "models",
     "push_to_hub",
@@ -34,16 +41,32 @@ __all__ = [
     "save_pretrained",
 ]
 
+# public name -> module that defines it, imported on first access
+_LAZY_NAMES = {
+    "create_model": "rep3d.builder",
+    "list_models": "rep3d.builder",
+    "model_info": "rep3d.builder",
+    "push_to_hub": "rep3d.hub",
+    "save_pretrained": "rep3d.hub",
+    "reparameterize_model": "rep3d.models",
+    "load_official_checkpoint": "rep3d.official",
+    "Predictor": "rep3d.inference",
+}
+_LAZY_SUBPACKAGES = ("data", "hub", "layers", "metrics", "models")
+
+timm_registration.install()
+
 
 def __getattr__(name: str):
-    # resolved on first use: `import rep3d` stays free of the consumer layer (NIfTI I/O, resampling, phantoms);
-    # rep3d.inference itself imports the builder, which is already loaded here
-    if name == "Predictor":
-        from rep3d.inference import Predictor
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    elif name in _LAZY_SUBPACKAGES:
+        value = importlib.import_module(f"rep3d.{name}")
+    else:
+        raise AttributeError(f"module 'rep3d' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return Predictor
-    if name == "data":
-        import importlib
 
-        return importlib.import_module("rep3d.data")
-    raise AttributeError(f"module 'rep3d' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

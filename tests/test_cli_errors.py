@@ -190,3 +190,31 @@ def test_overwrite_replaces_earlier_outputs_but_never_a_foreign_file(tmp_path, c
 
 
 # train and import-official cases: tests/test_cli_errors_train.py
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript", "onnxruntime"])
+def test_export_without_the_export_extra_is_one_line_naming_the_install(tmp_path, capsys, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # what an environment without the module looks like to import
+    built = []
+    monkeypatch.setattr("rep3d.builder.create_model", lambda *a, **k: built.append(a))
+    message = main_error(["export", "rep3d_tiny", "--format", "onnx", "-o", str(tmp_path / "m.onnx")], capsys,
+                         "export")
+    assert 'pip install "rep3d[export]"' in message and missing in message
+    assert built == [] and not (tmp_path / "m.onnx").exists()
+
+
+def test_nnunet_commands_without_the_nnunet_extra_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)
+    message = main_error(["nnunet-plans", "-d", "1"], capsys, "nnunet-plans")
+    assert 'pip install "rep3d[nnunet]"' in message
+
+
+def test_every_extra_named_in_a_hint_exists_in_setup_cfg():
+    import configparser
+
+    from rep3d.extras import EXTRAS
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    extras = set(cfg["options.extras_require"])
+    assert set(EXTRAS.values()) <= extras

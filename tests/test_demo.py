@@ -48,3 +48,4 @@ def test_demo_segments_a_new_phantom_offline_with_good_dice(tmp_path):
     prediction = nib.load(tmp_path / "demo" / "prediction.nii.gz")
     assert prediction.shape == image.shape and (prediction.affine == image.affine).all()
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    assert f"into {(tmp_path / 'demo').resolve()}/: phantom_image.nii.gz" in out  # says where it wrote

@@ -2,7 +2,10 @@
 
 Each ```python block of ``README.md`` and ``docs/**/*.md`` is one test (id ``FILE:LLINE``). A file's blocks run in
 order in one namespace, in a temporary working directory of their own, as a reader would paste them. A block whose
-preceding line is ``<!-- skip: reason -->`` is skipped with that reason (data, a GPU or the network it needs).
+preceding line is ``<!-- skip: reason -->`` is skipped with that reason (data, a GPU or the network it needs). A block
+followed by ``<!-- check: EXPRESSION -->`` must leave the expression true in its namespace: the result its text
+promises (``mean_dice(dice) >= 0.9``), so that a snippet printing a wrong number fails instead of passing silently;
+every block that computes a Dice has one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 SKIP_MARKER = re.compile(r"^<!--\s*skip:\s*(?P<reason>.+?)\s*-->$")
+CHECK_MARKER = re.compile(r"^<!--\s*check:\s*(?P<expression>.+?)\s*-->$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,7 @@ class CodeBlock:
     line: int  # 1-based line of the opening fence
     code: str
     skip: str | None  # the reason, when the block is marked to be skipped
+    check: str | None = None  # an expression the block must leave true (the line after its closing fence)
 
     @property
     def id(self) -> str:
@@ -46,8 +51,10 @@ def python_blocks(text: str, file: str) -> list[CodeBlock]:
                 raise ValueError(f"{file}:{start + 1}: unterminated ```python block")
             previous = next((lines[j].strip() for j in range(start - 1, -1, -1) if lines[j].strip()), "")
             marker = SKIP_MARKER.match(previous)
+            following = next((lines[j].strip() for j in range(end + 1, len(lines)) if lines[j].strip()), "")
+            check = CHECK_MARKER.match(following)
             blocks.append(CodeBlock(file, start + 1, "\n".join(lines[start + 1:end]) + "\n",
-                                    marker["reason"] if marker else None))
+                                    marker["reason"] if marker else None, check["expression"] if check else None))
             i = end
         i += 1
     return blocks
@@ -97,6 +104,27 @@ def test_documented_python_block_runs(block: CodeBlock, tmp_path_factory, monkey
             if earlier.line not in run.done:
                 _execute(earlier, run)
     _execute(block, run)
+    _check_promise(block, run.namespace)
+
+
+def _check_promise(block: CodeBlock, namespace: dict) -> None:
+    if block.check:
+        value = eval(block.check, namespace)  # our own documentation's expression
+        assert value, f"{block.id}: the text promises `{block.check}`, which is false after the block"
+
+
+def test_blocks_that_compute_a_dice_check_it():
+    unchecked = [b.id for b in ALL_BLOCKS if re.search(r"dice\w*\(", b.code) and not b.skip and not b.check]
+    assert not unchecked, f"blocks printing a Dice without a <!-- check: ... --> of the promised value: {unchecked}"
+
+
+def test_a_false_check_fails_the_block():
+    block = python_blocks("```python\nscore = 0.10\nprint(score)\n```\n<!-- check: score >= 0.9 -->\n", "x.md")[0]
+    assert block.check == "score >= 0.9"
+    namespace: dict = {}
+    exec(block.code, namespace)
+    with pytest.raises(AssertionError, match="promises `score >= 0.9`"):
+        _check_promise(block, namespace)
 
 
 def test_block_collector_finds_blocks_and_skip_reasons():

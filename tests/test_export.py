@@ -220,7 +220,7 @@ def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
                class_names=["background", "body", "organ"])
     model = rep3d.create_model("rep3d_tiny", num_classes=3, kernel_size=5, pretrained_cfg_overlay=cfg)
     rep3d.save_pretrained(model, tmp_path / "run")  # training form
-    phantom = make_phantom(0, shape=(40, 36, 30))
+    phantom = make_phantom(0, shape=(40, 36, 30), spacing=(2.0, 2.0, 2.5))
     (tmp_path / "in").mkdir()
     nib.save(nib.Nifti1Image(phantom.image, phantom.affine), tmp_path / "in" / "case.nii.gz")
 

@@ -1,5 +1,10 @@
-"""``rep3d`` command line: one module per sub-command (``add_arguments(parser)`` and ``run(args) -> int``), each a
-thin layer over library functions, and one error handler for all of them.
+"""``rep3d`` command line: one module per sub-command (``add_arguments(parser)``, ``run(args) -> int`` and an
+``EXAMPLE`` line), each a thin layer over library functions, and one error handler for all of them.
+
+Start-up stays fast: only the module of the command being run is imported, and a command module imports nothing
+heavy (torch, timm, monai, ...) at its top, only inside ``run``; so ``rep3d --help``, ``rep3d COMMAND --help`` and
+``rep3d --version`` answer at once. Every option has a help text that states its default (:class:`HelpFormatter`
+appends ``(default: X)`` where the text does not say it already).
 
 A :class:`rep3d.errors.Rep3DError` (or an ``OSError`` about a path the user gave) ends the command with one line
 ``rep3d <command>: error: ...`` on stderr and exit status 1; ``--debug`` shows the traceback instead.
@@ -14,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from rep3d.errors import Rep3DError
+from rep3d.version import __version__
 
 # name -> (module under rep3d.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,14 +40,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rep3d", description="Rep3D large-kernel 3-D segmentation")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example epilog's line breaks and appends ``(default: X)`` (``(default: off)`` for a flag) to an
+    option whose help does not mention its default; an option whose default is ``None`` must say in its own words
+    what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # a flag
+            return text + (" (default: off)" if action.default is False else "")
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default)) if default else "none"
+        return text + f" (default: {default})"
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), or ``None``."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``rep3d`` parser. Only the sub-commands in ``commands`` (default: all) get their options, and only their
+    modules are imported; the others are listed by name and help, which is all ``rep3d --help`` shows."""
+    parser = argparse.ArgumentParser(prog="rep3d", description="Rep3D large-kernel 3-D segmentation",
+                                     formatter_class=HelpFormatter,
+                                     epilog="example: rep3d demo        (then: rep3d COMMAND --help)")
+    parser.add_argument("--version", action="version", version=f"rep3d {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         sub_parser.set_defaults(_module=f"rep3d.cli.{module}")
-        importlib.import_module(f"rep3d.cli.{module}").add_arguments(sub_parser)
+        if commands is None or name in commands:
+            command_module = importlib.import_module(f"rep3d.cli.{module}")
+            command_module.add_arguments(sub_parser)
+            sub_parser.epilog = f"example: {command_module.EXAMPLE}"
     return parser
 
 
@@ -49,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``rep3d`` command; ``argv`` defaults to ``sys.argv[1:]`` and is what a command records (e.g. in a
     model card). Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = command_in(argv)
+    parser = build_parser([command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

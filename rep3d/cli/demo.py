@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from rep3d.demo import DEMO_FILES, DEMO_MODEL, run_demo
+EXAMPLE = "rep3d demo -o rep3d-demo"
+DEMO_MODEL = "rep3d_tiny.phantom"  # rep3d.demo.DEMO_MODEL, repeated so that `rep3d demo --help` loads no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rep3d.demo import DEMO_FILES, run_demo
+
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -33,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     for name, d in zip(result.class_names[1:], result.dice):
         print(f"{name.ljust(width)}  {d:.3f}")
     print(f"{'mean'.ljust(width)}  {result.mean:.3f}")
-    print(f"wrote {result.out}/{', '.join(DEMO_FILES)} ({result.seconds:.1f} s for generation + segmentation)")
+    print(f"wrote {len(DEMO_FILES)} files into {result.out.resolve()}/: {', '.join(DEMO_FILES)} "
+          f"({result.seconds:.1f} s for generation + segmentation); look at {result.out / DEMO_FILES[-1]}")
     return 0

@@ -7,10 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
-from rep3d.analysis import TARGETS, effective_receptive_field, msd_crops, random_inputs, save_erf_png
-from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
-from rep3d.inference import AUTO, Predictor
+
+EXAMPLE = "rep3d erf rep3d_tiny.phantom -o erf/"
+# rep3d.analysis.TARGETS, repeated so that `rep3d erf --help` loads no torch; tests/test_cli_help.py checks it
+TARGETS = ("logits", "stage1", "stage2", "stage3", "stage4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,14 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name (rep3d_tiny, rep3d_tiny.phantom, local-dir:RUN, hf-hub:ORG/NAME)")
     parser.add_argument("--checkpoint", metavar="FILE", help="load these weights (default: the pretrained ones of a "
                         "tagged or saved model, else the random initialisation)")
-    parser.add_argument("--random-init", action="store_true", help="do not load any weights (an untrained model)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="do not load any weights: an untrained model (default: off)")
     parser.add_argument("--data", metavar="DIR", help="MSD-layout dataset: inputs are seeded random crops of its "
                         "images on the model grid (default: standard-normal noise)")
-    parser.add_argument("--target", default="logits", choices=TARGETS, help="output whose central voxel is traced")
+    parser.add_argument("--target", default="logits", choices=TARGETS,
+                        help="output whose central voxel is traced (default: logits)")
     parser.add_argument("--n-samples", type=int, default=8, help="inputs averaged over (default 8)")
     parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="input size (default: the model cfg's roi_size)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/erf_<target>.*)")
@@ -46,6 +49,8 @@ def load_model(args: argparse.Namespace):
     """``(model, weights)`` for ``MODEL``: pretrained weights where it has them (a tag, a saved folder, a Hub
     model), the ``--checkpoint``, or the random initialisation (a bare architecture name, ``--random-init``);
     ``weights`` says which, for the outputs."""
+    from rep3d.builder import create_model
+
     name = args.model
     pretrained = not args.checkpoint and not args.random_init and ("." in name.split("/")[-1]
                                                                    or name.startswith(("local-dir:", "hf-hub:")))
@@ -56,6 +61,9 @@ def load_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep3d.analysis import effective_receptive_field, msd_crops, random_inputs, save_erf_png
+    from rep3d.inference import AUTO, Predictor
+
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     png, js = output_paths(args.output, f"erf_{args.target}")

@@ -7,23 +7,34 @@ import argparse
 import json
 import time
 
-import numpy as np
-
-from rep3d.builder import create_model
-from rep3d.inference import evaluate_dataset
+EXAMPLE = "rep3d evaluate rep3d_tiny.phantom --data phantoms/ --split test --json dice.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name, e.g. rep3d_tiny.phantom (its pretrained weights are loaded)")
-    parser.add_argument("--data", required=True, help="MSD-layout dataset folder")
-    parser.add_argument("--split", default="test", choices=["test", "val", "train"])
-    parser.add_argument("--checkpoint", help="weights to load instead of the pretrained ones")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--json", metavar="FILE", help="also write per-case results as JSON")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, metavar="DIR", help="MSD-layout dataset folder")
+    data.add_argument("--split", default="test", choices=["test", "val", "train"],
+                      help="test: imagesTs/labelsTs; val / train: the split rep3d train makes of imagesTr "
+                           "(default: test)")
+    model = parser.add_argument_group("model")
+    model.add_argument("model", metavar="MODEL",
+                       help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:ORG/NAME; its "
+                            "pretrained weights are loaded")
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="weights to load instead of the pretrained ones (default: the pretrained ones)")
+    inference = parser.add_argument_group("inference")
+    inference.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    inference.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", metavar="FILE", help="also write per-case results as JSON (default: print only)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rep3d.builder import create_model
+    from rep3d.inference import evaluate_dataset
+
     model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
     start = time.perf_counter()
     result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap)

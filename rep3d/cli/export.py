@@ -5,36 +5,44 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rep3d.layers.depthwise import BACKENDS
-
+EXAMPLE = "rep3d export rep3d_tiny.phantom --format onnx -o tiny.onnx"
+# The library's constants (rep3d.export.FORMATS, DYNAMIC_AXES, ONNX_OPSET; rep3d.layers.depthwise.BACKENDS), repeated
+# so that `rep3d export --help` loads no torch; tests/test_cli_help.py checks that they agree.
+FORMATS = ("onnx", "torchscript", "exported-program", "monai-bundle")
+DYNAMIC_AXES = ("batch", "spatial")
+ONNX_OPSET = 18
+BACKENDS = ("auto", "direct", "fft")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2", "monai-bundle": ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rep3d.export import DYNAMIC_AXES, FORMATS, ONNX_OPSET
-
-    parser.add_argument("model", metavar="MODEL",
-                        help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:org/name")
-    parser.add_argument("--checkpoint", metavar="FILE", help="load these weights instead of the pretrained ones")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+    model = parser.add_argument_group("model")
+    model.add_argument("model", metavar="MODEL",
+                       help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:org/name")
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="load these weights instead of the pretrained ones (default: the pretrained ones)")
+    graph = parser.add_argument_group("graph")
+    graph.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
+                       help="example input size (default: the model cfg's roi_size)")
+    graph.add_argument("--dynamic", default="", metavar="AXES",
+                       help=f"comma-separated dynamic axes among {', '.join(DYNAMIC_AXES)} (onnx, exported-program; "
+                            "TorchScript is always dynamic); dynamic axes use the direct conv engine (default: none, "
+                            "static shapes)")
+    graph.add_argument("--backend", choices=BACKENDS,
+                       help="large-kernel conv engine in the graph (default: the model's, usually auto)")
+    graph.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset, >= 17")
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    output.add_argument("-o", "--output", required=True, metavar="OUT",
                         help=f"output file ({', '.join(f'{k}: *{v}' for k, v in SUFFIXES.items() if v)}) or, for "
                              "monai-bundle, a folder")
-    parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
-                        help="example input size (default: the model cfg's roi_size)")
-    parser.add_argument("--dynamic", default="", metavar="AXES",
-                        help=f"comma-separated dynamic axes among {', '.join(DYNAMIC_AXES)} (onnx, exported-program; "
-                             "TorchScript is always dynamic); dynamic axes use the direct conv engine")
-    parser.add_argument("--backend", choices=BACKENDS,
-                        help="large-kernel conv engine in the graph (default: the model's, usually auto)")
-    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset, >= 17 (default {ONNX_OPSET})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rep3d.builder import create_model
     from rep3d.errors import Rep3DError
-    from rep3d.export import export_model, parse_dynamic
+    from rep3d.export import export_model, parse_dynamic, require_format
 
     def fail(message: str) -> int:
         print(f"rep3d export: error: {message}", file=sys.stderr)
@@ -42,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dynamic = parse_dynamic(args.dynamic)
+        require_format(args.format)  # a missing extra is one line, before the model is built
     except Rep3DError as err:
         return fail(str(err))
     try:

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from rep3d.errors import Rep3DValueError
-from rep3d.hub import save_pretrained
-from rep3d.official import load_official_checkpoint
+
+EXAMPLE = "rep3d import-official best_metric_model.pth -o rep3d_official/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder to write (config.json, model.safetensors, README.md; see rep3d.save_pretrained)")
     parser.add_argument("--model", default=None, help="rep3d model name (default: inferred from tensor shapes)")
     parser.add_argument("--form", choices=("train", "deploy"), default="train",
-                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded")
+                        help="train: unmodulated kernel + BatchNorm (fine-tunable); deploy: folded (default: train)")
     parser.add_argument("--no-strict", dest="strict", action="store_false",
-                        help="import even if some tensors are not understood (they are reported)")
+                        help="import even if some tensors are not understood, reporting them (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep3d.hub import save_pretrained
+    from rep3d.official import load_official_checkpoint
+
     # a Rep3DWeightsError (unreadable / unknown checkpoint) reaches rep3d.cli.main's handler: one line, exit 1
     if args.output.exists() and not args.output.is_dir():
         raise Rep3DValueError(f"-o {args.output} is a file; give a folder to write config.json, model.safetensors "

@@ -7,20 +7,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from rep3d.analysis import mask_report, save_masks_png
 from rep3d.cli.erf import load_model, output_paths
+
+EXAMPLE = "rep3d masks rep3d_tiny.phantom -o masks/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model name (rep3d_tiny.phantom, local-dir:RUN, "
                         "hf-hub:ORG/NAME); its pretrained weights are loaded")
-    parser.add_argument("--checkpoint", metavar="FILE", help="load these weights instead")
-    parser.add_argument("--random-init", action="store_true", help="do not load any weights (the initial masks)")
+    parser.add_argument("--checkpoint", metavar="FILE",
+                        help="load these weights instead (default: the pretrained ones)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="do not load any weights: the initial masks (default: off)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/masks.*)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep3d.analysis import mask_report, save_masks_png
+
     png, js = output_paths(args.output, "masks")
     model, weights = load_model(args)
     report = mask_report(model)

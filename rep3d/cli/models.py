@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from rep3d.builder import list_models
-from rep3d.models.table import models_table
+EXAMPLE = "rep3d models 'rep3d_tiny*' --table"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
-    parser.add_argument("--pretrained", action="store_true", help="list only the arch.tag names that have weights")
-    parser.add_argument("--table", action="store_true", help="print params / deployed params / MACs as markdown")
-    parser.add_argument("--json", metavar="FILE", help="also write the table rows as JSON")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="list only the arch.tag names that have weights (default: all names)")
+    parser.add_argument("--table", action="store_true",
+                        help="print params / deployed params / MACs as markdown (default: names only)")
+    parser.add_argument("--json", metavar="FILE", help="also write the table rows as JSON (default: print only)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep3d.builder import list_models
+    from rep3d.models.table import models_table
+
     if not (args.table or args.json):
         print("\n".join(list_models(args.pattern, pretrained=args.pretrained)))
         return 0

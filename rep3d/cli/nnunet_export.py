@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLE = ("rep3d nnunet-export $nnUNet_results/Dataset001_X/nnUNetTrainerRep3D__nnUNetPlans__3d_fullres_rep3d/fold_0 "
+           "-o my_model/")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fold_dir", metavar="RESULTS_FOLD_DIR",
@@ -12,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="checkpoint_final.pth",
                         help="checkpoint file in the fold folder (default checkpoint_final.pth)")
     parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="unpickle the checkpoint fully (only for files you trust)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the model files in a non-empty DIR")
+                        help="unpickle the checkpoint fully, only for files you trust (default: weights only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the model files in a non-empty DIR (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+EXAMPLE = "rep3d nnunet-plans -d 1 --model rep3d_tiny --kernel-size 21"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dataset", required=True, metavar="ID", help="nnU-Net dataset id or name")
@@ -14,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name of the new configuration (default 3d_fullres_rep3d)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: 3d_fullres's)")
     parser.add_argument("-p", "--plans-name", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing configuration of that name")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing configuration of that name (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLE = "rep3d nnunet-pretrained rep3d_tiny.phantom -o rep3d_tiny.pth"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a rep3d model with weights: rep3d_tiny.phantom, local-dir:PATH, hf-hub:ORG/NAME")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.pth", help="file to write")
-    parser.add_argument("--in-chans", type=int, help="input channels of the nnU-Net dataset (adapts the stem)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    parser.add_argument("--in-chans", type=int,
+                        help="input channels of the nnU-Net dataset, adapting the stem (default: the model's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLE = "export nnUNet_extTrainer=$(rep3d nnunet-trainer-path)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
+from rep3d.presets import PHANTOM
 
-from rep3d.data.figures import save_overlay_png
-from rep3d.data.msd import write_msd_dataset
-from rep3d.data.phantom import (
-    DEFAULT_SHAPE,
-    DEFAULT_SPACING,
-    DEFAULT_WINDOW,
-    PHANTOM_SETTINGS,
-    case_seed,
-    make_phantom,
-)
-from rep3d.presets import PHANTOM_CLASSES
+EXAMPLE = "rep3d phantom data/phantom --num-train 24 --num-test 8 --preview phantom.png"
+# rep3d.data.phantom's DEFAULT_SHAPE and PHANTOM_SETTINGS names, repeated so that `rep3d phantom --help` loads no
+# numpy / torch; tests/test_cli_help.py checks that they agree
+DEFAULT_SHAPE = (96, 96, 80)
+PHANTOM_SETTINGS = ("default", "hard")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,17 +22,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="master seed; each case derives its own (default 0)")
     parser.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"),
                         help=f"volume shape in voxels (default {DEFAULT_SHAPE})")
-    parser.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING, metavar=("SX", "SY", "SZ"),
-                        help=f"voxel spacing in mm (default {DEFAULT_SPACING})")
-    parser.add_argument("--setting", default="default", choices=sorted(PHANTOM_SETTINGS),
+    parser.add_argument("--spacing", type=float, nargs=3, default=PHANTOM.spacing, metavar=("SX", "SY", "SZ"),
+                        help=f"voxel spacing in mm (default {PHANTOM.spacing}); the anatomy fills the field of view "
+                             "shape x spacing")
+    parser.add_argument("--setting", default="default", choices=PHANTOM_SETTINGS,
                         help="default: the demo's phantoms; hard: low contrast, heavy noise, spleen with the liver's "
                              "intensity (needs context; used by the ablation study)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUTDIR")
-    parser.add_argument("--preview", metavar="PNG", help="also write a PNG of slices through the kidneys of case 0")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset in OUTDIR (default: refuse)")
+    parser.add_argument("--preview", metavar="PNG",
+                        help="also write a PNG of slices through the kidneys of case 0 (default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rep3d.data.figures import save_overlay_png
+    from rep3d.data.msd import write_msd_dataset
+    from rep3d.data.phantom import DEFAULT_WINDOW, case_seed, make_phantom
+    from rep3d.presets import PHANTOM_CLASSES
+
     root = write_msd_dataset(args.outdir, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                              shape=args.shape, spacing=args.spacing, overwrite=args.overwrite,
                              progress=not args.quiet, setting=args.setting)

@@ -8,62 +8,65 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm.auto import tqdm
 
-from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
-from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
-from rep3d.inference.io import PREDICTION_DESCRIPTION
-from rep3d.inference.predictor import resolve_device
+
+if TYPE_CHECKING:
+    from rep3d.inference import Predictor
+
+EXAMPLE = "rep3d predict rep3d_tiny.phantom scans/ -o segmentations/ --preview"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="registered model name, e.g. rep3d_tiny.phantom")
-    parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz) or folders of them"
-    )
-    parser.add_argument(
-        "-o", "--output", required=True, metavar="OUTDIR", help="folder for <name>_seg.nii.gz"
-    )
-    parser.add_argument(
-        "--checkpoint", metavar="FILE", help="load these weights instead of the pretrained ones"
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)"
-    )
-    parser.add_argument(
-        "--stitch-device",
-        default="auto",
-        help="where windows are stitched: auto (the device unless the volume is too large for it), cpu, cuda",
-    )
-    parser.add_argument(
-        "--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)"
-    )
-    parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass (default 1)")
-    parser.add_argument(
-        "--roi-size", type=int, nargs=3, metavar=("D", "H", "W"), help="override the cfg's ROI"
-    )
-    parser.add_argument("--tta", action="store_true",
-                        help="average over the flips the model was trained with (up to 8x slower); refused for a "
-                             "model trained without flips or whose config does not say")
-    parser.add_argument(
-        "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
-    )
-    parser.add_argument(
-        "--probabilities",
-        action="store_true",
-        help="also write <name>_prob.nii.gz: float32 softmax, classes last",
-    )
-    parser.add_argument(
+    # positionals in this order: MODEL INPUT...
+    model = parser.add_argument_group("model")
+    model.add_argument("model", metavar="MODEL",
+                       help="registered name (rep3d_tiny.phantom), local-dir:RUN_FOLDER or hf-hub:ORG/NAME")
+    model.add_argument("--checkpoint", metavar="FILE",
+                       help="load these weights instead of the pretrained ones (default: the pretrained ones)")
+    data = parser.add_argument_group("data")
+    data.add_argument("inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz) or folders of them")
+    data.add_argument(
         "--nonfinite", type=_nonfinite_arg, default="error", metavar="error|replace:VALUE",
         help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
              "with a warning)",
     )
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace earlier outputs of rep3d predict (never inputs or other files)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    inference = parser.add_argument_group("inference")
+    inference.add_argument("--device", default="auto",
+                           help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)")
+    inference.add_argument(
+        "--stitch-device", default="auto",
+        help="where windows are stitched: auto (default: the device unless the volume is too large for it), cpu, cuda",
+    )
+    inference.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
+    inference.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
+    inference.add_argument("--roi-size", type=int, nargs=3, metavar=("D", "H", "W"),
+                           help="sliding-window size (default: the model config's roi_size)")
+    inference.add_argument("--tta", action="store_true",
+                           help="average over the flips the model was trained with (up to 8x slower); refused for a "
+                                "model trained without flips or whose config does not say (default: off)")
+    inference.add_argument("--amp", action="store_true",
+                           help="mixed precision: float16 on CUDA, bfloat16 on CPU (default: off, float32)")
+    output = parser.add_argument_group("output")
+    output.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for <name>_seg.nii.gz")
+    output.add_argument("--probabilities", action="store_true",
+                        help="also write <name>_prob.nii.gz: float32 softmax, classes last (default: off)")
+    output.add_argument("--preview", action="store_true",
+                        help="also write <name>_preview.png: three orthogonal mid-slices with the label overlay "
+                             "(default: off)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace earlier outputs of rep3d predict, never inputs or other files (default: off)")
+    output.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+
+
+def create_model(*args, **kwargs):
+    """:func:`rep3d.create_model`, imported on first call so that ``rep3d predict --help`` loads no torch."""
+    from rep3d.builder import create_model as build
+
+    return build(*args, **kwargs)
 
 
 def _nonfinite_arg(text: str) -> str | float:
@@ -90,6 +93,8 @@ def _written_by_rep3d(path: Path) -> bool:
     try:
         import nibabel as nib
 
+        from rep3d.inference.io import PREDICTION_DESCRIPTION
+
         return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
     except Exception:  # noqa: BLE001 - unreadable: certainly not ours
         return False
@@ -102,6 +107,8 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
     ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
     ``rep3d predict`` wrote are replaced, never anything else.
     """
+    from rep3d.inference import output_stem
+
     jobs, errors, claimed = [], [], {}
     inputs = {p.resolve(): p for p in files}
     for path in files:
@@ -144,8 +151,34 @@ def check_output_folder(outdir: Path) -> None:
         raise Rep3DValueError(f"-o {outdir}: {parent} is not writable; give a folder you can write to")
 
 
-def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
-    """Run ``predictor`` on every job, writing its outputs; returns ``(done, errors)``."""
+def write_preview(path: Path, image_path: Path, seg_path: Path, window, class_names, title: str) -> Path:
+    """A PNG of the three orthogonal mid-slices of ``image_path`` (RAS+), plain and with the label map ``seg_path``
+    overlaid (:func:`rep3d.data.save_overlay_png`)."""
+    import nibabel as nib
+    import numpy as np
+
+    from rep3d.data.figures import save_overlay_png
+
+    image = nib.as_closest_canonical(nib.load(str(image_path)))
+    label = nib.as_closest_canonical(nib.load(str(seg_path)))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim == 4:  # channels last in NIfTI: show the first
+        data = data[..., 0]
+    labels = np.asarray(label.dataobj).astype(np.int64)
+    if window is None:  # no intensity window in the model config: the 1st..99th percentile
+        window = tuple(float(v) for v in np.percentile(data, (1, 99)))
+    return save_overlay_png(path, data, prediction=labels, window=window, spacing=image.header.get_zooms()[:3],
+                            centre=tuple(n // 2 for n in data.shape), class_names=class_names, title=title)
+
+
+def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False,
+                  overwrite: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Run ``predictor`` on every job, writing its outputs (and, with ``preview``, ``<name>_preview.png`` next to
+    the label map); returns ``(done, errors)``."""
+    import torch
+
+    from rep3d.inference import InputError, InputWarning
+
     done, errors = 0, []
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
@@ -160,6 +193,16 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
             pred.save(seg)
             if prob is not None:
                 pred.save_probabilities(prob)
+            if preview:
+                png = seg.with_name(seg.name.replace("_seg.nii.gz", "_preview.png"))
+                if png.exists() and not overwrite:
+                    tqdm.write(f"rep3d predict: warning: {png} exists, not replaced; pass --overwrite to replace it",
+                               file=sys.stderr)
+                else:
+                    write_preview(png, path, seg, predictor.intensity_window, pred.class_names,
+                                  title=f"{path.name}, prediction")
+                    if not quiet:
+                        tqdm.write(f"preview: {png}")
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 message = f"out of GPU memory; try --stitch-device cpu, --sw-batch-size 1 or --amp ({err})"
@@ -175,6 +218,9 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep3d.inference import AUTO, Predictor, find_volumes
+    from rep3d.inference.predictor import resolve_device
+
     outdir = Path(args.output)
     check_output_folder(outdir)
     resolve_device(args.device)  # an unknown device fails before the model is built
@@ -196,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         outdir.mkdir(parents=True, exist_ok=True)
-        done, failed = segment_files(predictor, jobs, args.quiet)
+        done, failed = segment_files(predictor, jobs, args.quiet, preview=args.preview, overwrite=args.overwrite)
         errors += failed
     summary = f"rep3d predict: segmented {done} volume(s) into {outdir}"
     if errors:

@@ -3,17 +3,22 @@
 from rep3d.data.figures import save_overlay_png
 from rep3d.data.msd import MSDDataset, MSDLayoutError, load_msd_dataset, save_nifti, write_msd_dataset
 from rep3d.data.phantom import (
+    DEFAULT_SPACING,
     DEFAULT_WINDOW,
+    FIELD_OF_VIEW_MM,
     PHANTOM_CLASSES,
     PHANTOM_HU,
     PHANTOM_SETTINGS,
     Phantom,
     PhantomSetting,
     make_phantom,
+    spacing_for_shape,
 )
 
 __all__ = [
+    "DEFAULT_SPACING",
     "DEFAULT_WINDOW",
+    "FIELD_OF_VIEW_MM",
     "MSDDataset",
     "MSDLayoutError",
     "PHANTOM_CLASSES",
@@ -25,5 +30,6 @@ __all__ = [
     "make_phantom",
     "save_nifti",
     "save_overlay_png",
+    "spacing_for_shape",
     "write_msd_dataset",
 ]

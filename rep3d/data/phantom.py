@@ -97,6 +97,10 @@ def get_phantom_setting(setting: str | PhantomSetting) -> PhantomSetting:
 
 DEFAULT_SHAPE = (96, 96, 80)
 DEFAULT_SPACING = PHANTOM.spacing
+FIELD_OF_VIEW_MM = tuple(n * s for n, s in zip(DEFAULT_SHAPE, DEFAULT_SPACING))
+"""(192, 192, 200) mm: the extent of the default phantom, and of every phantom the bundled ``rep3d_tiny.phantom``
+weights were trained and tested on. The anatomy fills the field of view whatever its size, so organs have the size
+that model expects only at this field of view."""
 DEFAULT_WINDOW = PHANTOM.intensity_window
 """The CT window of the paper's recipe ([-125, 275] HU); use it to display or normalise phantoms."""
 
@@ -377,10 +381,16 @@ class _Painter:
         _paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("aorta"), self.organ_hu("aorta"))
 
 
+def spacing_for_shape(shape: Sequence[int]) -> tuple[float, float, float]:
+    """The voxel spacing (mm) at which a phantom of ``shape`` covers :data:`FIELD_OF_VIEW_MM`, i.e. has organs of the
+    size the bundled model expects: ``(4.0, 4.0, 5.0)`` for ``(48, 48, 40)``."""
+    return tuple(float(fov / n) for fov, n in zip(FIELD_OF_VIEW_MM, shape))
+
+
 def make_phantom(
     seed: int | Sequence[int] | np.random.SeedSequence,
     shape: Sequence[int] = DEFAULT_SHAPE,
-    spacing: Sequence[float] = DEFAULT_SPACING,
+    spacing: Sequence[float] | None = None,
     *,
     noise_std: float | None = None,
     blur_sigma: float = 0.6,
@@ -394,7 +404,10 @@ def make_phantom(
             other arguments), identical across processes and runs.
         shape: ``(X, Y, Z)`` voxels. The anatomy is defined relative to the field of view, so any shape works;
             keep it >= 32 per axis for recognisable organs.
-        spacing: voxel size in mm along X, Y, Z.
+        spacing: voxel size in mm along X, Y, Z. Default: :func:`spacing_for_shape` (``(2, 2, 2.5)`` at the default
+            shape), which keeps the field of view, and so the organ sizes, those ``rep3d_tiny.phantom`` was
+            trained on. An explicit spacing changes the field of view ``shape * spacing``, and the anatomy shrinks
+            or grows with it: a model trained on other phantoms will not segment those.
         noise_std: white-noise standard deviation in HU; ``None`` draws it from the setting's ``noise_range``
             ([10, 20] by default).
         blur_sigma: partial-volume blur (Gaussian sigma in voxels) applied to the HU map before the noise.
@@ -406,7 +419,9 @@ def make_phantom(
         :class:`Phantom` ``(image float32 [X, Y, Z] HU, label uint8 [X, Y, Z], affine float64 [4, 4])``.
     """
     shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
+    if len(shape) == 3 and spacing is None:
+        spacing = spacing_for_shape(shape)
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else ()
     if len(shape) != 3 or min(shape) < 8:
         raise Rep3DValueError(f"make_phantom: shape must be 3 ints >= 8 (X, Y, Z), got {shape}")
     if len(spacing) != 3 or min(spacing) <= 0:

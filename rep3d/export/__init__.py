@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DError, Rep3DValueError
+from rep3d.extras import require
 from rep3d.layers import RepLKConv3d
 from rep3d.layers.depthwise import BACKENDS, cached_backend, useful_kernel_size
 from rep3d.models.deploy import is_deployed, reparameterize_model
@@ -303,6 +304,17 @@ def verification_input(model: nn.Module, roi: Sequence[int], dynamic: Collection
     return example_input(model, roi, batch=batch, seed=1)
 
 
+FORMAT_MODULES: dict[str, tuple[str, ...]] = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
+"""Optional modules each format needs to be written (torch.onnx's exporter) and verified (onnxruntime)."""
+
+
+def require_format(fmt: str) -> None:
+    """Raise a one-line :class:`rep3d.extras.Rep3DMissingExtra` (``pip install "rep3d[export]"``) when a module
+    ``fmt`` needs is not installed; called before any model is built or file written."""
+    for module in FORMAT_MODULES.get(fmt, ()):
+        require(module, f"export --format {fmt}")
+
+
 def export_model(
     model: nn.Module,
     fmt: str,
@@ -322,6 +334,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise Rep3DValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    require_format(fmt)
     output = Path(output)
     if output.exists() and not overwrite:
         raise Rep3DValueError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")

@@ -34,6 +34,7 @@ from rep3d.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from rep3d.train.curves import write_run_curves
 from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
@@ -48,6 +49,34 @@ from rep3d.train.runtime import (
 )
 
 STATE_DIR = "train_state"
+ESTIMATE_AFTER_STEPS = 5
+"""Steps timed (after the first, which pays one-off costs) before the run prints how long it will take."""
+
+
+def format_duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"2.6 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_estimate(seconds_per_step: float, step: int, iterations: int, val_every: int,
+                    val_seconds: float | None = None) -> str:
+    """The line ``rep3d train`` prints once it has timed a few steps: speed, the expected time of the rest of the run
+    (``val_seconds``: one validation's time, once known) and how to shorten it with ``--iterations``."""
+    left = max(iterations - step, 0)
+    validations = len(range((step // val_every + 1) * val_every, iterations + 1, val_every)) + \
+        (iterations % val_every != 0)
+    total = left * seconds_per_step + (validations * val_seconds if val_seconds is not None else 0.0)
+    validation = (f" + {validations} validation(s) of {format_duration(val_seconds)}" if val_seconds is not None
+                  else f" + {validations} validation(s), timed at the first one")
+    short = max(iterations // 5, 1)
+    return (f"rep3d train: {seconds_per_step:.2f} s/step ({1 / seconds_per_step:.2f} steps/s); the remaining "
+            f"{left} of {iterations} steps take about {format_duration(total)} "
+            f"({format_duration(left * seconds_per_step)} of steps{validation}); for a shorter run pass "
+            f"--iterations, e.g. --iterations {short} (about {format_duration(short * seconds_per_step)} of steps)")
 
 
 class NonFiniteLossError(Rep3DError, RuntimeError):
@@ -84,6 +113,7 @@ class Trainer:
         self.state_dir = self.out / STATE_DIR
         self.last_path = self.state_dir / "last.pt"
         self.command = command
+        self.t_created = time.perf_counter()  # wall times count set-up (data caching, model building) too
         if self.out.exists() and not self.out.is_dir():
             raise Rep3DValueError(f"--out {self.out} is a file; give a folder for the run (it will hold the model and "
                                   "train_state/)")
@@ -251,10 +281,17 @@ class Trainer:
                 self.publish(self.model, wall)
         self.ctx.barrier()
 
+    def _write_curves(self) -> None:
+        if self.ctx.is_main:
+            write_run_curves(self.out, self.log.path, title=f"rep3d train: {self.out} ({self.cfg.model}, "
+                             f"{self.cfg.recipe} recipe)")
+
     def _loop(self, bar: tqdm) -> tuple[int, float]:
-        cfg, t0 = self.cfg, time.perf_counter()
+        cfg, t0 = self.cfg, self.t_created
         samples = cfg.subjects_per_step * cfg.crops_per_subject * self.ctx.world_size
         step = self.start_step
+        # the time estimate: printed once ESTIMATE_AFTER_STEPS steps are timed, and again after the first validation
+        timed_from, val_in_timing, seconds_per_step, val_seconds = None, 0.0, None, None
         self.net.train()
         with StopFlag() as stop:
             for batch in train_loader(self.train_set, self.sampler, cfg.workers):
@@ -267,9 +304,27 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{samples / seconds:.2f}")
                 row: dict[str, Any] = dict(loss=loss.item(), lr=lr, seconds=seconds, samples_per_s=samples / seconds)
                 validate = step % cfg.val_every == 0 or step == cfg.iterations
+                if step == self.start_step + 1:
+                    timed_from = (time.perf_counter(), step)
                 if validate:
+                    t_val = time.perf_counter()
                     self._validate(step, row, bar, self.wall_before + time.perf_counter() - t0)
+                    seconds_val = time.perf_counter() - t_val
+                    if seconds_per_step is None:
+                        val_in_timing += seconds_val
+                    elif val_seconds is None and self.ctx.is_main and step < cfg.iterations:
+                        bar.write(format_estimate(seconds_per_step, step, cfg.iterations, cfg.val_every,
+                                                  seconds_val))
+                    val_seconds = seconds_val
+                if (seconds_per_step is None and timed_from is not None
+                        and step - timed_from[1] >= ESTIMATE_AFTER_STEPS and step < cfg.iterations):
+                    elapsed = time.perf_counter() - timed_from[0] - val_in_timing
+                    seconds_per_step = elapsed / (step - timed_from[1])
+                    if self.ctx.is_main:
+                        bar.write(format_estimate(seconds_per_step, step, cfg.iterations, cfg.val_every, val_seconds))
                 self.log.write(step, **row)
+                if validate:
+                    self._write_curves()
                 wall = self.wall_before + time.perf_counter() - t0
                 saved = validate or step % cfg.checkpoint_every == 0
                 if saved:
@@ -310,20 +365,34 @@ class Trainer:
                                    "world_size": ctx.world_size}
         if ctx.is_main:
             if self.dataset.test_labeled:
-                summary.update(self._test(wall))
+                summary.update(self._test())
+            elif self.best["step"] > 0:  # the card was written at the best validation: give it the whole wall time
+                self.publish(self._best_model(), self._wall())
+            summary["wall_time_s"] = self._wall()
+            summary["model_dir"] = str(self.out)
+            self._write_curves()
+            summary["curves"] = str(self.out / "curves.png")
             (self.state_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         ctx.barrier()
         if ctx.enabled:
             dist.destroy_process_group()
         return summary
 
-    def _test(self, wall: float) -> dict[str, Any]:
-        """Dice of the best (published) model on the labelled test cases; republishes with the test Dice."""
-        best_model = create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
+    def _wall(self) -> float:
+        """Seconds of this run so far: earlier processes' (resumed) plus this one's since the Trainer was built."""
+        return self.wall_before + time.perf_counter() - self.t_created
+
+    def _best_model(self) -> nn.Module:
+        return create_model(f"local-dir:{self.out}", pretrained=True).to(self.device).eval()
+
+    def _test(self) -> dict[str, Any]:
+        """Dice of the best (published) model on the labelled test cases; republishes with the test Dice and the
+        run's wall time, test included."""
+        best_model = self._best_model()
         test_volumes = [preprocessing(self.cfg, num_classes=len(self.class_names))(dict(item))
                         for item in self.dataset.test_labeled]
         test = evaluate(best_model, test_volumes, self.cfg, self.class_names, self.device, self.autocast_dtype)
-        self.publish(best_model, wall, test)
+        self.publish(best_model, self._wall(), test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
                 "num_test": len(test_volumes)}
 

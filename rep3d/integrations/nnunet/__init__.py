@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rep3d.errors import Rep3DError
+from rep3d.extras import Rep3DMissingExtra, install_hint
 from rep3d.integrations.nnunet.network import NNUNET_STRIDES, Rep3DnnUNet, check_patch_size, check_strides
 
 MIN_NNUNET = (2, 8)
@@ -23,7 +23,7 @@ TRAINER_DIR = Path(__file__).resolve().parent / "ext_trainers"
 """The folder to put in ``nnUNet_extTrainer`` (``rep3d nnunet-trainer-path`` prints it)."""
 
 
-class Rep3DnnUNetMissing(Rep3DError, ImportError):
+class Rep3DnnUNetMissing(Rep3DMissingExtra):
     """nnunetv2 (>= 2.8) is not installed, or too old."""
 
 
@@ -33,16 +33,16 @@ def require_nnunet():
         import nnunetv2
     except ImportError as err:
         raise Rep3DnnUNetMissing(
-            "this needs nnU-Net v2 (nnunetv2 >= 2.8), which is not installed; install it with "
-            "`pip install rep3d[nnunet]` (or `pip install 'nnunetv2>=2.8'`)"
+            "this needs nnU-Net v2 (nnunetv2 >= 2.8), which is not installed; install it with: "
+            f"{install_hint('nnunetv2')}"
         ) from err
     from importlib.metadata import version
 
     found = version("nnunetv2")
     parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
     if parts < MIN_NNUNET:
-        raise Rep3DnnUNetMissing(f"rep3d needs nnunetv2 >= 2.8, found {found}; upgrade with "
-                                 "`pip install -U rep3d[nnunet]`")
+        raise Rep3DnnUNetMissing(f"rep3d needs nnunetv2 >= 2.8, found {found}; upgrade with: "
+                                 'pip install -U "rep3d[nnunet]"')
     return nnunetv2
 
 
