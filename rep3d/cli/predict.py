@@ -1,11 +1,16 @@
-"""``rep3d predict``: segment NIfTI volumes with a model; one bad file never stops the others."""
+"""``rep3d predict``: segment NIfTI / MGZ volumes with a model; one bad file never stops the others.
+
+Each input ``x`` gets ``x_seg.nii.gz`` (the label map on the input's grid) and ``x_seg.json`` (its sidecar: source,
+class names, notices such as synthetic training data, and where the time went)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -14,18 +19,27 @@ from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
-from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
-from rep3d.inference.io import PREDICTION_DESCRIPTION
+from rep3d.inference import (
+    AUTO,
+    InputError,
+    InputWarning,
+    Predictor,
+    SyntheticWeightsWarning,
+    find_volumes,
+    output_stem,
+)
+from rep3d.inference.io import PREDICTION_DESCRIPTION, SIDECAR_WRITER
 from rep3d.inference.predictor import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="registered model name, e.g. rep3d_tiny.phantom")
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz) or folders of them"
+        "inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz / .mgz) or folders of them"
     )
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUTDIR", help="folder for <name>_seg.nii.gz"
+        "-o", "--output", required=True, metavar="OUTDIR",
+        help="folder for <name>_seg.nii.gz and its sidecar <name>_seg.json"
     )
     parser.add_argument(
         "--checkpoint", metavar="FILE", help="load these weights instead of the pretrained ones"
@@ -86,7 +100,13 @@ def _report(name: str, message: str) -> None:
 
 
 def _written_by_rep3d(path: Path) -> bool:
-    """Whether ``path`` is a label map / probability file an earlier ``rep3d predict`` wrote (its header says so)."""
+    """Whether ``path`` is a label map / probability file / sidecar an earlier ``rep3d predict`` wrote (its header, or
+    the sidecar's ``written_by``, says so)."""
+    if path.name.endswith(".json"):
+        try:
+            return json.loads(path.read_text()).get("written_by") == SIDECAR_WRITER
+        except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+            return False
     try:
         import nibabel as nib
 
@@ -96,7 +116,8 @@ def _written_by_rep3d(path: Path) -> bool:
 
 
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``.
+    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``; each seg has a sidecar
+    ``<name>_seg.json`` that is checked like the other outputs.
 
     Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
     ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
@@ -112,7 +133,7 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        outputs = [p for p in (seg, prob) if p is not None]
+        outputs = [p for p in (seg, prob, sidecar_path(seg)) if p is not None]
         clash = next((p for p in outputs if p.resolve() in inputs), None)
         if clash is not None:
             errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
@@ -131,6 +152,11 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
     return jobs, errors
 
 
+def sidecar_path(seg: Path) -> Path:
+    """``x_seg.nii.gz`` -> ``x_seg.json``: the JSON written next to each label map."""
+    return seg.with_name(output_stem(seg) + ".json")
+
+
 def check_output_folder(outdir: Path) -> None:
     """Refuse, before any model is built, an ``-o`` that is a file or that cannot be created / written."""
     if outdir.exists() and not outdir.is_dir():
@@ -144,22 +170,27 @@ def check_output_folder(outdir: Path) -> None:
         raise Rep3DValueError(f"-o {outdir}: {parent} is not writable; give a folder you can write to")
 
 
-def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
-    """Run ``predictor`` on every job, writing its outputs; returns ``(done, errors)``."""
+def segment_files(predictor: Predictor, jobs, quiet: bool, model_name: str | None = None
+                  ) -> tuple[int, list[tuple[str, str]]]:
+    """Run ``predictor`` on every job, writing its outputs and sidecar; returns ``(done, errors)``."""
     done, errors = 0, []
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", InputWarning)
+                warnings.simplefilter("ignore", SyntheticWeightsWarning)  # printed once by run(); in each sidecar
                 pred = predictor(path, probabilities=prob is not None)
             for warning in caught:
                 if issubclass(warning.category, InputWarning):
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            start = time.perf_counter()
             pred.save(seg)
             if prob is not None:
                 pred.save_probabilities(prob)
+            pred.profile.setdefault("timings_s", {})["write"] = time.perf_counter() - start
+            pred.save_sidecar(sidecar_path(seg), model=model_name)
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 message = f"out of GPU memory; try --stitch-device cpu, --sw-batch-size 1 or --amp ({err})"
@@ -195,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
+        if predictor.notice:
+            print(f"rep3d predict: notice: {predictor.notice}", file=sys.stderr)
         outdir.mkdir(parents=True, exist_ok=True)
-        done, failed = segment_files(predictor, jobs, args.quiet)
+        done, failed = segment_files(predictor, jobs, args.quiet, args.model)
         errors += failed
     summary = f"rep3d predict: segmented {done} volume(s) into {outdir}"
     if errors:
