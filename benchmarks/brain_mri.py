@@ -18,9 +18,9 @@ Task: four classes, 0 background, 1 grey matter, 2 white matter, 3 CSF / ventric
 - Models at the same width (12/24/48/96, one block per stage, decoder 192): ``rep3d_tiny`` (learnable mask, 21³),
   ``rep3d_tiny_vanilla`` (plain 21³ kernel) and ``uxnet3d_tiny`` = the 3D UX-Net architecture (``uxnet3d_base``:
   ConvNeXt-style blocks, 7³ kernels) at those tiny widths, i.e. UX-Net's design at this size, not UX-Net's size.
-- Training: AdamW lr 2e-3 (wd 1e-5), 20 warm-up steps then cosine, DiceCE, batch 2 of 48³ crops centred in the brain,
+- Training: AdamW lr 2e-3 (wd 1e-5), 20 warm-up steps then cosine, DiceCE, batch 2 of 32³ crops centred in the brain,
   random left-right flips, intensity scale x U(0.9, 1.1) and shift U(-0.1, 0.1), float32 on the CPU.
-  Evaluation: :class:`rep3d.Predictor` (48³ windows, overlap 0.5) on each whole template.
+  Evaluation: :class:`rep3d.Predictor` (32³ windows, overlap 0.5) on each whole template.
 
 Each run (model, seed) writes ``OUT/<model>_s<seed>.json`` and is skipped when it exists, so the study resumes.
 ``--report`` aggregates into ``benchmarks/results/brain_mri.json``: per template and class the mean Dice over seeds
@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "brain_mri.json"
 CLASSES = ("background", "grey_matter", "white_matter", "csf_ventricles")
 SPACING = 2.0
-CROP = 48
+CROP = 32
+"""Crop and window edge (voxels of 2 mm): 64 mm, a multiple of the networks' stride 16."""
 
 FS = "smriprep_freesurfer732/freesurfer/subjects/fsaverage/mri/"
 DATA = {
@@ -165,7 +166,7 @@ def build(model_key: str) -> torch.nn.Module:
 
 def sample_batch(image: np.ndarray, label: np.ndarray, centres: np.ndarray, rng: np.random.Generator,
                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch`` crops ``[B, 1, 48, 48, 48]`` (and labels ``[B, 1, ...]``) centred on random brain voxels, with a
+    """``batch`` crops ``[B, 1, CROP, CROP, CROP]`` (and labels ``[B, 1, ...]``) centred on random brain voxels, with a
     random left-right flip and a random intensity scale / shift."""
     pad = CROP // 2
     img = np.pad(image, pad, constant_values=float(image.min()))
@@ -353,7 +354,7 @@ def main() -> None:
     parser.add_argument("--out", default="/work/runs/brain_mri", help="per-run JSON (resumable)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only aggregate the runs into --json")
     parser.add_argument("--json", default=str(DEFAULT_JSON))

@@ -183,6 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     windows=profile.get("windows"), model_grid_shape=profile.get("model_grid_shape"),
                     foreground_box=profile.get("foreground_box"), notices=sidecar.get("notices", {}),
                     label_voxels=label_counts(seg, sidecar.get("class_names") or []),
+                    # everything else the sidecar says (e.g. an out-of-distribution verdict), kept as written
+                    sidecar_other={k: v for k, v in sidecar.items() if k not in ("profile", "notices", "class_names")},
                 )
                 try:
                     png = write_preview(path, seg, previews / f"{scan_id}_{model}.png",
