@@ -20,7 +20,7 @@ Task: four classes, 0 background, 1 grey matter, 2 white matter, 3 CSF / ventric
   ConvNeXt-style blocks, 7³ kernels) at those tiny widths, i.e. UX-Net's design at this size, not UX-Net's size.
 - Training: AdamW lr 2e-3 (wd 1e-5), 20 warm-up steps then cosine, DiceCE, batch 2 of 32³ crops centred in the brain,
   random left-right flips, intensity scale x U(0.9, 1.1) and shift U(-0.1, 0.1), float32 on the CPU.
-  Evaluation: :class:`rep3d.Predictor` (32³ windows, overlap 0.5) on each whole template.
+  Evaluation: :class:`rep3d.Predictor` (32³ windows, overlap 0.25) on each whole template.
 
 Each run (model, seed) writes ``OUT/<model>_s<seed>.json`` and is skipped when it exists, so the study resumes.
 ``--report`` aggregates into ``benchmarks/results/brain_mri.json``: per template and class the mean Dice over seeds
@@ -196,7 +196,7 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, classes) -> dict[str, fl
 def evaluate(model: torch.nn.Module, data: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     import rep3d
 
-    predictor = rep3d.Predictor(model, roi_size=(CROP,) * 3, overlap=0.5, spacing=None, orientation=None,
+    predictor = rep3d.Predictor(model, roi_size=(CROP,) * 3, overlap=0.25, spacing=None, orientation=None,
                                 intensity_window=None, crop_foreground=False, class_names=list(CLASSES),
                                 device="cpu")
     scores = {}
