@@ -1,11 +1,16 @@
-"""``rep3d predict``: segment NIfTI volumes with a model; one bad file never stops the others."""
+"""``rep3d predict``: segment NIfTI / MGZ volumes with a model; one bad file never stops the others.
+
+Each input ``x`` gets ``x_seg.nii.gz`` (the label map on the input's grid) and ``x_seg.json`` (its sidecar: source,
+class names, notices such as synthetic training data, and where the time went)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--checkpoint", metavar="FILE",
                        help="load these weights instead of the pretrained ones (default: the pretrained ones)")
     data = parser.add_argument_group("data")
-    data.add_argument("inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz) or folders of them")
+    data.add_argument("inputs", nargs="+", metavar="INPUT", help="volumes (.nii / .nii.gz / .mgz) or folders of them")
     data.add_argument(
         "--nonfinite", type=_nonfinite_arg, default="error", metavar="error|replace:VALUE",
         help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
@@ -51,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument("--amp", action="store_true",
                            help="mixed precision: float16 on CUDA, bfloat16 on CPU (default: off, float32)")
     output = parser.add_argument_group("output")
-    output.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for <name>_seg.nii.gz")
+    output.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                        help="folder for <name>_seg.nii.gz and its sidecar <name>_seg.json")
     output.add_argument("--probabilities", action="store_true",
                         help="also write <name>_prob.nii.gz: float32 softmax, classes last (default: off)")
     output.add_argument("--preview", action="store_true",
@@ -89,7 +95,15 @@ def _report(name: str, message: str) -> None:
 
 
 def _written_by_rep3d(path: Path) -> bool:
-    """Whether ``path`` is a label map / probability file an earlier ``rep3d predict`` wrote (its header says so)."""
+    """Whether ``path`` is a label map / probability file / sidecar an earlier ``rep3d predict`` wrote (its header, or
+    the sidecar's ``written_by``, says so)."""
+    if path.name.endswith(".json"):
+        from rep3d.inference.io import SIDECAR_WRITER
+
+        try:
+            return json.loads(path.read_text()).get("written_by") == SIDECAR_WRITER
+        except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+            return False
     try:
         import nibabel as nib
 
@@ -101,7 +115,8 @@ def _written_by_rep3d(path: Path) -> bool:
 
 
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``.
+    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``; each seg has a sidecar
+    ``<name>_seg.json`` that is checked like the other outputs.
 
     Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
     ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
@@ -119,7 +134,7 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        outputs = [p for p in (seg, prob) if p is not None]
+        outputs = [p for p in (seg, prob, sidecar_path(seg)) if p is not None]
         clash = next((p for p in outputs if p.resolve() in inputs), None)
         if clash is not None:
             errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
@@ -136,6 +151,13 @@ def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite
             continue
         jobs.append((path, seg, prob))
     return jobs, errors
+
+
+def sidecar_path(seg: Path) -> Path:
+    """``x_seg.nii.gz`` -> ``x_seg.json``: the JSON written next to each label map."""
+    from rep3d.inference import output_stem
+
+    return seg.with_name(output_stem(seg) + ".json")
 
 
 def check_output_folder(outdir: Path) -> None:
@@ -171,28 +193,32 @@ def write_preview(path: Path, image_path: Path, seg_path: Path, window, class_na
                             centre=tuple(n // 2 for n in data.shape), class_names=class_names, title=title)
 
 
-def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False,
-                  overwrite: bool = False) -> tuple[int, list[tuple[str, str]]]:
-    """Run ``predictor`` on every job, writing its outputs (and, with ``preview``, ``<name>_preview.png`` next to
-    the label map); returns ``(done, errors)``."""
+def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False, overwrite: bool = False,
+                  model_name: str | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Run ``predictor`` on every job, writing its outputs and sidecar (and, with ``preview``,
+    ``<name>_preview.png`` next to the label map); returns ``(done, errors)``."""
     import torch
 
-    from rep3d.inference import InputError, InputWarning
+    from rep3d.inference import InputError, InputWarning, SyntheticWeightsWarning
 
     done, errors = 0, []
     for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", InputWarning)
+                warnings.simplefilter("ignore", SyntheticWeightsWarning)  # printed once by run(); in each sidecar
                 pred = predictor(path, probabilities=prob is not None)
             for warning in caught:
                 if issubclass(warning.category, InputWarning):
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            start = time.perf_counter()
             pred.save(seg)
             if prob is not None:
                 pred.save_probabilities(prob)
+            pred.profile.setdefault("timings_s", {})["write"] = time.perf_counter() - start
+            pred.save_sidecar(sidecar_path(seg), model=model_name)
             if preview:
                 png = seg.with_name(seg.name.replace("_seg.nii.gz", "_preview.png"))
                 if png.exists() and not overwrite:
@@ -241,8 +267,11 @@ def run(args: argparse.Namespace) -> int:
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
+        if predictor.notice:
+            print(f"rep3d predict: notice: {predictor.notice}", file=sys.stderr)
         outdir.mkdir(parents=True, exist_ok=True)
-        done, failed = segment_files(predictor, jobs, args.quiet, preview=args.preview, overwrite=args.overwrite)
+        done, failed = segment_files(predictor, jobs, args.quiet, preview=args.preview, overwrite=args.overwrite,
+                                     model_name=args.model)
         errors += failed
     summary = f"rep3d predict: segmented {done} volume(s) into {outdir}"
     if errors:

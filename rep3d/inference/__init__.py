@@ -12,7 +12,9 @@ The ``rep3d predict`` / ``rep3d evaluate`` commands live in :mod:`rep3d.cli`.
 
 from rep3d.inference.evaluate import LabelledCase, evaluate_cases, evaluate_dataset
 from rep3d.inference.io import (
+    MGH_SUFFIXES,
     NIFTI_SUFFIXES,
+    VOLUME_SUFFIXES,
     InputError,
     InputWarning,
     Prediction,
@@ -20,7 +22,15 @@ from rep3d.inference.io import (
     load_volume,
     output_stem,
 )
-from rep3d.inference.predictor import AUTO, FALLBACK_ROI, FALLBACK_WINDOWS, NonFiniteInputWarning, Predictor
+from rep3d.inference.predictor import (
+    AUTO,
+    FALLBACK_ROI,
+    FALLBACK_WINDOWS,
+    NonFiniteInputWarning,
+    Predictor,
+    SyntheticWeightsWarning,
+    synthetic_notice,
+)
 from rep3d.inference.preprocess import foreground_box, is_foreground, model_space_transforms, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 
@@ -28,6 +38,7 @@ __all__ = [
     "AUTO",
     "FALLBACK_ROI",
     "FALLBACK_WINDOWS",
+    "MGH_SUFFIXES",
     "NIFTI_SUFFIXES",
     "InputError",
     "InputWarning",
@@ -35,6 +46,8 @@ __all__ = [
     "NonFiniteInputWarning",
     "Prediction",
     "Predictor",
+    "SyntheticWeightsWarning",
+    "VOLUME_SUFFIXES",
     "evaluate_cases",
     "evaluate_dataset",
     "find_volumes",
@@ -44,6 +57,7 @@ __all__ = [
     "model_grid_affine",
     "model_space_transforms",
     "output_stem",
+    "synthetic_notice",
     "to_input_grid",
     "to_model_space",
 ]

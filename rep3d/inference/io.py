@@ -1,15 +1,16 @@
-"""Volumes in and out: read an image (NIfTI or any format MONAI's ``LoadImage`` reads) or wrap an array, and write
-label maps / probabilities as NIfTI that keep the input's header.
+"""Volumes in and out: read an image (NIfTI, FreeSurfer MGZ / MGH, or any format MONAI's ``LoadImage`` reads) or
+wrap an array, and write label maps / probabilities as NIfTI that keep the input's header, with a JSON sidecar.
 
 Arrays use MONAI's channel-first NIfTI order ``[C, X, Y, Z]`` (``X, Y, Z`` = the file's voxel axes).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine
 from rep3d.errors import Rep3DDataError, Rep3DValueError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MGH_SUFFIXES = (".mgz", ".mgh")
+"""FreeSurfer volumes, read through nibabel (its ``MGHImage`` affine is voxel -> RAS+ world in mm, as NIfTI's)."""
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + MGH_SUFFIXES
+"""What ``rep3d predict`` picks up from a folder."""
+SIDECAR_WRITER = "rep3d predict"
+"""``written_by`` of every JSON sidecar: how ``rep3d predict --overwrite`` knows its own sidecars."""
 PREDICTION_DESCRIPTION = b"rep3d prediction"
 """``descrip`` of every NIfTI a :class:`Prediction` writes: how ``rep3d predict --overwrite`` knows its own outputs."""
 
@@ -39,6 +46,10 @@ class Prediction:
     ``label``: ``[X, Y, Z]`` uint8 (uint16 above 255 classes); ``affine``: ``[4, 4]`` voxel -> world (the
     input's); ``probabilities``: ``[K, X, Y, Z]`` float32 softmax or ``None``; ``header``: the input NIfTI
     header (``None`` for arrays / other formats); ``class_names``: from the model cfg, if any.
+    ``notices``: what the reader of this label map must know about it (key -> one line; e.g.
+    ``synthetic_training_data`` when the weights were trained on synthetic phantoms), also written to the sidecar.
+    ``profile``: where the time went (``timings_s``: read, resample, infer, stitch), the number of windows, the model
+    grid's shape and the foreground box.
     """
 
     label: np.ndarray
@@ -47,6 +58,25 @@ class Prediction:
     header: Any = None
     class_names: Sequence[str] | None = None
     source: str | None = None
+    notices: dict[str, str] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def sidecar(self, **extra: Any) -> dict[str, Any]:
+        """The JSON sidecar written next to the label map: its source, notices and profile (plus ``extra``)."""
+        return {"written_by": SIDECAR_WRITER, "source": self.source, "class_names": list(self.class_names or []),
+                "notices": dict(self.notices), "profile": self.profile, **extra}
+
+    def save_sidecar(self, path: str | Path, **extra: Any) -> Path:
+        """Write :meth:`sidecar` as JSON (``<name>_seg.json`` next to ``<name>_seg.nii.gz`` in ``rep3d predict``)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.sidecar(**extra), indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
 
     def save(self, path: str | Path) -> Path:
         """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one."""
@@ -108,7 +138,8 @@ def _atomic_save(img, path: str | Path) -> Path:
 
 
 def output_stem(path: str | Path) -> str:
-    """File name without ``.nii.gz`` / ``.nii`` (or its last suffix): ``case_01.nii.gz`` -> ``case_01``."""
+    """File name without ``.nii.gz`` / ``.nii`` (or its last suffix): ``case_01.nii.gz`` -> ``case_01``,
+    ``T1.mgz`` -> ``T1``."""
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -133,6 +164,10 @@ def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Ca
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         is_nifti = path.name.endswith(NIFTI_SUFFIXES)
+        if path.name.lower().endswith(MGH_SUFFIXES):
+            image = _load_mgh(path)
+            _check_volume(image, str(path), in_chans)
+            return image, None, source
         if is_nifti:
             import nibabel as nib
 
@@ -175,6 +210,29 @@ def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Ca
     return image, header, source
 
 
+def _load_mgh(path: Path):
+    """A FreeSurfer ``.mgz`` / ``.mgh`` volume as a ``MetaTensor [C, X, Y, Z]`` float32 with nibabel's voxel -> RAS
+    affine (mm). The label map is written as NIfTI on the same grid (MGZ has no NIfTI header to keep)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+        raise InputError(f"{path}: cannot read it as FreeSurfer MGZ / MGH ({type(err).__name__}: {err})") from err
+    affine = np.asarray(img.affine, dtype=np.float64)
+    rzs = affine[:3, :3]
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(rzs)) <= 1e-6 * np.prod(np.linalg.norm(rzs, axis=0)):
+        raise InputError(f"{path}: its voxel-to-world affine is singular or not finite, so the scan's spacing and "
+                         "orientation are unknown; fix it in FreeSurfer (mri_convert) and try again")
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    tensor = torch.from_numpy(np.ascontiguousarray(data))
+    tensor = tensor[None] if tensor.ndim == 3 else tensor.permute(3, 0, 1, 2)  # frames -> channels
+    return MetaTensor(tensor, affine=torch.as_tensor(affine))
+
+
 def _check_volume(image, what: str, in_chans: int | None) -> None:
     spatial = tuple(image.shape[1:])
     if image.ndim != 4:
@@ -192,14 +250,15 @@ def _check_volume(image, what: str, in_chans: int | None) -> None:
 
 
 def find_volumes(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files and folders (their ``.nii`` / ``.nii.gz`` files, sorted) into ``(files, [(input, problem)])``."""
+    """Expand files and folders (their ``.nii`` / ``.nii.gz`` / ``.mgz`` / ``.mgh`` files, sorted) into
+    ``(files, [(input, problem)])``."""
     files, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
             if not found:
-                errors.append((item, "folder holds no .nii / .nii.gz files"))
+                errors.append((item, "folder holds no .nii / .nii.gz / .mgz / .mgh files"))
             files += found
         elif path.is_file():
             files.append(path)

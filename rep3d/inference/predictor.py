@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -110,6 +111,25 @@ def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
         raise Rep3DValueError(f"tta_axes {axes}: {name} was trained with flips along axes {allowed} only; flips "
                               f"along other axes lower its Dice: use a subset of {allowed}")
     return axes
+
+
+class SyntheticWeightsWarning(UserWarning):
+    """The weights were trained on synthetic data (``pretrained_cfg['synthetic']``): their labels on a real scan are a
+    pipeline demonstration, not a segmentation. :class:`Predictor` emits it on every call."""
+
+
+# shown on every call, not once per call site (Python's default for UserWarning); a user's own filters still win
+warnings.filterwarnings("always", category=SyntheticWeightsWarning, append=True)
+
+
+def synthetic_notice(cfg: dict) -> str | None:
+    """The one-line notice for weights whose provenance says synthetic (``cfg['synthetic']``), else ``None``."""
+    if not cfg.get("synthetic"):
+        return None
+    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    data = f" ({cfg['dataset']})" if cfg.get("dataset") else ""
+    return (f"{name} was trained on SYNTHETIC data{data}, not on patient scans: its labels on a real scan are a "
+            "pipeline demonstration, not a segmentation")
 
 
 class NonFiniteInputWarning(InputWarning):
@@ -222,6 +242,8 @@ class Predictor:
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if crop_foreground is AUTO else bool(crop_foreground))
         self.model = model.to(self.device).eval()
+        self.notice = synthetic_notice(cfg)
+        self._profile: dict[str, Any] = {}
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
         self.roi_size = _triple("roi_size", roi_size, int)
@@ -290,7 +312,17 @@ class Predictor:
 
         Raises:
             InputError: unreadable file, not a 3-D volume, or a channel count other than the model's.
+
+        Warns:
+            SyntheticWeightsWarning: on every call when the weights' provenance says synthetic (also recorded in the
+                prediction's ``notices`` and so in its sidecar).
         """
+        if self.notice:
+            warnings.warn(self.notice, SyntheticWeightsWarning, stacklevel=2)
+        # profile: a handful of perf_counter calls per volume, nothing per voxel
+        self._profile = profile = {"timings_s": {}, "windows": 0, "forward_s": 0.0}
+        timings = profile["timings_s"]
+        start = time.perf_counter()
         image, header, source = load_volume(
             data, affine, self.in_chans,
             lambda: model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0)),
@@ -298,15 +330,29 @@ class Predictor:
         image = self._replace_nonfinite(image, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         in_shape = tuple(int(s) for s in image.shape[1:])
+        timings["read"] = time.perf_counter() - start
+        start = time.perf_counter()
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
                            intensity_window=self.intensity_window, normalization=self.normalization)
         grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
+        timings["resample"] = time.perf_counter() - start
+        profile["input_shape"], profile["model_grid_shape"] = list(in_shape), [int(n) for n in x.shape[1:]]
+        start = time.perf_counter()
         probs = self.infer_cropped(x.as_tensor().float())  # [K, *grid] on the stitch device
+        windowed = time.perf_counter() - start
+        # infer: time inside the network; stitch: the sliding window's own work (cutting windows, Gaussian
+        # blending, accumulating, the foreground box)
+        timings["infer"] = profile.pop("forward_s")
+        timings["stitch"] = max(windowed - timings["infer"], 0.0)
         if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
             raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
                                   "the input is; check the weights (e.g. load them with --checkpoint again)")
+        start = time.perf_counter()
         label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
-        return Prediction(label, in_affine, prob_out, header, self.class_names, source)
+        timings["resample"] += time.perf_counter() - start  # the way back to the input grid (with the argmax)
+        notices = {"synthetic_training_data": self.notice} if self.notice else {}
+        return Prediction(label, in_affine, prob_out, header, self.class_names, source, notices=notices,
+                          profile=profile)
 
     def _replace_nonfinite(self, image, what: str):
         """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
@@ -351,6 +397,7 @@ class Predictor:
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         flips = self._flips()
         total = None
+        start = time.perf_counter()
         for axes in flips:
             dims = [a + 2 for a in axes]
             inp = torch.flip(window, dims) if dims else window
@@ -370,12 +417,16 @@ class Predictor:
                 if perm is not None and lr_axis in axes and prob.shape[1] == len(perm):
                     prob = prob[:, perm]
             total = prob if total is None else total + prob
+        if "forward_s" in self._profile:
+            self._profile["forward_s"] += time.perf_counter() - start
+            self._profile["windows"] += int(window.shape[0])
         return total / len(flips)
 
     def infer_cropped(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`infer` on the foreground box of ``x [C, *grid]`` (with ``crop_foreground``), the rest background:
         softmax ``[K, *grid]`` float32 on the stitch device."""
         box = foreground_box(x) if self.crop_foreground else None
+        self._profile["foreground_box"] = [[b.start, b.stop] for b in box] if box is not None else None
         if box is None or all(b.stop - b.start == n for b, n in zip(box, x.shape[1:])):
             return self.infer(x)
         inside = self.infer(x[(slice(None), *box)])
