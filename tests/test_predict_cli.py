@@ -221,15 +221,15 @@ def test_preview_writes_three_mid_slices_with_the_label_overlay_per_case(tmp_pat
     write_scan(tmp_path / "in/b.nii.gz", shape=(30, 31, 20))
     out = tmp_path / "out"
     assert predict(["m", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--quiet", "--preview"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_preview.png", "a_seg.nii.gz", "b_preview.png",
-                                                     "b_seg.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_preview.png", "a_seg.json", "a_seg.nii.gz", "b_preview.png",
+                                                     "b_seg.json", "b_seg.nii.gz"]
     image = np.asarray(Image.open(out / "a_preview.png").convert("RGB"))
     assert image.shape[0] > 60 and image.shape[1] > 3 * 30  # two rows (image, overlay) of three panels
     grey = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
     assert (~grey).mean() > 0.01  # the overlay's colours are there, not only the grey image
     # an existing preview is never replaced without --overwrite
     (out / "a_preview.png").write_bytes(b"mine")
-    (out / "a_seg.nii.gz").unlink()
-    (out / "b_seg.nii.gz").unlink()
+    for name in ("a_seg.nii.gz", "a_seg.json", "b_seg.nii.gz", "b_seg.json"):
+        (out / name).unlink()
     assert predict(["m", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--quiet", "--preview"]) == 0
     assert (out / "a_preview.png").read_bytes() == b"mine"
