@@ -267,5 +267,5 @@ def test_timm_fx_feature_extractor_matches_the_getter():
     assert len(out["fx"]) == 4
     for a, b in zip(out["fx"], out["getter"], strict=True):
         torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="feature_cls='hook' is not supported"):
-        timm.create_model("rep3d_tiny", features_only=True, feature_cls="hook")
+    with pytest.raises(ValueError, match="feature_cls='dict' is not supported"):
+        timm.create_model("rep3d_tiny", features_only=True, feature_cls="dict")

@@ -13,8 +13,6 @@ layers and models at once. Two exact engines:
 measured yet (``benchmarks/gpu_suite.py`` measures it and refits it).
 """
 
-from __future__ import annotations
-
 import contextlib
 import math
 import operator

@@ -4,9 +4,9 @@
 :data:`VOLUME_METADATA` under the same ``arch`` / ``arch.tag`` keys and is merged into ``model.pretrained_cfg``.
 """
 
-from __future__ import annotations
-
 import difflib
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +21,7 @@ from timm.models import (
 )
 from torch import nn
 
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
 from rep3d.hub.config import TIMM_CFG_KEYS, split_cfg
 from rep3d.models.features import wrap_features
@@ -109,12 +109,12 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     ``timm.create_model(name, pretrained=True)`` loads rep3d's verified weights too.
 
     Accepts timm's factory kwargs (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ``features_only``,
-    ``out_indices``, ``feature_cls``, ``pretrained_strict``) besides the model's own; both cfg dicts may carry rep3d
+    ``feature_cfg``, ``out_indices``, ``feature_cls``, ``pretrained_strict``) besides the model's own (an unknown one
+    is named with the accepted list); both cfg dicts may carry rep3d
     keys. With ``pretrained=True`` a cfg without any weight source fails before the model is built.
     """
     features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    feature_cls = kwargs.pop("feature_cls", None)
+    feature_cfg = _feature_cfg(variant, features_only, kwargs)
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
@@ -135,7 +135,11 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
         check_weights_available(cfg, list_models(pretrained=True))
     model_args = dict(kwargs)
     timm_cfg, extra = split_cfg(cfg)
-    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
+    try:
+        model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
+    except TypeError as err:
+        _raise_unknown_argument(err, model_cls, variant, kwargs)
+        raise
     cfg = model.pretrained_cfg
     cfg.update(extra)
     model_args.update({k: getattr(model, k) for k in MODEL_ARG_KEYS})
@@ -145,10 +149,55 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
     if not features_only:
         return model
-    feature_model = wrap_features(model, out_indices, feature_cls)
+    feature_model = wrap_features(model, **feature_cfg)
     feature_model.pretrained_cfg = feature_model.default_cfg = cfg
     feature_model.in_chans = model.in_chans
     return feature_model
+
+
+def _feature_cfg(variant: str, features_only: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's builder rule: ``feature_cfg`` with ``out_indices`` / ``feature_cls`` given as kwargs taking precedence
+    (popped from ``kwargs``). Without ``features_only`` a feature key would be ignored: refused instead."""
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    for key in ("out_indices", "feature_cls"):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    if feature_cfg and not features_only:
+        raise Rep3DValueError(f"{variant}: {', '.join(sorted(feature_cfg))} only apply with features_only=True "
+                              "(they choose the feature maps and their wrapper); pass features_only=True or drop them")
+    return feature_cfg
+
+
+def _raise_unknown_argument(err: TypeError, model_cls: type[nn.Module], variant: str, kwargs: dict[str, Any]) -> None:
+    """Turn Python's "unexpected keyword argument" from an inner layer into an error about the model's arguments."""
+    match = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if match is None:
+        return
+    accepted = sorted(accepted_arguments(model_cls, kwargs.get("block")))
+    close = difflib.get_close_matches(match.group(1), accepted, n=3, cutoff=0.6)
+    raise Rep3DTypeError(
+        f"{variant}: unknown argument {match.group(1)!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+        + f"; accepted: {', '.join(accepted)}"
+    ) from None
+
+
+def accepted_arguments(model_cls: type[nn.Module], block: str | None = None) -> set[str]:
+    """Keyword arguments a registered name accepts: the model class's, its encoder's, its block's and the
+    large-kernel conv's (those the layers do not set themselves), and timm's factory arguments."""
+    from rep3d.layers import RepLKConv3d
+    from rep3d.models.rep3d_net import BLOCKS, Rep3DEncoder, UXNet3D
+
+    def named(fn: Callable) -> set[str]:
+        return {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+
+    block_cls = BLOCKS["ux" if issubclass(model_cls, UXNet3D) else (block or "replk")]
+    set_by_layers = {"channels", "drop_path", "residual", "norm", "bias"}
+    names = named(model_cls.__init__) | named(Rep3DEncoder.__init__) | named(block_cls.__init__)
+    names |= named(RepLKConv3d.__init__)
+    return (names - set_by_layers) | {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
+                                      "features_only", "feature_cfg", "out_indices", "feature_cls",
+                                      "pretrained_strict"}
 
 
 def drop_mismatched_class_names(cfg: dict[str, Any], num_classes: int) -> None:
