@@ -407,7 +407,14 @@ def test_monai_ill_arguments():
         assert isinstance(err.value, Rep3DError), repr(err.value)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Open defect (issue 30, item 5): a scripted layer runs the direct conv while eager runs the engine "auto" / "fft"
+# picked; they differ by ~1e-6, beyond MONAI's atol=0. strict: these start failing once the engines agree.
+SCRIPT_ENGINE_GAP = pytest.mark.xfail(strict=True, reason="scripted layers run the direct engine, eager the FFT one")
+
+
+# UX-Net passes at initialisation: its layer scale (1e-6) shrinks the engines' difference below the tolerance.
+@pytest.mark.parametrize("name", [n if n.startswith("uxnet") else pytest.param(n, marks=SCRIPT_ENGINE_GAP)
+                                  for n in NAMES])
 def test_monai_script_save_at_default_tolerance(name):
     """MONAI ``test_script_save``: ``convert_to_torchscript(verify=True)`` at its default ``rtol=1e-4, atol=0``, with
     the FFT engine forced in eager (the scripted model must compute the same)."""
@@ -417,6 +424,7 @@ def test_monai_script_save_at_default_tolerance(name):
     convert_to_torchscript(model, verify=True, inputs=[volume()], device="cpu")
 
 
+@SCRIPT_ENGINE_GAP
 def test_monai_script_save_with_the_registered_kernel():
     """The issue's case: ``rep3d_tiny`` with its 21^3 kernels at 32^3, engine ``auto`` (FFT in eager)."""
     from monai.networks.utils import convert_to_torchscript
@@ -424,6 +432,13 @@ def test_monai_script_save_with_the_registered_kernel():
     torch.manual_seed(0)
     model = rep3d.create_model("rep3d_tiny").eval()
     convert_to_torchscript(model, verify=True, inputs=[volume(32, 32, 32)], device="cpu")
+
+
+def test_monai_script_save_with_the_direct_engine_passes():
+    """The same MONAI check with ``conv_backend="direct"``: eager and scripted then run the same conv."""
+    from monai.networks.utils import convert_to_torchscript
+
+    convert_to_torchscript(built("rep3d_tiny", conv_backend="direct"), verify=True, inputs=[volume()], device="cpu")
 
 
 @pytest.mark.parametrize("name", NAMES)
