@@ -407,24 +407,16 @@ def test_monai_ill_arguments():
         assert isinstance(err.value, Rep3DError), repr(err.value)
 
 
-# Open defect (issue 30, item 5): a scripted layer runs the direct conv while eager runs the engine "auto" / "fft"
-# picked; they differ by ~1e-6, beyond MONAI's atol=0. strict: these start failing once the engines agree.
-SCRIPT_ENGINE_GAP = pytest.mark.xfail(strict=True, reason="scripted layers run the direct engine, eager the FFT one")
-
-
-# UX-Net passes at initialisation: its layer scale (1e-6) shrinks the engines' difference below the tolerance.
-@pytest.mark.parametrize("name", [n if n.startswith("uxnet") else pytest.param(n, marks=SCRIPT_ENGINE_GAP)
-                                  for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_monai_script_save_at_default_tolerance(name):
     """MONAI ``test_script_save``: ``convert_to_torchscript(verify=True)`` at its default ``rtol=1e-4, atol=0``, with
-    the FFT engine forced in eager (the scripted model must compute the same)."""
+    the FFT engine forced in eager (the scripted model must compute the same; it ran the direct conv)."""
     from monai.networks.utils import convert_to_torchscript
 
     model = built(name, conv_backend="fft")
     convert_to_torchscript(model, verify=True, inputs=[volume()], device="cpu")
 
 
-@SCRIPT_ENGINE_GAP
 def test_monai_script_save_with_the_registered_kernel():
     """The issue's case: ``rep3d_tiny`` with its 21^3 kernels at 32^3, engine ``auto`` (FFT in eager)."""
     from monai.networks.utils import convert_to_torchscript
@@ -434,11 +426,46 @@ def test_monai_script_save_with_the_registered_kernel():
     convert_to_torchscript(model, verify=True, inputs=[volume(32, 32, 32)], device="cpu")
 
 
-def test_monai_script_save_with_the_direct_engine_passes():
-    """The same MONAI check with ``conv_backend="direct"``: eager and scripted then run the same conv."""
-    from monai.networks.utils import convert_to_torchscript
+@pytest.mark.parametrize("backend", ["auto", "direct", "fft"])
+def test_scripted_layer_computes_exactly_what_eager_computes(backend):
+    """The engine behind MONAI's script-save check: a scripted ``RepLKConv3d`` equals eager bit for bit (kernel crop,
+    engine, FFT lengths and product), also where the kernel outgrows the input (it ran the direct conv, ~1e-6
+    from eager's FFT)."""
+    from rep3d.layers import RepLKConv3d
 
-    convert_to_torchscript(built("rep3d_tiny", conv_backend="direct"), verify=True, inputs=[volume()], device="cpu")
+    for kernel, size in ((21, (32, 32, 32)), (21, (6, 6, 6)), (7, (9, 10, 11))):
+        torch.manual_seed(0)
+        conv = RepLKConv3d(6, kernel, small_kernel=3, conv_backend=backend).eval()
+        x = torch.randn(2, 6, *size)
+        with torch.no_grad():
+            assert torch.equal(torch.jit.script(conv)(x), conv(x)), (kernel, size)
+
+
+def test_scripted_engine_choice_matches_the_eager_cost_model():
+    """``"auto"`` in TorchScript picks the engine eager's ``choose_backend`` picks (CPU model and CUDA rule), and its
+    restated constants are eager's."""
+    import itertools
+
+    from rep3d.layers import scripted_engine
+    from rep3d.layers.depthwise import COST_MODEL, CUDA_RULE, choose_backend
+    from rep3d.layers.settings import EngineSettings
+
+    for grad in (False, True):
+        direct, fft = scripted_engine._cost_coefficients(grad)
+        assert (tuple(direct), tuple(fft)) == COST_MODEL[grad]
+        for kind in ("float64", "float32", "half"):
+            assert scripted_engine._cuda_fft_flop_weight(grad, kind) == CUDA_RULE["fft_flop_weight"][(grad, kind)]
+    defaults = EngineSettings()
+    assert defaults.save_spectra is None and scripted_engine._save_spectra_bytes() == defaults.save_spectra_bytes
+    assert [scripted_engine._chunk_bytes(d) for d in ("cpu", "cuda")] == [defaults.chunk_budget(d)
+                                                                         for d in ("cpu", "cuda")]
+    choose = torch.jit.script(scripted_engine.scripted_choose_backend)
+    grid = itertools.product([1, 2], [8, 48, 384], [3, 6, 12, 24, 48, 96], [3, 7, 21], ["cpu", "cuda"],
+                             [torch.float32, torch.float64, torch.float16], [False, True])
+    for batch, chans, size, kernel, device, dtype, grad in grid:
+        shape, cropped = (batch, chans, size, size, size), (min(kernel, 2 * size - 1),) * 3
+        assert choose(list(shape), list(cropped), device, dtype, grad) == choose_backend(shape, cropped, device,
+                                                                                         dtype, grad)
 
 
 @pytest.mark.parametrize("name", NAMES)

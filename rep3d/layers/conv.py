@@ -15,6 +15,7 @@ from rep3d.layers.checks import check_volume, is_exporting, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d, direct_depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
 from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
+from rep3d.layers.scripted_engine import scripted_depthwise_conv3d
 
 Modulation = Literal["lrbm", "fixed"] | None
 
@@ -24,10 +25,11 @@ def engine_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """:func:`~rep3d.layers.depthwise_conv3d` as one call that TorchScript can also compile.
 
     ``torch.fx.symbolic_trace`` records it as a single node (the engine picks its path from real shapes when the
-    graph runs); a TorchScript compile of such a graph gets the direct path, as a scripted layer does.
+    graph runs); a TorchScript compile of such a graph runs :func:`scripted_depthwise_conv3d`, the same engine in
+    TorchScript.
     """
     if torch.jit.is_scripting():
-        return direct_depthwise_conv3d(x, weight, bias)
+        return scripted_depthwise_conv3d(x, weight, bias, backend)
     return depthwise_conv3d(x, weight, bias, backend=backend)
 
 
@@ -150,7 +152,8 @@ class RepLKConv3d(nn.Module):
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return direct_depthwise_conv3d(x, weight, bias)
+            # the eager engine restated in TorchScript: a scripted model computes what the eager one does
+            return scripted_depthwise_conv3d(x, weight, bias, self.conv_backend)
         if torch.jit.is_tracing():
             # a Python autograd.Function cannot be serialised in a traced graph: plain ops, valid for any size
             return direct_depthwise_conv3d(x, weight, bias)
