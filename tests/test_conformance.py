@@ -15,8 +15,9 @@ Peers mirrored (read from their published sources, re-written here, not copied):
   (``tests/bundle/test_bundle_workflow.py``).
 
 Adaptations: inputs are ``[B, C, D, H, W]`` volumes (32^3 mostly; multiples of the stride 16), classes are on axis
-1, the 3-D layout is ``"NCDHW"``, and every model is built with ``kernel_size=5`` so the file stays fast (the
-architecture, block type, mask and branches of each registered name are kept). Built models are cached per name.
+1, the 3-D layout is ``"NCDHW"``. So that the file stays fast, every model is built with ``kernel_size=5`` and the
+small / base / large names with narrow widths (8/16/24/32, decoder 32): each registered name keeps its class, block
+type, mask, small branch and depths, which is what the contracts exercise. Built models are cached per name.
 
 Checks judged inapplicable, with the reason:
 
@@ -60,6 +61,12 @@ from rep3d.errors import Rep3DError
 
 NAMES = rep3d.list_models()
 SMALL = dict(kernel_size=5)  # every registered architecture, with a kernel small enough for a fast test file
+NARROW = dict(widths=(8, 16, 24, 32), hidden_size=32)  # the small / base / large widths shrunk (topology kept)
+
+
+def small_args(name: str) -> dict:
+    """Build arguments that keep ``name``'s block, mask, branches and depths but make it cheap to run."""
+    return dict(SMALL) if name.startswith("rep3d_tiny") else {**SMALL, **NARROW}
 SIZE = (32, 32, 32)  # the smallest volume whose deepest map (2^3) instance norm accepts
 
 
@@ -71,7 +78,7 @@ def _single_thread(one_thread):
 @functools.cache
 def _cached(name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    return rep3d.create_model(name, **SMALL, **kwargs).eval()
+    return rep3d.create_model(name, **small_args(name), **kwargs).eval()
 
 
 def built(name: str, **kwargs) -> torch.nn.Module:
@@ -125,7 +132,7 @@ def test_model_backward(name):
 def test_model_default_cfgs(name):
     """timm ``test_model_default_cfgs`` (cfg names, ``num_features``, ``head_hidden_size``, ``reset_classifier``),
     without the pooled-head checks (module docstring)."""
-    model = built(name.split(".")[0]) if "." not in name else timm.create_model(name, **SMALL)
+    model = built(name) if "." not in name else timm.create_model(name, **small_args(name))
     cfg = model.default_cfg
     state = model.state_dict()
     assert model.num_classes >= 0
@@ -171,7 +178,7 @@ def test_model_forward_features(name, feature_cls):
     each honoured ``feature_cls`` gives ``feature_info.channels()`` maps at ``feature_info.reduction()``."""
     kwargs = {} if feature_cls is None else dict(feature_cls=feature_cls)
     torch.manual_seed(0)
-    model = timm.create_model(name, features_only=True, **SMALL, **kwargs).eval()
+    model = timm.create_model(name, features_only=True, **small_args(name), **kwargs).eval()
     channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
     assert len(channels) >= 3
     with torch.no_grad():
@@ -255,7 +262,7 @@ def test_model_forward_torchscript_with_features(name, feature_cfg):
     """timm ``test_model_forward_torchscript_with_features_fx``: a ``features_only`` model (default wrapper and
     ``feature_cfg={"feature_cls": "fx"}``) scripts and returns a list of maps."""
     kwargs = {} if feature_cfg is None else dict(feature_cfg=feature_cfg)
-    model = timm.create_model(name, features_only=True, **SMALL, **kwargs).eval()
+    model = timm.create_model(name, features_only=True, **small_args(name), **kwargs).eval()
     scripted = torch.jit.script(model)
     with torch.inference_mode():
         out = scripted(volume())
