@@ -187,7 +187,9 @@ def bundle_readme(model: nn.Module, roi: Sequence[int]) -> str:
     usage = (
         "# MONAI bundle\n\n"
         "Exported by `rep3d export --format monai-bundle`: the folded network as TorchScript (`models/model.ts`, "
-        "runs without rep3d) and the inference pipeline of `rep3d predict` in `configs/inference.json` "
+        "runs without rep3d) and as a state dict (`models/model.pt`; `configs/metadata.json` names the rep3d "
+        "architecture and arguments that rebuild it), the license in `LICENSE`, and the inference pipeline of "
+        "`rep3d predict` in `configs/inference.json` "
         f"(orientation, spacing, intensity window, sliding window at {list(roi)} with overlap 0.5, inversion to "
         "the input grid, label map saved as `<name>_seg.nii.gz`).\n\n"
         "```bash\npython -m monai.bundle run --config_file configs/inference.json --bundle_root . \\\n"
