@@ -34,7 +34,7 @@ def test_model_scripts_traces_and_fx_traces_to_eager_outputs(how, deploy):
             graph = torch.fx.symbolic_trace(model)
         torch.testing.assert_close(graph(x), ref, atol=1e-5, rtol=1e-5)
     if how == "fx":  # the engine stays one call that picks its path when the graph runs
-        assert any(getattr(n.target, "__name__", "") == "depthwise_conv3d" for n in graph.graph.nodes)
+        assert any(getattr(n.target, "__name__", "") == "engine_conv3d" for n in graph.graph.nodes)
 
 
 def test_scripted_layer_trains_like_eager():
@@ -267,5 +267,5 @@ def test_timm_fx_feature_extractor_matches_the_getter():
     assert len(out["fx"]) == 4
     for a, b in zip(out["fx"], out["getter"], strict=True):
         torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="feature_cls='hook' is not supported"):
-        timm.create_model("rep3d_tiny", features_only=True, feature_cls="hook")
+    with pytest.raises(ValueError, match="feature_cls='dict' is not supported"):
+        timm.create_model("rep3d_tiny", features_only=True, feature_cls="dict")

@@ -322,8 +322,8 @@ def test_forward_intermediates_norm_false_returns_the_raw_stage_outputs():
     enc = _encoder()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        normed = enc.forward_intermediates(x)
-        raw = enc.forward_intermediates(x, norm=False)
+        normed = enc.forward_intermediates(x, norm=True, intermediates_only=True)
+        raw = enc.forward_intermediates(x, norm=False, intermediates_only=True)
     for i, (a, b) in enumerate(zip(normed, raw, strict=True)):
         assert not torch.allclose(a, b)
         torch.testing.assert_close(enc.norms[i](b), a)
@@ -338,7 +338,7 @@ def test_forward_intermediates_not_only_returns_the_final_features_and_the_inter
     model = _small("rep3d_tiny").eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        final, feats = model.forward_intermediates(x, indices=[0, 1], intermediates_only=False)
+        final, feats = model.forward_intermediates(x, indices=[0, 1], norm=True)
         everything = model.forward_features(x)
     assert len(feats) == 2 and all(torch.equal(a, b) for a, b in zip(feats, everything[:2], strict=True))
     assert torch.equal(final, everything[-1])  # all stages ran although the last index taken is 1
@@ -352,7 +352,7 @@ def test_forward_intermediates_stop_early_skips_the_later_stages():
     with torch.no_grad():
         enc.forward_intermediates(x, indices=[1], stop_early=True)
         assert calls == []
-        enc.forward_intermediates(x, indices=[1], stop_early=False)
+        enc.forward_intermediates(x, indices=[1], stop_early=False)  # timm's default: every stage runs
     assert calls == [3]
 
 
@@ -362,13 +362,14 @@ def test_prune_intermediate_layers_prune_norm_drops_the_feature_norms():
     assert kept.prune_intermediate_layers([0, 1], prune_norm=False) == [0, 1]
     assert pruned.prune_intermediate_layers([0, 1], prune_norm=True) == [0, 1]
     with torch.no_grad():
-        raw = _encoder().forward_intermediates(x, [0, 1], norm=False)
-        assert all(torch.equal(a, b) for a, b in zip(pruned.forward_intermediates(x, [0, 1]), raw, strict=True))
-        assert not torch.allclose(kept.forward_intermediates(x, [0, 1])[0], raw[0])
+        raw = _encoder().forward_intermediates(x, [0, 1], norm=False, intermediates_only=True)
+        pruned_out = pruned.forward_intermediates(x, [0, 1], norm=True, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(pruned_out, raw, strict=True))
+        assert not torch.allclose(kept.forward_intermediates(x, [0, 1], norm=True, intermediates_only=True)[0], raw[0])
 
 
 def test_features_only_honours_feature_cls_getter_and_rejects_the_others():
     model = timm.create_model("rep3d_tiny", features_only=True, feature_cls="getter", kernel_size=3)
     assert len(model(torch.randn(1, 1, 32, 32, 32))) == 4
-    with pytest.raises(Rep3DValueError, match=r"feature_cls='hook'.*supported: 'getter'"):
-        rep3d.create_model("rep3d_tiny", features_only=True, feature_cls="hook", kernel_size=3)
+    with pytest.raises(Rep3DValueError, match=r"feature_cls='list'.*supported: 'getter'"):
+        rep3d.create_model("rep3d_tiny", features_only=True, feature_cls="list", kernel_size=3)

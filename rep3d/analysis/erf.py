@@ -49,7 +49,7 @@ def _target_output(model: nn.Module, x: torch.Tensor, target: str) -> torch.Tens
     stage = int(target.removeprefix("stage")) - 1
     # the raw stage output: after the feature LayerNorm (over channels) the channel sum is a constant, and the
     # gradient of the traced quantity would be zero
-    return model.forward_intermediates(x, indices=[stage], norm=False)[0]
+    return model.forward_intermediates(x, indices=[stage], norm=False, intermediates_only=True)[0]
 
 
 def _input_centre(in_shape: Sequence[int], out_shape: Sequence[int], out_centre: Sequence[int]) -> tuple[float, ...]:

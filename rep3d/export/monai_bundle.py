@@ -1,18 +1,23 @@
 """A MONAI bundle for a folded rep3d model: the same pipeline as ``rep3d predict``, in MONAI's config language.
 
-Layout::
+Layout (MONAI Bundle specification: ``LICENSE``, ``configs/metadata.json`` and ``models/model.pt`` required)::
 
-    configs/metadata.json    MONAI bundle metadata (network_data_format, classes, versions)
+    LICENSE                  the license of the configs and weights (the model cfg's ``license``)
+    configs/metadata.json    MONAI bundle metadata (schema, network_data_format, classes, versions, and the rep3d
+                             architecture + arguments that rebuild the network for models/model.pt)
     configs/inference.json   LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged (from the model cfg);
                              with a window, the sliding window runs on the body's box and the rest is background
                              (as rep3d's training crops and its Predictor segments);
                              SlidingWindowInferer at the model's ROI blending per-window softmax (as rep3d does);
                              Invertd back to the input grid (bilinear on probabilities), argmax, SaveImaged
+    models/model.pt          the folded network's state dict (safe to load with ``torch.load(weights_only=True)``)
     models/model.ts          the TorchScript network (no rep3d needed to run it)
     docs/README.md           the model card plus how to run the bundle
 
 Run it with ``python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IN
---output_dir OUT``: every ``*.nii`` / ``*.nii.gz`` in ``IN`` becomes ``OUT/<name>_seg.nii.gz``.
+--output_dir OUT``: every ``*.nii`` / ``*.nii.gz`` in ``IN`` becomes ``OUT/<name>_seg.nii.gz``. The config has the
+properties MONAI's ``ConfigWorkflow(workflow_type="infer")`` requires (``evaluator`` included; its ``run()`` is the
+loop above, without MONAI's optional ignite dependency).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ import torch
 from torch import nn
 
 BUNDLE_VERSION = "0.1.0"
+METADATA_SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                   "meta_schema_20240725.json")
+"""The metadata JSON schema MONAI's own test bundles name (``schema`` key; MONAI's ``verify_metadata`` fetches it)."""
+LICENSE_TEXTS = {
+    "apache-2.0": "Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0)",
+    "mit": "MIT License (https://opensource.org/licenses/MIT)",
+    "cc-by-4.0": "Creative Commons Attribution 4.0 (https://creativecommons.org/licenses/by/4.0/)",
+}
 
 
 def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0.5) -> dict[str, Any]:
@@ -56,7 +69,7 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
                       f"as_tuple=True)) if bool((x > 0).any()) else {whole_grid}" if window is not None
                       else f"$lambda x: {whole_grid}")
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "imports": ["$import glob", "$import os", "$import types", "$import numpy", "$import torch"],
         "bundle_root": ".",
         "dataset_dir": "$@bundle_root + '/data'",
         "output_dir": "$@bundle_root + '/eval'",
@@ -88,8 +101,10 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
         # one volume at a time, without MONAI's ignite-based engines (ignite is an optional MONAI dependency)
         "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@segment(item['image'], "
                    "@foreground_box(item['image'])))))",
+        # MONAI's inference workflow property: an object with run(), here the plain loop over the dataset
+        "evaluator": "$types.SimpleNamespace(run=lambda: [@predict(item) for item in @dataset])",
         "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
-        "run": ["$[@predict(item) for item in @dataset]"],
+        "run": ["$@evaluator.run()"],
     }
 
 
@@ -108,6 +123,7 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
     description = cfg.get("description") or f"{name} segmentation network exported by rep3d {__version__}"
     modality = str(cfg.get("modality", "CT"))
     meta = {
+        "schema": METADATA_SCHEMA,
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: f"exported by rep3d {__version__} (rep3d export --format monai-bundle)"},
         "monai_version": monai.__version__,
@@ -134,16 +150,26 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
                 "spatial_shape": [int(r) for r in roi], "dtype": "float32", "value_range": [0, 1],
                 "is_patch_data": True, "channel_def": {"0": "image"},
             }},
+            # the network's output: one logit channel per class (the spec's "labels": argmax is the label)
             "outputs": {"pred": {
-                "type": "image", "format": "segmentation", "num_channels": num_classes,
-                "spatial_shape": [int(r) for r in roi], "dtype": "float32", "value_range": [0, 1],
+                "type": "image", "format": "labels", "modality": "n/a", "num_channels": num_classes,
+                "spatial_shape": [int(r) for r in roi], "dtype": "float32", "value_range": [],
                 "is_patch_data": True, "channel_def": {str(i): n for i, n in enumerate(names)},
+            }},
+            "post_processed_outputs": {"pred": {
+                "type": "image", "format": "segmentation", "modality": "n/a", "num_channels": 1,
+                "spatial_shape": ["*", "*", "*"], "dtype": "uint8", "value_range": [0, max(num_classes - 1, 0)],
+                "is_patch_data": False, "channel_def": {"0": "label map: " + ", ".join(
+                    f"{i} = {n}" for i, n in enumerate(names))},
             }},
         },
         "rep3d": {
             "roi_size": [int(r) for r in roi], "spacing": _list(cfg.get("spacing")),
             "orientation": cfg.get("orientation") or "RAS", "intensity_window": _list(cfg.get("intensity_window")),
             "synthetic": synthetic,
+            # models/model.pt is this network's state dict: rep3d.create_model(architecture, **model_args) rebuilds it
+            "architecture": cfg.get("architecture", type(model).__name__),
+            "model_args": _json_safe(getattr(model, "model_args", None) or {}),
         },
     }
     meta.update(extra or {})
@@ -161,13 +187,28 @@ def bundle_readme(model: nn.Module, roi: Sequence[int]) -> str:
     usage = (
         "# MONAI bundle\n\n"
         "Exported by `rep3d export --format monai-bundle`: the folded network as TorchScript (`models/model.ts`, "
-        "runs without rep3d) and the inference pipeline of `rep3d predict` in `configs/inference.json` "
+        "runs without rep3d) and as a state dict (`models/model.pt`; `configs/metadata.json` names the rep3d "
+        "architecture and arguments that rebuild it), the license in `LICENSE`, and the inference pipeline of "
+        "`rep3d predict` in `configs/inference.json` "
         f"(orientation, spacing, intensity window, sliding window at {list(roi)} with overlap 0.5, inversion to "
         "the input grid, label map saved as `<name>_seg.nii.gz`).\n\n"
         "```bash\npython -m monai.bundle run --config_file configs/inference.json --bundle_root . \\\n"
         "    --dataset_dir /path/to/niftis --output_dir /path/to/output\n```\n\n"
     )
     return usage + card
+
+
+def bundle_license(model: nn.Module) -> str:
+    """``LICENSE``: the license of the bundle's configs and weights, from the model cfg's ``license`` key."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    key = str(cfg.get("license") or "").strip()
+    name = cfg.get("architecture", type(model).__name__) + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    if not key:
+        return (f"{name}: no license was recorded with these weights (the model cfg has no 'license' key).\n"
+                "Ask whoever trained them before redistributing this bundle.\n")
+    text = LICENSE_TEXTS.get(key.lower(), key)
+    return (f"The configuration files and model weights of this bundle ({name}) are licensed under the {text}.\n"
+            f"SPDX-License-Identifier: {key}\n")
 
 
 def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[int],
@@ -179,6 +220,8 @@ def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[in
     for sub in ("configs", "models", "docs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     export_torchscript(model, folder / "models" / "model.ts")
+    torch.save(model.state_dict(), folder / "models" / "model.pt")
+    (folder / "LICENSE").write_text(bundle_license(model))
     (folder / "configs" / "inference.json").write_text(json.dumps(inference_config(model, roi), indent=2) + "\n")
     (folder / "configs" / "metadata.json").write_text(json.dumps(bundle_metadata(model, roi, metadata), indent=2)
                                                       + "\n")
@@ -225,6 +268,17 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with tuples as lists and anything JSON cannot hold as its ``repr`` (model_args are plain data)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
 
 
 def _list(value: Any) -> list | None:

@@ -1,7 +1,5 @@
 """Input validation shared by the layers: one place for the error messages users see."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -1,7 +1,5 @@
 """RepLKConv3d: a large depthwise 3-D conv with train-time structure that folds into one conv for deployment."""
 
-from __future__ import annotations
-
 import inspect
 import math
 from collections.abc import Sequence
@@ -17,11 +15,25 @@ from rep3d.layers.checks import check_volume, is_exporting, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d, direct_depthwise_conv3d
 from rep3d.layers.fusion import fold_batchnorm, pad_kernel
 from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
+from rep3d.layers.scripted_engine import scripted_depthwise_conv3d
 
 Modulation = Literal["lrbm", "fixed"] | None
 
-# torch.fx.symbolic_trace records the engine as one call (it picks its path from real shapes when the graph runs)
-torch.fx.wrap("depthwise_conv3d")
+
+
+def engine_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
+    """:func:`~rep3d.layers.depthwise_conv3d` as one call that TorchScript can also compile.
+
+    ``torch.fx.symbolic_trace`` records it as a single node (the engine picks its path from real shapes when the
+    graph runs); a TorchScript compile of such a graph runs :func:`scripted_depthwise_conv3d`, the same engine in
+    TorchScript.
+    """
+    if torch.jit.is_scripting():
+        return scripted_depthwise_conv3d(x, weight, bias, backend)
+    return depthwise_conv3d(x, weight, bias, backend=backend)
+
+
+torch.fx.wrap("engine_conv3d")
 
 
 class RepLKConv3d(nn.Module):
@@ -140,14 +152,15 @@ class RepLKConv3d(nn.Module):
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return direct_depthwise_conv3d(x, weight, bias)
+            # the eager engine restated in TorchScript: a scripted model computes what the eager one does
+            return scripted_depthwise_conv3d(x, weight, bias, self.conv_backend)
         if torch.jit.is_tracing():
             # a Python autograd.Function cannot be serialised in a traced graph: plain ops, valid for any size
             return direct_depthwise_conv3d(x, weight, bias)
         if self.grad_checkpointing and torch.is_grad_enabled():
             # Only the conv is recomputed: BatchNorm stays outside, so its running stats update once per step.
             return checkpoint(depthwise_conv3d, x, weight, bias, backend=self.conv_backend, use_reentrant=False)
-        return depthwise_conv3d(x, weight, bias, backend=self.conv_backend)
+        return engine_conv3d(x, weight, bias, self.conv_backend)
 
     def mask_stats(self) -> dict[str, float | None] | None:
         """:meth:`ModulatedKernelParam.mask_stats` of the mask, or ``None`` without one (unmodulated or deployed)."""
@@ -205,7 +218,7 @@ class RepLKConv3d(nn.Module):
     # ``copy_model_state`` would load an unfolded kernel without its mask, BatchNorm and small branch: a wrong
     # function, silently. The hooks below fold such tensors on load, or refuse when they cannot be folded.
 
-    def __new__(cls, *args: object, **kwargs: object) -> RepLKConv3d:
+    def __new__(cls, *args: object, **kwargs: object) -> "RepLKConv3d":
         # Remember the constructor arguments: a deployed module needs them to rebuild its train form when train-form
         # tensors arrive (copy / deepcopy / unpickling call __new__ without arguments and restore the attribute).
         self = super().__new__(cls)

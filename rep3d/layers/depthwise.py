@@ -13,8 +13,6 @@ layers and models at once. Two exact engines:
 measured yet (``benchmarks/gpu_suite.py`` measures it and refits it).
 """
 
-from __future__ import annotations
-
 import contextlib
 import math
 import operator
@@ -142,10 +140,11 @@ def _all_ints(sizes: Sequence[object]) -> bool:
 
 
 def direct_depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Uncropped native depthwise conv, "same" padding, plain autograd: the TorchScript path of every layer.
+    """Uncropped native depthwise conv, "same" padding, plain autograd: the ``torch.jit.trace`` path of every layer.
 
-    TorchScript can neither script nor serialise a Python ``autograd.Function``, and a script graph must hold for
-    any input size, so the shape-dependent crop and engine choice are left out. Exact, but slower than
+    A trace can neither record nor serialise a Python ``autograd.Function``, and a traced graph must hold for any
+    input size, so the shape-dependent crop and engine choice are left out (``torch.jit.script`` runs the engine
+    itself, :mod:`rep3d.layers.scripted_engine`). Exact, but slower than
     :func:`depthwise_conv3d` (native depthwise backward is very slow on CPU; fine for inference).
     ``x`` ``[B, C, D, H, W]``, ``weight`` ``[C, 1, kd, kh, kw]`` (odd sizes), ``bias`` ``[C]`` or None.
     """

@@ -14,8 +14,6 @@ So one length per axis (:func:`fft_lengths`) serves forward and backward. The ke
 ``min(K, 2S - 1)`` (``useful_kernel_size``): taps beyond that never meet the input and would otherwise alias.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

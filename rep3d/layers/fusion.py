@@ -1,7 +1,5 @@
 """Pure kernel algebra used to fold train-time structure into one deployable conv."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -1,8 +1,6 @@
 """Distance-decay prior and the learnable receptive-field mask of Rep3D, with its health statistics (docs/design.md,
 "Mask")."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from typing import Literal

@@ -1,7 +1,5 @@
 """Normalisation layers for channels-first 5-D tensors."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -13,8 +13,6 @@ there whether to keep its spectra and how to split channels into groups), so a b
 block still matches its forward. Settings are process-wide (not per thread).
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping

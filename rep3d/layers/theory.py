@@ -4,8 +4,6 @@ Training a re-parameterized kernel is equivalent to training the merged kernel `
 rate. These fields are what the Rep3D mask makes explicit; tests check them against real optimizer trajectories.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Literal
 

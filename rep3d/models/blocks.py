@@ -1,7 +1,5 @@
 """Network blocks shared by the Rep3D and 3D UX-Net families (blocks reusable, nets thin)."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -1,7 +1,5 @@
 """Fold a trained model into its deployment form, and count its MACs."""
 
-from __future__ import annotations
-
 import timm.utils
 import torch
 from torch import nn

@@ -1,7 +1,5 @@
 """``model_info``: parameters (train and deployed form), MACs at the cfg ROI and 3-D metadata of a registered name."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import timm

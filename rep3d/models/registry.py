@@ -4,8 +4,6 @@
 :data:`VOLUME_METADATA` under the same ``arch`` / ``arch.tag`` keys and is merged into ``model.pretrained_cfg``.
 """
 
-from __future__ import annotations
-
 import difflib
 from collections.abc import Callable
 from typing import Any
@@ -111,12 +109,12 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     ``timm.create_model(name, pretrained=True)`` loads rep3d's verified weights too.
 
     Accepts timm's factory kwargs (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ``features_only``,
-    ``out_indices``, ``feature_cls``, ``pretrained_strict``) besides the model's own; both cfg dicts may carry rep3d
+    ``feature_cfg``, ``out_indices``, ``feature_cls``, ``pretrained_strict``) besides the model's own (an unknown one
+    is named with the accepted list); both cfg dicts may carry rep3d
     keys. With ``pretrained=True`` a cfg without any weight source fails before the model is built.
     """
     features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    feature_cls = kwargs.pop("feature_cls", None)
+    feature_cfg = _feature_cfg(variant, features_only, kwargs)
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
@@ -155,10 +153,23 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
     if not features_only:
         return model
-    feature_model = wrap_features(model, out_indices, feature_cls)
+    feature_model = wrap_features(model, **feature_cfg)
     feature_model.pretrained_cfg = feature_model.default_cfg = cfg
     feature_model.in_chans = model.in_chans
     return feature_model
+
+
+def _feature_cfg(variant: str, features_only: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's builder rule: ``feature_cfg`` with ``out_indices`` / ``feature_cls`` given as kwargs taking precedence
+    (popped from ``kwargs``). Without ``features_only`` a feature key would be ignored: refused instead."""
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    for key in ("out_indices", "feature_cls"):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    if feature_cfg and not features_only:
+        raise Rep3DValueError(f"{variant}: {', '.join(sorted(feature_cfg))} only apply with features_only=True "
+                              "(they choose the feature maps and their wrapper); pass features_only=True or drop them")
+    return feature_cfg
 
 
 def drop_mismatched_class_names(cfg: dict[str, Any], num_classes: int) -> None:

@@ -3,8 +3,6 @@
 The numbers the paper's base model must meet are in docs/design.md, "Architecture".
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -111,23 +109,25 @@ class Rep3DEncoder(nn.Module):
         self,
         x: torch.Tensor,
         indices: int | Sequence[int] | None = None,
-        norm: bool = True,
+        norm: bool = False,
+        stop_early: bool = False,
         output_fmt: str = "NCDHW",
-        intermediates_only: bool = True,
-        stop_early: bool = True,
+        intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs at ``indices`` (default all four), each ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``.
 
-        timm's feature-extraction contract, in 3-D:
+        timm's feature-extraction contract (its signature and defaults), in 3-D:
 
-        * ``norm=True`` (default) passes each taken stage output through its feature LayerNorm (``norms.i``): the
-          encoder features the decoder consumes. ``norm=False`` returns the raw stage outputs.
+        * ``norm=True`` passes each taken stage output through its feature LayerNorm (``norms.i``): the encoder
+          features the decoder consumes (what ``features_only`` returns). ``norm=False`` (default) returns the raw
+          stage outputs.
         * ``output_fmt`` must be ``"NCDHW"`` (channels first, the only layout rep3d produces).
-        * ``intermediates_only=False`` returns ``(x, intermediates)`` with ``x`` the last stage's normalised output
-          (what ``forward_features`` ends on); all stages then run.
-        * ``stop_early=True`` skips the stages after the last index taken (only with ``intermediates_only``).
+        * ``intermediates_only=False`` (default) returns ``(final, intermediates)``; ``final`` is the normalised
+          output of the last stage run, ``forward_features(x)[-1]`` unless ``stop_early`` cut the stages short.
+        * ``stop_early=True`` skips the stages after the last index taken (always done with ``intermediates_only``:
+          the outputs are the same).
         """
-        if output_fmt != "NCDHW":
+        if str(output_fmt).upper() != "NCDHW":
             raise Rep3DValueError(
                 f"{type(self).__name__}.forward_intermediates: output_fmt={output_fmt!r} is not supported; rep3d "
                 "features are channels-first 3-D maps, output_fmt='NCDHW'"
@@ -135,7 +135,7 @@ class Rep3DEncoder(nn.Module):
         take = _resolve_indices(indices, len(self.stages))
         if not is_exporting(x):
             check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
-        last = max(take) if intermediates_only and stop_early else len(self.stages) - 1
+        last = max(take) if intermediates_only or stop_early else len(self.stages) - 1
         out = []
         for i in range(last + 1):
             x = self._run_stage(i, self.downsample_layers[i](x))
@@ -146,20 +146,24 @@ class Rep3DEncoder(nn.Module):
         return self.norms[last](x), out
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All four encoder features ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]``."""
+        """All four encoder features ``[B, widths[i], D/2^(i+1), H/2^(i+1), W/2^(i+1)]`` (normalised).
+
+        A list, not one map as in timm's classifiers: a U-Net's decoder reads every scale, so there is no single
+        final feature map; ``forward_features(x)[-1]`` is the deepest one.
+        """
         if torch.jit.is_scripting():
-            return self._forward_plain(x)
-        return self.forward_intermediates(x)
+            return self._forward_plain(x, True)
+        return self.forward_intermediates(x, norm=True, intermediates_only=True)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_features(x)
 
-    def _forward_plain(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _forward_plain(self, x: torch.Tensor, norm: bool) -> list[torch.Tensor]:
         # all four features without index bookkeeping or checkpointing: the graph TorchScript compiles
         out: list[torch.Tensor] = []
-        for down, stage, norm in zip(self.downsample_layers, self.stages, self.norms):
+        for down, stage, feature_norm in zip(self.downsample_layers, self.stages, self.norms):
             x = stage(down(x))
-            out.append(norm(x))
+            out.append(feature_norm(x) if norm else x)
         return out
 
     def prune_intermediate_layers(
@@ -235,7 +239,10 @@ class Rep3D(nn.Module):
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
-        self.feature_info = self.encoder.feature_info
+        # module paths as seen from this model (timm's FeatureHookNet / FeatureGraphNet resolve them here)
+        self.feature_info = [dict(info, module=f"encoder.{info['module']}") for info in self.encoder.feature_info]
+        # timm's attributes: the channels of the map the classifier (the 1x1x1 output conv) reads
+        self.num_features = self.head_hidden_size = self.encoder.widths[0]
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` that says how to fix a wrong channel count or a spatial size off the stride.
@@ -264,19 +271,26 @@ class Rep3D(nn.Module):
             self.check_input(x)
         return self.encoder.forward_features(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = True,
-                              output_fmt: str = "NCDHW", intermediates_only: bool = True, stop_early: bool = True,
-                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The encoder's :meth:`Rep3DEncoder.forward_intermediates` after the stride check (same arguments)."""
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCDHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's :meth:`Rep3DEncoder.forward_intermediates` after the stride check (same arguments, timm's
+        defaults)."""
         self.check_input(x)
-        return self.encoder.forward_intermediates(x, indices, norm=norm, output_fmt=output_fmt,
-                                                  intermediates_only=intermediates_only, stop_early=stop_early)
+        return self.encoder.forward_intermediates(x, indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+                                                  intermediates_only=intermediates_only)
 
     def prune_intermediate_layers(self, indices=4, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
         """Keep the encoder up to the last index (see :meth:`Rep3DEncoder.prune_intermediate_layers`);
         ``prune_head=True`` also deletes the decoder."""
-        if prune_head and hasattr(self, "decoder"):
-            del self.decoder
+        if prune_head and not isinstance(getattr(self, "decoder", None), PrunedDecoder):
+            self.decoder = PrunedDecoder()
         return self.encoder.prune_intermediate_layers(indices, prune_norm, prune_head)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -287,18 +301,48 @@ class Rep3D(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.decoder.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the 1x1x1 output conv(s) by freshly initialised ones with ``num_classes`` outputs."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the 1x1x1 output conv(s) by freshly initialised ones with ``num_classes`` outputs (timm's signature).
 
-        def fresh(head: nn.Module) -> nn.Module:
-            out = head.conv.conv
-            return UnetOutBlock(3, out.in_channels, num_classes).to(out.weight.device, out.weight.dtype)
+        ``num_classes=0`` removes the head (timm's idiom): the forward then returns the decoder's full-resolution map
+        ``[B, num_features, D, H, W]`` (with deep-supervision heads, each scale's map). For encoder features use
+        ``create_model(name, features_only=True)``. ``global_pool`` must be ``None`` or ``""``: a segmentation
+        network pools nothing.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise Rep3DValueError(
+                f"{type(self).__name__}.reset_classifier: num_classes must be an int >= 1 (or 0 to remove the head), "
+                f"got {num_classes!r}; for encoder feature maps build the model with features_only=True"
+            )
+        if global_pool not in (None, ""):
+            raise Rep3DValueError(
+                f"{type(self).__name__}.reset_classifier: global_pool={global_pool!r} has no meaning for a "
+                "segmentation network (its logits are a voxel map); pass None or ''"
+            )
+        widths = self.encoder.widths
+        device, dtype = self.encoder.norms[0].weight.device, self.encoder.norms[0].weight.dtype
+
+        def fresh(channels: int) -> nn.Module:
+            if num_classes == 0:
+                return nn.Identity()
+            return UnetOutBlock(3, channels, num_classes).to(device, dtype)
 
         if hasattr(self.decoder, "seg_layers"):
-            self.decoder.seg_layers = nn.ModuleList([fresh(h) for h in self.decoder.seg_layers])
+            self.decoder.seg_layers = nn.ModuleList([fresh(c) for c in widths])
         else:
-            self.decoder.out = fresh(self.decoder.out)
+            self.decoder.out = fresh(widths[0])
         self.num_classes = num_classes
+
+
+class PrunedDecoder(nn.Module):
+    """What ``prune_intermediate_layers(prune_head=True)`` leaves of the decoder: a forward that says so.
+
+    A module rather than a deleted attribute, so that a ``features_only`` model still compiles with TorchScript
+    (which compiles the wrapped model's forward too).
+    """
+
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        raise RuntimeError("this model's decoder was pruned (features_only): it returns encoder features only")
 
 
 class UXNet3D(Rep3D):

@@ -1,7 +1,5 @@
 """The registered models as a table with parameters, deployed parameters and MACs at their ROI."""
 
-from __future__ import annotations
-
 from rep3d.models.info import model_info
 from rep3d.models.registry import list_models
 

@@ -22,8 +22,6 @@ kernel + parallel 3³ branch merged at deploy;
 recorded in ``model.model_args`` and hence in a saved model's config.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from torch import nn
@@ -43,6 +41,10 @@ UXNET_PAPER = dict(
     paper_name="3D UX-Net: A Large Kernel Volumetric ConvNet Modernizing Hierarchical Transformer",
     license="apache-2.0",
 )
+# The convs that read the raw input volume (timm's first_conv): the stem and the decoder's input block. rep3d's own
+# loader adapts their 5-D weights when in_chans differs (rep3d.hub.weights.INPUT_CONV_KEYS).
+FIRST_CONVS = ("encoder.downsample_layers.0.0", "decoder.encoder1.layer.conv1.conv",
+               "decoder.encoder1.layer.conv3.conv")
 # 3-D metadata of the paper's AMOS-CT recipe (rep3d.presets): the defaults a base-size model is trained and run with.
 CT_RECIPE = PAPER_CT.model_cfg()
 
@@ -51,7 +53,7 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = DEFAULT_ROI, pa
          **kwargs: Any) -> dict[str, Any]:
     # timm assumes 2-D: input_size is (C, H, W) of an axial slice; the 3-D ROI lives in rep3d's own key.
     return {
-        "num_classes": num_classes, "input_size": (1, roi_size[1], roi_size[2]), "first_conv": None,
+        "num_classes": num_classes, "input_size": (1, roi_size[1], roi_size[2]), "first_conv": FIRST_CONVS,
         "classifier": "decoder.out.conv.conv", "mean": (0.0,), "std": (1.0,), "interpolation": "trilinear",
         "crop_pct": 1.0, **paper, **CT_RECIPE, "roi_size": roi_size, **kwargs,
     }

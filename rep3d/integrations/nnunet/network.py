@@ -6,8 +6,6 @@ deep supervision is on, trains on the list ``[full, 1/2, 1/4, 1/8]`` whose targe
 nnU-Net.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
