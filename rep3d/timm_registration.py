@@ -33,38 +33,45 @@ def register_models() -> None:
     importlib.import_module(MODELS_MODULE)
 
 
-class _RegisterAfterTimm(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """A meta-path finder for the top-level ``timm`` module only: it finds timm's spec with the other finders and
-    wraps its loader so that rep3d's models are registered as soon as timm has loaded. It removes itself on first
-    use."""
+class _RegisteringLoader(importlib.abc.Loader):
+    """timm's own loader, followed by the registration of rep3d's models."""
 
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "timm":
-            return None
-        uninstall()
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        self._loader = spec.loader
-        spec.loader = self
-        return spec
+    def __init__(self, loader) -> None:
+        self.loader = loader
 
     def create_module(self, spec):
-        return self._loader.create_module(spec)
+        return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        _import_timm_quietly(self._loader.exec_module, module)
+        _import_timm_quietly(self.loader.exec_module, module)
+        uninstall()
         try:
             register_models()
         except Exception as err:  # noqa: BLE001 - timm itself must keep working for the user's other models
             warnings.warn(f"rep3d: timm was imported but rep3d's models could not be registered with it "
                           f"({type(err).__name__}: {err}); rep3d.create_model shows the full error", stacklevel=2)
+
+
+class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
+    """A meta-path finder for the top-level ``timm`` module only: it finds timm's spec with the other finders and
+    wraps its loader so that rep3d's models are registered as soon as timm has loaded. It stays installed until timm
+    is actually loaded (a mere ``importlib.util.find_spec("timm")`` availability probe does not use it up)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisteringLoader(spec.loader)
+        return spec
 
 
 _HOOK = _RegisterAfterTimm()

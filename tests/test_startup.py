@@ -57,7 +57,9 @@ def test_rep3d_help_and_import_rep3d_are_fast_next_to_python_and_torch():
 
 
 def test_timm_sees_rep3d_models_after_import_rep3d():
-    code = ("import rep3d, timm\nassert 'rep3d_tiny' in timm.list_models('rep3d*')\n"
+    # an availability probe (find_spec, as many libraries do) before the import must not use the hook up
+    code = ("import importlib.util, rep3d\nassert importlib.util.find_spec('timm')\nimport timm\n"
+            "assert 'rep3d_tiny' in timm.list_models('rep3d*')\n"
             "m = timm.create_model('rep3d_tiny', num_classes=3, kernel_size=5)\nprint(type(m).__name__)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "Rep3D"
