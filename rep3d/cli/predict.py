@@ -16,7 +16,7 @@ from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
 from rep3d.inference.io import PREDICTION_DESCRIPTION
-from rep3d.inference.predictor import resolve_device
+from rep3d.inference.predictor import PRECISIONS, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model trained without flips or whose config does not say")
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default) or bf16: bfloat16 autocast on any device, faster on CPUs with AVX-512 BF16 / AMX "
+             "(FFT transforms and the softmax stay float32); not with --amp",
     )
     parser.add_argument(
         "--probabilities",
@@ -178,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     check_output_folder(outdir)
     resolve_device(args.device)  # an unknown device fails before the model is built
+    if args.amp and args.precision != "fp32":
+        raise Rep3DValueError(f"--amp and --precision {args.precision} both choose the autocast dtype; pass one")
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused
@@ -193,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
+            precision=args.precision,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         outdir.mkdir(parents=True, exist_ok=True)
