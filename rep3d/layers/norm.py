@@ -38,8 +38,8 @@ class InstanceNorm3dKeepFormat(nn.Module):
     Computes what ``nn.InstanceNorm3d(C)`` (its defaults: ``affine=False``, ``track_running_stats=False``) computes,
     ``(x - mean) / sqrt(var + eps)`` per sample and channel over ``D, H, W``, ``[B, C, D, H, W] -> same``. PyTorch's
     instance norm reshapes to a batch norm over ``[1, B * C, ...]``, which copies a ``channels_last_3d`` input into
-    channels-first and hands the next convolution a tensor it must reorder again; this form reduces and scales in
-    place of the input's layout (one reduction, one fused multiply-add). :func:`rep3d.models.optimize_for_inference`
+    channels-first and hands the next convolution a tensor it must reorder again; this form is a group norm with
+    one group per channel, which keeps the layout. :func:`rep3d.models.optimize_for_inference`
     swaps it in for the decoder's instance norms.
     """
 
@@ -48,9 +48,9 @@ class InstanceNorm3dKeepFormat(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
-        rstd = torch.rsqrt(var + self.eps)
-        return torch.addcmul(-mean * rstd, x, rstd)
+        # one group per channel is instance norm; PyTorch's group norm has a channels-last CPU kernel (and keeps
+        # the format), where a plain var_mean over D, H, W with 12-48 channels innermost ran 2x slower
+        return F.group_norm(x, x.shape[1], eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
