@@ -8,8 +8,9 @@ a fresh process (so that peak RSS is that pipeline's alone), for every model:
 
 * ``rep3d``: the real ``rep3d predict`` command (``rep3d.cli.main``), in-process, with timers wrapped around its
   phases: ``setup`` (build the model, and the channels-last copy), ``read`` (load the NIfTI), ``resample``
-  (orientation, spacing and window onto the model grid, and the probabilities back onto the scan's grid), ``infer`` (the model's forward passes, softmax included), ``stitch``
-  (the rest of the sliding window: window extraction, Gaussian blending, accumulation), ``write`` (the label NIfTI);
+  (orientation, spacing and window onto the model grid, and the probabilities back onto the scan's grid),
+  ``infer`` (the model's forward passes, softmax included), ``stitch`` (the rest of the sliding window: window
+  extraction, Gaussian blending, accumulation), ``write`` (the label NIfTI);
 * ``monai``: what a MONAI user writes: ``LoadImage``, ``Orientation``/``Spacing``/``ScaleIntensityRange`` (the same
   grid and window), ``sliding_window_inference`` with the same model, ROI, overlap and Gaussian blending on the
   whole grid (no foreground crop), argmax on the model grid, the label resampled back (nearest), ``SaveImage``-like
