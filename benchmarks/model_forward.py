@@ -12,10 +12,12 @@ each round (the machine may be shared: compare the ratios, measured in one proce
 * ``bf16``: the model as built under ``torch.autocast("cpu", torch.bfloat16)`` (``--precision bf16``);
 * ``bf16 optimized``: both.
 
-Each variant's output is compared to ``fp32`` (max abs difference, relative to the logits' max abs): the fp32
-variants must agree to float32 rounding. ``encoder`` times the encoder alone (fp32), which gives the decoder's
-share of the forward. ``--profile`` adds one torch.profiler run per model (fp32, as built): the self time per op
-type, and the time of the transposed convolutions. Results: ``benchmarks/results/model_forward.json`` (``--out``).
+Speed-ups: ratio of the medians, and the median over rounds of the ratio within a round (``paired``, robust to
+load that changes between rounds). Each variant's output is compared to ``fp32`` (max abs difference, relative to
+the logits' max abs): the fp32 variants must agree to float32 rounding. ``encoder`` times the encoder alone
+(fp32), which gives the decoder's share of the forward. ``--profile`` adds one torch.profiler run per model (fp32,
+as built): the self time per op type, and the time of the transposed convolutions. Results:
+``benchmarks/results/model_forward.json`` (``--out``; ``--append`` keeps the other models' rows).
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def profile_ops(model: torch.nn.Module, x: torch.Tensor, top: int = 8) -> dict:
             "transposed_conv_share": round(transposed / total, 4)}
 
 
+def paired_speedups(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median over rounds of ``fp32 / variant`` within the round: robust to load that drifts between rounds."""
+    return {k: statistics.median(a / b for a, b in zip(times["fp32"], times[k], strict=True)) for k in VARIANTS}
+
+
 def measure(name: str, roi: int, repeats: int, profile: bool) -> dict:
     torch.manual_seed(0)
     model = reparameterize_model(rep3d.create_model(name, num_classes=16).eval())
@@ -108,6 +115,7 @@ def measure(name: str, roi: int, repeats: int, profile: bool) -> dict:
     median = {k: statistics.median(v) for k, v in times.items()}
     row = {"model": name, "roi": roi, "times_s": times, "median_s": median,
            "speedup_vs_fp32": {k: median["fp32"] / median[k] for k in VARIANTS},
+           "speedup_paired_median": paired_speedups(times),
            "max_abs_error_rel": errors, "decoder_share_fp32": 1.0 - median["encoder"] / median["fp32"]}
     if ops:
         row["profile_fp32"] = ops
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model_forward.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other models / ROIs already in --out (each row keeps its own meta)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = {"torch": torch.__version__, "threads": args.threads, "dtype": "float32 (bf16 rows: autocast)",
@@ -131,14 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, batch 1, {args.roi}^3, median of {args.repeats}; "
           f"cpu flags {', '.join(meta['cpu_flags']) or 'unknown'}")
     rows = []
+    if args.append and args.out.exists():
+        rows = [r for r in json.loads(args.out.read_text())["rows"]
+                if (r["model"], r["roi"]) not in {(m, args.roi) for m in args.models}]
     for name in args.models:
         row = measure(name, args.roi, args.repeats, args.profile)
+        row["meta"] = meta
         rows.append(row)
         print(f"\n{name} at {args.roi}^3: decoder {row['decoder_share_fp32']:.0%} of the fp32 forward")
-        print(f"{'variant':<20} {'median s':>9} {'speed-up':>9} {'max |diff| / max |y|':>22}")
+        print(f"{'variant':<20} {'median s':>9} {'speed-up':>9} {'paired':>8} {'max |diff| / max |y|':>22}")
         for key in VARIANTS:
             print(f"{key:<20} {row['median_s'][key]:>9.3f} {row['speedup_vs_fp32'][key]:>8.2f}x "
-                  f"{row['max_abs_error_rel'][key]:>22.2e}")
+                  f"{row['speedup_paired_median'][key]:>7.2f}x {row['max_abs_error_rel'][key]:>22.2e}")
         if "profile_fp32" in row:
             print("profile (fp32, self time share): " + ", ".join(
                 f"{k} {v:.0%}" for k, v in row["profile_fp32"]["self_time_share"].items()))
