@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rep3d_full_scan"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "full_scan.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out for other (model, pipeline, precision) combinations")
     parser.add_argument("--worker", choices=("rep3d", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         write_scan(scan, tuple(args.shape), tuple(args.spacing), args.seed)
         meta_file.write_text(json.dumps(wanted))
     rows = []
+    if args.append and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous["meta"]["scan"]["shape"] != list(args.shape):
+            raise SystemExit(f"--append: {args.out} holds a {previous['meta']['scan']['shape']} scan, not "
+                             f"{list(args.shape)}")
+        redo = {(m, p, args.precision) for m in args.models for p in args.pipelines}
+        rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32")) not in redo]
     for model in args.models:
         for pipeline in args.pipelines:
             cmd = [sys.executable, __file__, "--worker", pipeline, "--model", model, "--workdir", str(args.workdir),
@@ -234,14 +243,15 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode or line is None:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{pipeline} worker for {model} failed")
-            row = {"model": model, "pipeline": pipeline, **json.loads(line[len("RESULT "):])}
+            row = {"model": model, "pipeline": pipeline, "precision": args.precision,
+                   **json.loads(line[len("RESULT "):])}
             rows.append(row)
             phases = "  ".join(f"{p} {row['phases_s'].get(p, 0.0):7.1f}" for p in PHASES)
             dice = f"  Dice {row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else ""
             print(f"{model:<22} {pipeline:<6} {row['windows']:4d} windows  wall {row['wall_s']:7.1f} s  {phases}  "
                   "peak RSS "
                   f"{row['peak_rss_mib']:6.0f} MiB (baseline {row['baseline_rss_mib']:.0f}){dice}", flush=True)
-    meta = {"torch": torch.__version__, "threads": args.threads, "precision": args.precision,
+    meta = {"torch": torch.__version__, "threads": args.threads,
             "scan": {"shape": list(args.shape), "spacing_mm": list(args.spacing), "dtype": "int16 HU",
                      "synthetic": True}, "overlap": args.overlap, "blend": "gaussian", "sw_batch_size": 1,
             "device": "cpu", "note": "SYNTHETIC phantom scan; 2-core machine shared with other processes"}

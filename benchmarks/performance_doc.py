@@ -52,17 +52,18 @@ def render_full_scan(data: dict) -> str:
     phases = ("setup", "read", "resample", "infer", "stitch", "write")
     lines = [f"SYNTHETIC CT {' × '.join(map(str, scan['shape']))} voxels at "
              f"{' × '.join(f'{s:g}' for s in scan['spacing_mm'])} mm ({scan['dtype']}); torch {meta['torch']}, "
-             f"{meta['threads']} CPU threads, precision {meta['precision']}, overlap {meta['overlap']}, "
+             f"{meta['threads']} CPU threads, overlap {meta['overlap']}, "
              f"{meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run each on a shared "
              "2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the model included).", ""]
-    lines.append("| model | pipeline | windows | wall s | " + " | ".join(phases)
+    lines.append("| model | pipeline | precision | windows | wall s | " + " | ".join(phases)
                  + " | infer s / window | peak RSS MiB (before reading) | Dice vs phantom truth |")
-    lines.append("|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
+    lines.append("|---|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
     for row in data["rows"]:
         cells = [f"{row['phases_s'].get(p, 0.0):.1f}" for p in phases]
         per_window = row["phases_s"]["infer"] / max(row["windows"], 1)
         dice = f"{row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else "–"
-        lines.append(f"| {row['model']} | {row['pipeline']} | {row['windows']} | {row['wall_s']:.0f} | "
+        lines.append(f"| {row['model']} | {row['pipeline']} | {row.get('precision', 'fp32')} | {row['windows']} | "
+                     f"{row['wall_s']:.0f} | "
                      + " | ".join(cells) + f" | {per_window:.1f} | {row['peak_rss_mib']:.0f} "
                      f"({row['baseline_rss_mib']:.0f}) | {dice} |")
     return "\n".join(lines)
