@@ -64,10 +64,11 @@ def test_long_option_lists_are_grouped(name):
 
 def test_repeated_constants_agree_with_the_library():
     from rep3d.analysis import TARGETS
-    from rep3d.cli import demo, erf, export, phantom
+    from rep3d.cli import demo, erf, evaluate, export, phantom, predict
     from rep3d.data import phantom as phantom_data
     from rep3d.demo import DEMO_MODEL
     from rep3d.export import DYNAMIC_AXES, FORMATS, ONNX_OPSET
+    from rep3d.inference.predictor import PRECISIONS
     from rep3d.layers.depthwise import BACKENDS
 
     assert (export.FORMATS, export.DYNAMIC_AXES, export.ONNX_OPSET, export.BACKENDS) == (
@@ -75,6 +76,7 @@ def test_repeated_constants_agree_with_the_library():
     assert erf.TARGETS == TARGETS and demo.DEMO_MODEL == DEMO_MODEL
     assert phantom.DEFAULT_SHAPE == phantom_data.DEFAULT_SHAPE
     assert tuple(phantom_data.PHANTOM_SETTINGS) == phantom.PHANTOM_SETTINGS
+    assert evaluate.PRECISIONS == predict.PRECISIONS == PRECISIONS
 
 
 # `rep3d <word>` in the documentation and in messages: <word> must be a command. A command line starts inline code,

@@ -7,6 +7,8 @@ import argparse
 import json
 import time
 
+# repeated from rep3d.inference.predictor so that --help loads no torch (tests/test_cli_help.py keeps them equal)
+PRECISIONS = ("fp32", "bf16")
 EXAMPLE = "rep3d evaluate rep3d_tiny.phantom --data phantoms/ --split test --json dice.json"
 
 
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference = parser.add_argument_group("inference")
     inference.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     inference.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
+    inference.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                           help="fp32 (default) or bf16 autocast (faster on CPUs with AVX-512 BF16 / AMX)")
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="also write per-case results as JSON (default: print only)")
 
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
     start = time.perf_counter()
-    result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap)
+    result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap,
+                              precision=args.precision)
     width = max(len(n) for n in result["mean_dice"])
     print(f"{args.model} on {result['num_cases']} {args.split} cases of {args.data} "
           f"({time.perf_counter() - start:.0f} s); Dice on each scan's own grid")

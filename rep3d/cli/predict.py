@@ -22,6 +22,8 @@ from rep3d.errors import Rep3DValueError
 if TYPE_CHECKING:
     from rep3d.inference import Predictor
 
+# repeated from rep3d.inference.predictor so that --help loads no torch (tests/test_cli_help.py keeps them equal)
+PRECISIONS = ("fp32", "bf16")
 EXAMPLE = "rep3d predict rep3d_tiny.phantom scans/ -o segmentations/ --preview"
 
 
@@ -55,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "model trained without flips or whose config does not say (default: off)")
     inference.add_argument("--amp", action="store_true",
                            help="mixed precision: float16 on CUDA, bfloat16 on CPU (default: off, float32)")
+    inference.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default) or bf16: bfloat16 autocast on any device, faster on CPUs with AVX-512 BF16 / AMX "
+             "(FFT transforms and the softmax stay float32); not with --amp",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                         help="folder for <name>_seg.nii.gz and its sidecar <name>_seg.json")
@@ -250,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     check_output_folder(outdir)
     resolve_device(args.device)  # an unknown device fails before the model is built
+    if args.amp and args.precision != "fp32":
+        raise Rep3DValueError(f"--amp and --precision {args.precision} both choose the autocast dtype; pass one")
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused
@@ -265,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
+            precision=args.precision,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         if predictor.notice:

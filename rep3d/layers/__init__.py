@@ -12,13 +12,14 @@ from rep3d.layers.mask import (
     mask_health,
     mask_health_scalars,
 )
-from rep3d.layers.norm import LayerNorm3d
+from rep3d.layers.norm import InstanceNorm3dKeepFormat, LayerNorm3d
 from rep3d.layers.settings import EngineSettings, engine_settings, get_engine_settings
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
     "MASK_FORMS",
     "EngineSettings",
+    "InstanceNorm3dKeepFormat",
     "LayerNorm3d",
     "MaskGenerator",
     "ModulatedKernelParam",

@@ -1,13 +1,15 @@
 """Fold a trained model into its deployment form, and count its MACs."""
 
+import copy
+
 import timm.utils
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rep3d.layers import RepLKConv3d, is_deployed
+from rep3d.layers import InstanceNorm3dKeepFormat, RepLKConv3d, is_deployed
 
-__all__ = ["count_macs", "is_deployed", "reparameterize_model"]
+__all__ = ["count_macs", "is_deployed", "optimize_for_inference", "reparameterize_model"]
 
 
 def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -20,6 +22,29 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     if isinstance(getattr(model, "model_args", None), dict):
         model.model_args = {**model.model_args, "deploy": True}
     return model
+
+
+def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The same function, laid out for fast CPU inference: ``channels_last_3d`` weights and format-keeping norms.
+
+    Every ``nn.InstanceNorm3d`` without affine or running statistics (the decoder's) becomes an
+    :class:`~rep3d.layers.InstanceNorm3dKeepFormat`, and parameters move to ``torch.channels_last_3d``; feed it
+    ``x.to(memory_format=torch.channels_last_3d)``. oneDNN then runs the decoder's small-channel 3x3x3 convs
+    without reordering every activation, which is where the deployed forward spends its time
+    (``benchmarks/model_forward.py`` measures it). No parameter or buffer changes value, and the state dict keeps
+    its keys. Returns a copy unless ``inplace``. For inference only: training keeps the standard layout.
+    """
+    model = model if inplace else copy.deepcopy(model)
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if (isinstance(child, nn.InstanceNorm3d) and not child.affine and not child.track_running_stats):
+                setattr(parent, name, InstanceNorm3dKeepFormat(child.eps))
+            else:
+                swap(child)
+
+    swap(model)
+    return model.to(memory_format=torch.channels_last_3d)
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

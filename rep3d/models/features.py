@@ -116,7 +116,7 @@ def wrap_features(model: nn.Module, out_indices: int | Sequence[int] = (0, 1, 2,
     value rep3d cannot honour (never ignore one)."""
     output_fmt = feature_cfg.pop("output_fmt", None)
     if output_fmt is not None and str(output_fmt).upper() != OUTPUT_FMT:
-        raise Rep3DValueError(f"feature_cfg output_fmt={output_fmt!r} is not supported: rep3d features are "
+        raise Rep3DValueError(f"feature_cfg output_fmt={output_fmt!r} is not supported: the feature maps of rep3d are "
                               f"channels-first 3-D maps, output_fmt='{OUTPUT_FMT}'")
     if feature_cfg.pop("flatten_sequential", False):
         raise Rep3DValueError("feature_cfg flatten_sequential=True is not supported: it rewrites the model as a "

@@ -1,0 +1,265 @@
+"""A whole CT scan, as a hospital would run it: ``rep3d predict`` end to end vs MONAI's usual pipeline.
+
+    python benchmarks/full_scan.py --models rep3d_tiny.phantom --threads 2
+
+Writes once (``--workdir``, cached) a SYNTHETIC CT of ``--shape`` (default 512 x 512 x 300) voxels at ``--spacing``
+(default 0.8 x 0.8 x 2.5 mm), int16 HU, with rep3d's phantom anatomy scaled to fill the field of view. Then, each in
+a fresh process (so that peak RSS is that pipeline's alone), for every model:
+
+* ``rep3d``: the real ``rep3d predict`` command (``rep3d.cli.main``), in-process, with timers wrapped around its
+  phases: ``setup`` (build the model, and the channels-last copy), ``read`` (load the NIfTI), ``resample``
+  (orientation, spacing and window onto the model grid, and the probabilities back onto the scan's grid),
+  ``infer`` (the model's forward passes, softmax included), ``stitch`` (the rest of the sliding window: window
+  extraction, Gaussian blending, accumulation), ``write`` (the label NIfTI);
+* ``monai``: what a MONAI user writes: ``LoadImage``, ``Orientation``/``Spacing``/``ScaleIntensityRange`` (the same
+  grid and window), ``sliding_window_inference`` with the same model, ROI, overlap and Gaussian blending on the
+  whole grid (no foreground crop), argmax on the model grid, the label resampled back (nearest), ``SaveImage``-like
+  NIfTI write. The model runs as built (fp32, channels-first), which is MONAI's default.
+
+Differences that are part of the comparison (what each pipeline does by default): rep3d crops to the body's
+foreground box, runs the channels-last copy of the model and resamples probabilities (bilinear) back, MONAI
+segments the whole grid and resamples the label (nearest). Peak RSS is ``ru_maxrss`` of the worker process
+(Python, torch and the model included; the ``baseline`` column is the RSS before the scan is read).
+Results: ``benchmarks/results/full_scan.json`` (``--out``). The machine may be shared: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+PHASES = ("setup", "read", "resample", "infer", "stitch", "write")
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def write_scan(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...], seed: int) -> None:
+    import nibabel as nib
+
+    from rep3d.data.phantom import case_seed, make_phantom
+
+    phantom = make_phantom(case_seed(seed, "test", 0), shape, spacing)
+    hu = np.clip(np.rint(phantom.image), -1024, 3071).astype(np.int16)  # as scanners store CT
+    image = nib.Nifti1Image(hu, phantom.affine)
+    image.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    nib.save(nib.Nifti1Image(phantom.label, phantom.affine), path.with_name("label.nii.gz"))
+
+
+class Timers:
+    """Seconds per phase, accumulated by wrapping functions."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, phase: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - start
+        return timed
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] += time.perf_counter() - start
+
+
+def run_rep3d(scan: Path, model: str, out: Path, args) -> dict:
+    """``rep3d predict`` itself, with timers around its phases."""
+    import rep3d.inference.predictor as predictor_module
+    from rep3d.cli import main
+    from rep3d.inference.io import Prediction
+    from rep3d.inference.predictor import Predictor
+
+    timers = Timers()
+    predictor_module.load_volume = timers.wrap("read", predictor_module.load_volume)
+    predictor_module.to_model_space = timers.wrap("resample", predictor_module.to_model_space)
+    predictor_module.to_input_grid = timers.wrap("resample", predictor_module.to_input_grid)
+    import rep3d.cli.predict as predict_command
+
+    predict_command.create_model = timers.wrap("setup", predict_command.create_model)
+    Predictor._current_runner = timers.wrap("prepare", Predictor._current_runner)  # the channels-last copy
+    Predictor.infer_cropped = timers.wrap("sliding_window", Predictor.infer_cropped)
+    Predictor._forward = timers.wrap("infer", Predictor._forward)
+    windows = []
+    forward = Predictor._forward
+    Predictor._forward = lambda self, window: windows.append(window.shape[0]) or forward(self, window)
+    Prediction.save = timers.wrap("write", Prediction.save)
+    argv = ["predict", model, str(scan), "-o", str(out), "--overwrite", "--quiet", "--device", "cpu",
+            "--overlap", str(args.overlap), "--precision", args.precision]
+    baseline = rss_mib()
+    start = time.perf_counter()
+    code = main(argv)
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"rep3d predict failed with exit code {code}")
+    seconds = dict(timers.seconds)
+    prepare = seconds.pop("prepare", 0.0)
+    seconds["stitch"] = seconds.pop("sliding_window") - seconds["infer"] - prepare
+    seconds["setup"] += prepare
+    return {"wall_s": wall, "phases_s": seconds, "windows": sum(windows), "baseline_rss_mib": baseline,
+            "peak_rss_mib": rss_mib(), "label": str(out / (scan.name.split(".")[0] + "_seg.nii.gz")),
+            "command": "rep3d " + " ".join(argv)}
+
+
+def run_monai(scan: Path, model_name: str, out: Path, args) -> dict:
+    """MONAI's standard pipeline around the same model, ROI, overlap and blending."""
+    import monai.transforms as T
+    import nibabel as nib
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+
+    import rep3d
+
+    timers = Timers()
+    baseline = rss_mib()
+    start = time.perf_counter()
+    with timers.phase("setup"):
+        model = rep3d.create_model(model_name, pretrained=model_name.count(".") > 0).eval()
+    cfg = model.pretrained_cfg
+    roi = tuple(cfg.get("roi_size") or (96, 96, 96))
+    lo, hi = cfg.get("intensity_window") or (-125.0, 275.0)
+    windows = []
+    with timers.phase("read"):
+        image = T.LoadImage(image_only=True, ensure_channel_first=True)(str(scan))
+    with timers.phase("resample"):
+        prep = T.Compose([T.Orientation(axcodes="RAS"), T.Spacing(pixdim=cfg.get("spacing") or (1.5, 1.5, 2.0),
+                                                                    mode="bilinear"),
+                          T.ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)])
+        x = prep(image.float())
+
+    def forward(window):
+        windows.append(window.shape[0])
+        with timers.phase("infer"):
+            return torch.softmax(model(window), dim=1)
+
+    with timers.phase("sliding_window"), torch.no_grad():
+        probs = sliding_window_inference(x[None].as_tensor(), roi, 1, forward, overlap=args.overlap,
+                                         mode="gaussian", padding_mode="constant", cval=0.0)
+    with timers.phase("resample"):
+        label = probs[0].argmax(0, keepdim=True).to(torch.uint8)
+        label = MetaTensor(label, affine=x.affine)
+        back = T.Compose([T.Spacing(pixdim=image.pixdim[:3].tolist(), mode="nearest"),
+                          T.Orientation(axcodes=nib.aff2axcodes(image.affine.numpy()))])(label)
+        back = T.ResizeWithPadOrCrop(tuple(image.shape[1:]))(back)
+    with timers.phase("write"):
+        path = out / (scan.name.split(".")[0] + "_seg.nii.gz")
+        out.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(back[0].numpy().astype(np.uint8), image.affine.numpy()), path)
+    wall = time.perf_counter() - start
+    seconds = dict(timers.seconds)
+    seconds["stitch"] = seconds.pop("sliding_window") - seconds["infer"]
+    return {"wall_s": wall, "phases_s": seconds, "windows": sum(windows), "baseline_rss_mib": baseline,
+            "peak_rss_mib": rss_mib(), "label": str(path), "command": "MONAI pipeline in benchmarks/full_scan.py"}
+
+
+def dice_vs_truth(label_path: str, truth_path: Path) -> float:
+    import nibabel as nib
+    import torch
+
+    from rep3d.metrics import dice_per_class, mean_dice
+    from rep3d.presets import PHANTOM_CLASSES
+
+    pred = torch.from_numpy(np.asarray(nib.load(label_path).dataobj).astype(np.int64))
+    truth = torch.from_numpy(np.asarray(nib.load(str(truth_path)).dataobj).astype(np.int64))
+    return mean_dice(dice_per_class(pred, truth, len(PHANTOM_CLASSES)))
+
+
+def worker(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scan = args.workdir / "scan.nii.gz"
+    out = args.workdir / f"out_{args.worker}_{args.model}"
+    result = (run_rep3d if args.worker == "rep3d" else run_monai)(scan, args.model, out, args)
+    if args.model.endswith(".phantom"):
+        result["dice_vs_phantom_truth"] = dice_vs_truth(result["label"], scan.with_name("label.nii.gz"))
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["rep3d_tiny.phantom"])
+    parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
+    parser.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 2.5))
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pipelines", nargs="+", default=["rep3d", "monai"], choices=("rep3d", "monai"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rep3d_full_scan"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "full_scan.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out for other (model, pipeline, precision) combinations")
+    parser.add_argument("--worker", choices=("rep3d", "monai"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    import torch
+
+    scan = args.workdir / "scan.nii.gz"
+    meta_file = args.workdir / "scan.json"
+    wanted = {"shape": list(args.shape), "spacing": list(args.spacing), "seed": args.seed}
+    if not scan.exists() or not meta_file.exists() or json.loads(meta_file.read_text()) != wanted:
+        print(f"writing the SYNTHETIC scan {tuple(args.shape)} at {tuple(args.spacing)} mm to {scan} ...")
+        write_scan(scan, tuple(args.shape), tuple(args.spacing), args.seed)
+        meta_file.write_text(json.dumps(wanted))
+    rows = []
+    if args.append and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous["meta"]["scan"]["shape"] != list(args.shape):
+            raise SystemExit(f"--append: {args.out} holds a {previous['meta']['scan']['shape']} scan, not "
+                             f"{list(args.shape)}")
+        redo = {(m, p, args.precision) for m in args.models for p in args.pipelines}
+        rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32")) not in redo]
+    for model in args.models:
+        for pipeline in args.pipelines:
+            cmd = [sys.executable, __file__, "--worker", pipeline, "--model", model, "--workdir", str(args.workdir),
+                   "--threads", str(args.threads), "--overlap", str(args.overlap), "--precision", args.precision]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{pipeline} worker for {model} failed")
+            row = {"model": model, "pipeline": pipeline, "precision": args.precision,
+                   **json.loads(line[len("RESULT "):])}
+            rows.append(row)
+            phases = "  ".join(f"{p} {row['phases_s'].get(p, 0.0):7.1f}" for p in PHASES)
+            dice = f"  Dice {row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else ""
+            print(f"{model:<22} {pipeline:<6} {row['windows']:4d} windows  wall {row['wall_s']:7.1f} s  {phases}  "
+                  "peak RSS "
+                  f"{row['peak_rss_mib']:6.0f} MiB (baseline {row['baseline_rss_mib']:.0f}){dice}", flush=True)
+    meta = {"torch": torch.__version__, "threads": args.threads,
+            "scan": {"shape": list(args.shape), "spacing_mm": list(args.spacing), "dtype": "int16 HU",
+                     "synthetic": True}, "overlap": args.overlap, "blend": "gaussian", "sw_batch_size": 1,
+            "device": "cpu", "note": "SYNTHETIC phantom scan; 2-core machine shared with other processes"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Regenerate the measured tables of ``docs/guides/performance.md`` from the benchmark JSONs.
+
+    python benchmarks/performance_doc.py            # rewrite the tables between the page's markers
+    python benchmarks/performance_doc.py --check    # exit 1 if the page differs from the JSONs
+
+One renderer per results JSON (``model_forward.json``, ``full_scan.json``); each fills the block between
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` of the page, so no number on the page is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "guides" / "performance.md"
+
+
+def render_model_forward(data: dict) -> str:
+    meta = data["meta"]
+    variants = ("fp32", "fp32 channels_last", "fp32 optimized", "bf16", "bf16 optimized")
+    lines = [f"torch {meta['torch']}, {meta['threads']} CPU threads, batch 1, {meta['state']}; "
+             f"{meta['repeats']} interleaved rounds on a shared 2-core machine (CPU flags: "
+             f"{', '.join(meta['cpu_flags']) or 'unknown'}). Each cell: speed-up over `fp32` (median over rounds of "
+             "the ratio within a round) and, in brackets, the output difference max |y - y_fp32| / max |y_fp32|.",
+             ""]
+    lines.append("| model | input | decoder share | " + " | ".join(f"`{v}`" for v in variants) + " |")
+    lines.append("|---|---|---|" + "---|" * len(variants))
+    for row in data["rows"]:
+        speedup = row.get("speedup_paired_median", row["speedup_vs_fp32"])
+        cells = [f"{speedup[v]:.2f}× ({row['max_abs_error_rel'][v]:.0e})" for v in variants]
+        lines.append(f"| {row['model']} | {row['roi']}³ | {row['decoder_share_fp32']:.0%} | " + " | ".join(cells)
+                     + " |")
+    profiled = [r for r in data["rows"] if "profile_fp32" in r]
+    if profiled:
+        lines += ["", "Where the `fp32` forward spends its time (torch.profiler, self time by op, top 4; transposed "
+                  "convolutions in total):", ""]
+        for row in profiled:
+            top = list(row["profile_fp32"]["self_time_share"].items())[:4]
+            lines.append(f"- {row['model']} at {row['roi']}³: " + ", ".join(f"`{k}` {v:.0%}" for k, v in top)
+                         + f"; transposed convolutions {row['profile_fp32']['transposed_conv_share']:.1%}.")
+    return "\n".join(lines)
+
+
+def render_full_scan(data: dict) -> str:
+    meta = data["meta"]
+    scan = meta["scan"]
+    phases = ("setup", "read", "resample", "infer", "stitch", "write")
+    lines = [f"SYNTHETIC CT {' × '.join(map(str, scan['shape']))} voxels at "
+             f"{' × '.join(f'{s:g}' for s in scan['spacing_mm'])} mm ({scan['dtype']}); torch {meta['torch']}, "
+             f"{meta['threads']} CPU threads, overlap {meta['overlap']}, "
+             f"{meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run each on a shared "
+             "2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the model included).", ""]
+    lines.append("| model | pipeline | precision | windows | wall s | " + " | ".join(phases)
+                 + " | infer s / window | peak RSS MiB (before reading) | Dice vs phantom truth |")
+    lines.append("|---|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
+    for row in data["rows"]:
+        cells = [f"{row['phases_s'].get(p, 0.0):.1f}" for p in phases]
+        per_window = row["phases_s"]["infer"] / max(row["windows"], 1)
+        dice = f"{row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else "–"
+        lines.append(f"| {row['model']} | {row['pipeline']} | {row.get('precision', 'fp32')} | {row['windows']} | "
+                     f"{row['wall_s']:.0f} | "
+                     + " | ".join(cells) + f" | {per_window:.1f} | {row['peak_rss_mib']:.0f} "
+                     f"({row['baseline_rss_mib']:.0f}) | {dice} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"model_forward": render_model_forward, "full_scan": render_full_scan}
+
+
+def render_page(text: str) -> str:
+    for name, render in RENDERERS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        block = render(json.loads(path.read_text()))
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
+    args = parser.parse_args(argv)
+    old = PAGE.read_text()
+    new = render_page(old)
+    if args.check:
+        if new != old:
+            print(f"{PAGE} differs from the JSONs in {RESULTS}: run python benchmarks/performance_doc.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(new)
+    print(f"wrote {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
