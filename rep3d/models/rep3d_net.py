@@ -342,7 +342,8 @@ class PrunedDecoder(nn.Module):
     """
 
     def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        raise RuntimeError("this model's decoder was pruned (features_only): it returns encoder features only")
+        raise Rep3DValueError("this model's decoder was pruned (features_only): it returns encoder features only; "
+                              "build the model without features_only to segment")
 
 
 class UXNet3D(Rep3D):
