@@ -33,32 +33,63 @@ def register_models() -> None:
     importlib.import_module(MODELS_MODULE)
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """timm's own loader, followed by the registration of rep3d's models."""
+def _rep3d_module_initializing(finishing: str | None = None) -> bool:
+    """Whether a rep3d module other than ``finishing`` (whose code has just run) is part-way through its import:
+    registering then could meet it half-initialized."""
+    return any(getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for name, module in list(sys.modules.items()) if name.startswith("rep3d.") and name != finishing)
 
-    def __init__(self, loader) -> None:
-        self.loader = loader
+
+_pending = False  # timm has loaded while a rep3d module was importing: register once that import has finished
+
+
+def _register_when_rep3d_is_idle(finishing: str | None = None) -> None:
+    global _pending
+    if _rep3d_module_initializing(finishing):
+        _pending = True
+        return
+    _pending = False
+    uninstall()
+    try:
+        register_models()
+    except Exception as err:  # noqa: BLE001 - timm itself must keep working for the user's other models
+        warnings.warn(f"rep3d: timm was imported but rep3d's models could not be registered with it "
+                      f"({type(err).__name__}: {err}); rep3d.create_model shows the full error", stacklevel=2)
+
+
+class _ThenRegister(importlib.abc.Loader):
+    """Wraps a module's own loader; once the module has run: timm -> register rep3d's models (or mark it pending
+    while a rep3d module is importing, e.g. ``rep3d.hub`` importing timm for the first time); a rep3d module -> do a
+    pending registration."""
+
+    def __init__(self, loader, is_timm: bool) -> None:
+        self.loader, self.is_timm = loader, is_timm
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
+    def __getattr__(self, name: str):  # get_code, get_source, is_package, ...: the wrapped loader's (runpy uses them)
+        return getattr(self.loader, name)
+
     def exec_module(self, module) -> None:
-        _import_timm_quietly(self.loader.exec_module, module)
-        uninstall()
-        try:
-            register_models()
-        except Exception as err:  # noqa: BLE001 - timm itself must keep working for the user's other models
-            warnings.warn(f"rep3d: timm was imported but rep3d's models could not be registered with it "
-                          f"({type(err).__name__}: {err}); rep3d.create_model shows the full error", stacklevel=2)
+        if self.is_timm:
+            _import_timm_quietly(self.loader.exec_module, module)
+            _register_when_rep3d_is_idle()
+        else:
+            self.loader.exec_module(module)
+            if _pending:
+                _register_when_rep3d_is_idle(finishing=module.__name__)
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
-    """A meta-path finder for the top-level ``timm`` module only: it finds timm's spec with the other finders and
-    wraps its loader so that rep3d's models are registered as soon as timm has loaded. It stays installed until timm
-    is actually loaded (a mere ``importlib.util.find_spec("timm")`` availability probe does not use it up)."""
+    """A meta-path finder that wraps the loaders of the top-level ``timm`` module and, until timm has loaded, of
+    rep3d's own modules (:class:`_ThenRegister`); it finds their specs with the other finders. It stays installed
+    until the registration has run (a mere ``importlib.util.find_spec("timm")`` availability probe does not use it
+    up)."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "timm":
+        is_timm = fullname == "timm"
+        if not is_timm and not fullname.startswith("rep3d."):
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
@@ -70,7 +101,7 @@ class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _RegisteringLoader(spec.loader)
+            spec.loader = _ThenRegister(spec.loader, is_timm)
         return spec
 
 

@@ -75,3 +75,11 @@ def test_version_is_the_package_version(capsys):
     except SystemExit as exit_:
         assert exit_.code == 0
     assert capsys.readouterr().out.strip() == f"rep3d {rep3d.__version__}"
+
+
+def test_timm_first_imported_by_a_rep3d_module_still_registers_the_models():
+    # rep3d.hub imports timm at its top: the registration must wait until rep3d.hub has finished importing (it met
+    # rep3d.hub half-initialized and warned instead, and every such command printed that warning)
+    code = "from rep3d.hub import save_pretrained\nimport timm\nprint('rep3d_tiny' in timm.list_models('rep3d*'))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "True" and "could not be registered" not in out.stderr, out.stderr
