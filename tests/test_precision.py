@@ -104,3 +104,13 @@ def test_the_performance_page_tables_come_from_the_benchmark_jsons():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "performance_doc.py"
     proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_resampling_back_gives_the_same_labels_whatever_the_slab_size():
+    from rep3d.inference.resample import to_input_grid
+
+    probs = torch.softmax(torch.randn(4, 10, 12, 9, generator=torch.Generator().manual_seed(0)), dim=0)
+    grid, scan = np.diag([1.5, 1.5, 2.0, 1.0]), np.diag([0.9, 1.1, 2.5, 1.0])
+    whole, p_whole = to_input_grid(probs, grid, scan, (16, 15, 7), keep=True, slab_voxels=1 << 20)
+    slabs, p_slabs = to_input_grid(probs, grid, scan, (16, 15, 7), keep=True, slab_voxels=15 * 7 * 3)
+    assert np.array_equal(whole, slabs) and np.array_equal(p_whole, p_slabs)
