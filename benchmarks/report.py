@@ -762,9 +762,41 @@ def render_guide_results(ctx: Context) -> str:
     ])
 
 
+def render_bundled_masks(ctx: Context) -> str:
+    data = ctx.load("masks_rep3d_tiny_phantom.json")
+    roi = "×".join(map(str, data["roi"]))
+    rows, local_global = [], {}
+    for name, block in data["blocks"].items():
+        s, live = block["mask_stats"], block["live"]
+        rings = dict(zip(block["ratio_by_ring"]["ring"], block["ratio_by_ring"]["mean"]))
+        live_rings = dict(zip(live["ratio_by_ring_live"]["ring"], live["ratio_by_ring_live"]["mean"]))
+        outer = max(live_rings)
+        local_global[name.removeprefix("encoder.").removesuffix(".dwconv")] = live_rings[outer]
+        rows.append([name.removeprefix("encoder.").removesuffix(".dwconv"), "×".join(map(str, live["feature_size"])),
+                     f"{live['live_taps']} / {live['live_taps'] + live['dead_taps']}",
+                     f"{live['abs_mask_on_live']:.2f}", f"{s['negative']:.2f}", f"{s['at_bound']:.2f}",
+                     f"{rings[8]:.2f}" + ("" if 8 in live_rings else " (dead)"),
+                     f"{live_rings[outer]:.2f} (r = {outer})"])
+    return "\n".join([
+        f"`rep3d masks rep3d_tiny.phantom --roi {data['roi'][0]} {data['roi'][1]} {data['roi'][2]}` on the bundled "
+        f"weights' additive masks, at a {roi} input (numbers from "
+        "`benchmarks/results/masks_rep3d_tiny_phantom.json`). `share of abs(M) live`: the part of the mask's total "
+        "magnitude on taps that meet data; `far from P`: the fraction with abs(M/P - 1) ≥ 0.98.",
+        "",
+        table(["block", "feature map", "live taps", "share of abs(M) live", "M < 0", "far from P", "M/P ring 8",
+               "M/P outermost live ring"], rows),
+        "",
+        "On live taps only, the mask is " + "; ".join(
+            f"{'more local than' if v < 0.9 else 'more global than' if v > 1.1 else 'close to'} the prior in {k} "
+            f"(M/P {v:.2f} at its outermost live ring)" for k, v in local_global.items())
+        + ". A ring marked dead never meets data at this input size: the mask values there do not act on it.",
+    ])
+
+
 QUOTES: list[Quote] = [
     Quote("README.md", "model-advice", render_readme_advice),
     Quote("docs/guides/choose-a-model.md", "study-results", render_guide_results),
+    Quote("docs/guides/analysis.md", "bundled-masks", render_bundled_masks),
 ]
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rep3d.analysis import TARGETS, effective_receptive_field, msd_crops, random_inputs, save_erf_png
+from rep3d.analysis import DEFINITIONS, TARGETS, effective_receptive_field, msd_crops, random_inputs, save_erf_png
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import AUTO, Predictor
@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", help="MSD-layout dataset: inputs are seeded random crops of its "
                         "images on the model grid (default: standard-normal noise)")
     parser.add_argument("--target", default="logits", choices=TARGETS, help="output whose central voxel is traced")
+    parser.add_argument("--definition", default="rep3d", choices=DEFINITIONS,
+                        help="rep3d (default): mean |gradient| of the central output, area ratios on the raw map; "
+                        "replknet: RepLKNet's code (relu of the central output and of the gradient, log10(1 + .), "
+                        "area ratios of growing centred cubes) -- see the analysis guide")
     parser.add_argument("--n-samples", type=int, default=8, help="inputs averaged over (default 8)")
     parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="input size (default: the model cfg's roi_size)")
@@ -58,7 +62,8 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
-    png, js = output_paths(args.output, f"erf_{args.target}")
+    suffix = "" if args.definition == "rep3d" else f"_{args.definition}"
+    png, js = output_paths(args.output, f"erf_{args.target}{suffix}")
     model, weights = load_model(args)
     # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
     predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
@@ -72,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         inputs = random_inputs((in_chans, *roi), args.n_samples, seed=args.seed)
         source = "standard-normal noise"
-    result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples)
+    result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples,
+                                       definition=args.definition)
     save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
                               "seed": args.seed, **result.to_json()}, indent=2) + "\n")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
-    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); "
+    print(f"ERF ({args.definition} definition) of {args.target} of {args.model} ({weights}) over "
+          f"{result.n_samples} inputs ({source}); "
           f"volume fraction holding {ratios}")
     print(f"wrote {png} and {js}")
     return 0
