@@ -489,6 +489,26 @@ def context_status(data: dict[str, Any] | None) -> str:
             f"(of {len(plan['seeds'])})")
 
 
+def _v1_note(ctx: Context) -> str:
+    """What the discarded first version of the task showed (its check runs are kept in their own JSON)."""
+    v1 = ctx.load("context_task_v1_check.json")
+    if not v1:
+        return ""
+    runs = {r["variant"]: r for r in v1["runs"]}
+    if not {"small_k3", "vanilla"} <= set(runs):
+        return ""
+
+    def tail_loss(r: dict[str, Any]) -> float:
+        return float(np.mean([v for _, v in r["loss"][-50:]]))
+
+    k3, k21 = runs["small_k3"], runs["vanilla"]
+    return (f" A first version with {v1['num_train_cases']} training volumes was memorised, not solved: after "
+            f"{k3['config']['iterations']} steps the 3³ model's training loss (mean of the last 50 steps) was "
+            f"{tail_loss(k3):.3f} against the 21³ model's {tail_loss(k21):.3f}, while its best validation Dice was "
+            f"{k3['best_val']['dice']:.3f} against {k21['best_val']['dice']:.3f} "
+            "([`results/context_task_v1_check.json`](results/context_task_v1_check.json), seed 0).")
+
+
 def render_context(ctx: Context) -> str:
     data = ctx.load("context_task.json")
     task = (data or {}).get("dataset") or {"size": 32, "marker_distance": [12, 16], "gap": 6, "marker_size": 5}
@@ -504,9 +524,8 @@ def render_context(ctx: Context) -> str:
         "the same: a model that cannot reach the marker finds the blobs but can only guess their labels. The rule "
         "uses distances only, so the recipe's rotations and scalings keep every label right.", "",
         f"- **Data**: {(data or {}).get('num_train_cases', '?')} training volumes ({num_val} of them for validation) "
-        f"and {(data or {}).get('num_test_cases', '?')} labelled test volumes of {size}³ voxels, synthetic. (A first "
-        "version with 40 training volumes was memorised: the 3³ model's training loss fell below the 21³ model's "
-        "while its validation Dice stayed at chance.)",
+        f"and {(data or {}).get('num_test_cases', '?')} labelled test volumes of {size}³ voxels, synthetic."
+        + _v1_note(ctx),
         "- **Models**: every variant at the same small widths (8/16/32/64, one block per stage, decoder 32): "
         "`lrbm_additive` (the paper's mask, `rep3d_tiny`'s default), `lrbm_softmax`, `fixed`, `vanilla`, `csla`, "
         "`uxnet_k7` (`uxnet3d_base`, k = 7) and `small_k3` (the same network as `vanilla` with 3³ kernels).",
@@ -701,7 +720,7 @@ SECTIONS: list[Section] = [
     Section("stability", ("kernel_stability.json", "kernel_stability_high_lr.json"), render_stability),
     Section("ablation", ("ablation_phantom.json",), render_ablation, figures_ablation),
     Section("ablation_600", ("ablation_phantom_600.json",), render_ablation_600),
-    Section("context", ("context_task.json",), render_context, figures_context),
+    Section("context", ("context_task.json", "context_task_v1_check.json"), render_context, figures_context),
     Section("claims", (), render_claims),
 ]
 """RESULTS.md, in order. A section whose sources are all missing is left out."""
