@@ -707,6 +707,26 @@ def render_claims(ctx: Context) -> str:
     return "\n".join(lines)
 
 
+def render_decisions(ctx: Context) -> str:
+    runs = ctx.load("ablation_phantom.json")
+    groups = by_variant(runs)
+    steps = runs[0]["config"]["iterations"]
+
+    def vs(a: str, b: str) -> str:
+        return comparison(a, b, paired(seed_map(groups[a], lambda r: r["test_mean_dice"]),
+                                       seed_map(groups[b], lambda r: r["test_mean_dice"])), f"{steps} steps")
+
+    return "\n".join([
+        "## 6. Decisions", "",
+        "1. **The default mask form stays `additive`** (`M = P + f(P)`) for every paper-named model: the paper is the "
+        "spec, and no measured form separates from it. " + vs("lrbm_softmax", "lrbm_additive"),
+        "2. **No registered name for the residual block** (`block_residual=True` stays an explicit option, needed "
+        "for drop-path). " + vs("lrbm_additive_residual", "lrbm_additive"),
+        "3. **The README's model advice** is rendered by this script from the statistics above (section 5): while "
+        "nothing separates the variants it recommends on cost, folding and stability, not on accuracy.",
+    ])
+
+
 LIMITS = """## Limits
 
 Synthetic data only; small models (`rep3d_tiny` widths or smaller); CPU float32 on a shared 2-core machine; 3 seeds
@@ -722,6 +742,7 @@ SECTIONS: list[Section] = [
     Section("ablation_600", ("ablation_phantom_600.json",), render_ablation_600),
     Section("context", ("context_task.json", "context_task_v1_check.json"), render_context, figures_context),
     Section("claims", (), render_claims),
+    Section("decisions", ("ablation_phantom.json",), render_decisions),
 ]
 """RESULTS.md, in order. A section whose sources are all missing is left out."""
 
@@ -742,6 +763,8 @@ def _advice_stats(ctx: Context) -> dict[str, Any]:
             "diff": paired(seed_map(g["lrbm_additive"], lambda r: r["test_mean_dice"]),
                            seed_map(g["vanilla"], lambda r: r["test_mean_dice"])),
         }
+    trained = list(runs) + list(long_runs) + list((ctx.load("context_task.json") or {}).get("runs", []))
+    out["runs"], out["diverged"] = len(trained), sum(1 for r in trained if r.get("diverged"))
     return out
 
 
@@ -749,10 +772,16 @@ def _iv(iv: Interval) -> str:
     return f"{iv.mean:.3f} ± {iv.half:.3f}"
 
 
+def _verdict(st: Any) -> str:
+    if not st.separates:
+        return "no difference"
+    return "the paper's mask ahead" if st.diff.mean > 0 else "the plain kernel ahead"
+
+
 def render_readme_advice(ctx: Context) -> str:
     s = _advice_stats(ctx)
     short, long_ = s["short"], s["long"]
-    status = context_status(ctx.load("context_task.json"))
+    status = context_status(ctx.load("context_task.json")).split(":")[0]
     verdict = ("Nothing separates the variants in our measurements so far" if not s["found"] else
                "Some comparisons separate: " + " ".join(s["found"]))
     return "\n".join([
@@ -761,31 +790,33 @@ def render_readme_advice(ctx: Context) -> str:
         f"- **On a new dataset**: {verdict}. On a synthetic phantom the paper's mask against a plain large kernel "
         f"(`rep3d_*_vanilla`) scored {_iv(short['add'])} against {_iv(short['van'])} test Dice after "
         f"{short['steps']} steps and {_iv(long_['add'])} against {_iv(long_['van'])} after {long_['steps']} steps "
-        f"(separate runs; paired differences {short['diff'].fmt()} and {long_['diff'].fmt()}, n = "
-        f"{short['diff'].n} seeds each: no difference at these budgets). The context-task study that needs long "
-        f"range is {status.split(':')[0]}. So choose on other grounds: every `rep3d_*` variant folds to the same "
-        "single depthwise convolution (no cost at deployment); a plain large kernel (`_vanilla`) trains fastest "
-        "per step and has no mask to watch; the method (`rep3d_*`) is the paper's model. Train both when the "
-        "result matters.",
+        f"(separate runs; mean ± 95 % interval over {short['diff'].n} seeds; paired differences "
+        f"{short['diff'].fmt()}: {_verdict(short['diff'])}, and {long_['diff'].fmt()}: {_verdict(long_['diff'])}). "
+        f"The context-task study that needs long range is {status}. So choose on other grounds: every `rep3d_*` "
+        "variant folds to the same single depthwise convolution (no cost at deployment); a plain large kernel "
+        "(`_vanilla`) has no mask generator to train or watch; the method (`rep3d_*`) is the paper's model; "
+        f"{s['diverged']} of {s['runs']} training runs in these studies diverged. Train both when the result matters.",
     ])
 
 
 def render_guide_results(ctx: Context) -> str:
     s = _advice_stats(ctx)
     short, long_ = s["short"], s["long"]
-    status = context_status(ctx.load("context_task.json"))
+    status = context_status(ctx.load("context_task.json")).split(":")[0]
+    both = "no difference" if not short["diff"].separates and not long_["diff"].separates else None
     return "\n".join([
         "The comparison of these variants on synthetic data -- which mask, which kernel, at what cost -- is recorded "
         "in `benchmarks/RESULTS.md` in the repository, generated from the results JSON with the commands that "
         f"reproduce each number. In short: on a phantom that needs context, after {short['steps']} steps the paper's "
         f"additive mask (`rep3d_tiny`) scored {_iv(short['add'])} test Dice against the plain large kernel's "
-        f"{_iv(short['van'])} (paired difference {short['diff'].fmt()}, n = {short['diff'].n}); in separate "
-        f"{long_['steps']}-step runs {_iv(long_['add'])} against {_iv(long_['van'])} (paired difference "
-        f"{long_['diff'].fmt()}, n = {long_['diff'].n}). Neither interval excludes zero: **no difference at these "
-        f"budgets**. A task built to need long range (the context task) is {status.split(':')[0]}. "
-        "Until a measurement separates them, choose on cost and convenience: all variants fold to the same "
-        "depthwise convolution for deployment; the plain kernel is the cheapest to train; `rep3d_*` is the paper's "
-        "model.",
+        f"{_iv(short['van'])} (mean ± 95 % interval; paired difference {short['diff'].fmt()}, n = "
+        f"{short['diff'].n}: {_verdict(short['diff'])}); in separate {long_['steps']}-step runs {_iv(long_['add'])} "
+        f"against {_iv(long_['van'])} (paired difference {long_['diff'].fmt()}, n = {long_['diff'].n}: "
+        f"{_verdict(long_['diff'])})."
+        + (" **No difference at these budgets.**" if both else "")
+        + f" A task built to need long range (the context task) is {status}. Until a measurement separates them, "
+        "choose on cost and convenience: all variants fold to the same depthwise convolution for deployment; the "
+        "plain kernel has no mask generator to train or watch; `rep3d_*` is the paper's model.",
     ])
 
 
