@@ -6,7 +6,7 @@ either bright or dark; a blob's label is the type of *its* marker: 1 next to a b
 (drawn independently per blob, so both blobs may carry the same label). The other blob's marker is always at least
 ``GAP`` voxels farther away than a blob's own, so "the nearest marker" is unambiguous. Locally the two classes look
 the same: a model whose receptive field does not reach the marker can find the blobs but can only guess their
-labels (expected per-class Dice about 0.5). The rule depends on distances only, so the recipe's rotations and
+labels. The rule depends on distances only, so the recipe's rotations and
 scalings keep every label right.
 
 The study (``run``) trains every variant through ``rep3d.train`` (the code behind ``rep3d train``) on the same data
@@ -61,7 +61,7 @@ NOISE_HU = 25.0
 WINDOW = (-125.0, 275.0)
 BLOB_RADIUS = 4.5
 MARKER_HALF = 2  # markers are (2 * MARKER_HALF + 1)³ cubes
-GAP = 6.0
+GAP = 8.0
 """The other blob's marker is at least this many voxels farther from a blob than its own marker."""
 
 WIDTHS = dict(widths=(8, 16, 32, 64), depths=(1, 1, 1, 1), hidden_size=32)
@@ -86,11 +86,12 @@ def _inside(p: np.ndarray, size: int, margin: float) -> bool:
     return bool(np.all(p >= margin) and np.all(p <= size - 1 - margin))
 
 
-def layout(rng: np.random.Generator, size: int, distance: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def layout(rng: np.random.Generator, size: int, distance: tuple[float, float], gap: float = GAP
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Blob centres ``[2, 3]`` and their markers' centres ``[2, 3]`` (voxels) for one volume, by rejection sampling:
-    each marker at ``distance`` from its blob, the other blob's marker at least :data:`GAP` farther, nothing
+    each marker at ``distance`` from its blob, the other blob's marker at least ``gap`` farther, nothing
     overlapping, everything inside the volume."""
-    for _ in range(200_000):  # about 1 % of the draws fit at 32³
+    for _ in range(200_000):  # about 1 % of the draws fit (48³, 20-28 voxels, gap 8)
         blobs = rng.uniform(BLOB_RADIUS + 1, size - 2 - BLOB_RADIUS, size=(2, 3))
         if np.linalg.norm(blobs[0] - blobs[1]) < 2 * BLOB_RADIUS + 6:
             continue
@@ -103,7 +104,7 @@ def layout(rng: np.random.Generator, size: int, distance: tuple[float, float]) -
             continue
         own = [np.linalg.norm(blobs[i] - markers[i]) for i in range(2)]
         cross = [np.linalg.norm(blobs[i] - markers[1 - i]) for i in range(2)]
-        if min(cross[i] - own[i] for i in range(2)) < GAP:
+        if min(cross[i] - own[i] for i in range(2)) < gap:
             continue
         if min(np.linalg.norm(m - b) for m in markers for b in blobs) < BLOB_RADIUS + MARKER_HALF + 3:
             continue
@@ -111,9 +112,10 @@ def layout(rng: np.random.Generator, size: int, distance: tuple[float, float]) -
     raise RuntimeError(f"could not place the blobs and markers in a {size}³ volume")  # pragma: no cover
 
 
-def make_case(rng: np.random.Generator, size: int, distance: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def make_case(rng: np.random.Generator, size: int, distance: tuple[float, float], gap: float = GAP
+              ) -> tuple[np.ndarray, np.ndarray]:
     """One ``[size]*3`` volume (HU, float32) and its label (uint8) of the context task."""
-    blobs, markers = layout(rng, size, distance)
+    blobs, markers = layout(rng, size, distance, gap)
     grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), axis=-1).astype(np.float32)
     image = np.full((size,) * 3, HU["background"], np.float32)
     label = np.zeros((size,) * 3, np.uint8)
@@ -130,7 +132,7 @@ def make_case(rng: np.random.Generator, size: int, distance: tuple[float, float]
 
 
 def make_dataset(root: Path, *, num_train: int, num_test: int, size: int, distance: tuple[float, float],
-                 seed: int) -> Path:
+                 seed: int, gap: float = GAP) -> Path:
     """Write the task in MSD layout (labelled test cases under ``labelsTs``); an existing dataset is kept."""
     if (root / "dataset.json").exists():
         return root
@@ -140,7 +142,7 @@ def make_dataset(root: Path, *, num_train: int, num_test: int, size: int, distan
     training, test = [], []
     for i in range(num_train + num_test):
         rng = np.random.default_rng([seed, i])
-        image, label = make_case(rng, size, distance)
+        image, label = make_case(rng, size, distance, gap)
         split = ("Tr", training) if i < num_train else ("Ts", test)
         name = f"context_{i:03d}.nii.gz"
         save_nifti(root / f"images{split[0]}" / name, np.rint(image).astype(np.int16), affine)
@@ -152,7 +154,7 @@ def make_dataset(root: Path, *, num_train: int, num_test: int, size: int, distan
         "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {str(i): c for i, c in enumerate(CLASSES)},
         "numTraining": num_train, "numTest": num_test, "training": training,
         "test": [t["image"] for t in test], "test_labeled": test, "synthetic": True,
-        "context_task": {"size": size, "marker_distance": list(distance), "gap": GAP, "seed": seed, "hu": HU,
+        "context_task": {"size": size, "marker_distance": list(distance), "gap": gap, "seed": seed, "hu": HU,
                          "noise_hu": NOISE_HU, "blob_radius": BLOB_RADIUS, "marker_size": 2 * MARKER_HALF + 1},
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -303,8 +305,9 @@ def main() -> None:
     make.add_argument("--data", required=True)
     make.add_argument("--num-train", type=int, default=400)
     make.add_argument("--num-test", type=int, default=32)
-    make.add_argument("--size", type=int, default=32, help="volume edge in voxels (a multiple of 16)")
-    make.add_argument("--marker-distance", type=float, nargs=2, default=(12.0, 16.0))
+    make.add_argument("--size", type=int, default=48, help="volume edge in voxels (a multiple of 16)")
+    make.add_argument("--marker-distance", type=float, nargs=2, default=(20.0, 28.0))
+    make.add_argument("--gap", type=float, default=GAP, help="the other marker is at least this much farther")
     make.add_argument("--seed", type=int, default=0)
     for name in ("run", "report"):
         p = sub.add_parser(name)
@@ -327,7 +330,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "make":
         make_dataset(Path(args.data), num_train=args.num_train, num_test=args.num_test, size=args.size,
-                     distance=tuple(args.marker_distance), seed=args.seed)
+                     distance=tuple(args.marker_distance), seed=args.seed, gap=args.gap)
         print(f"wrote {args.data}")
     elif args.command == "run":
         run_study(args)

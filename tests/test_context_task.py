@@ -27,7 +27,7 @@ ct = _load()
 
 @pytest.mark.parametrize("seed", range(5))
 def test_each_blob_is_labelled_by_its_own_marker_which_is_nearer_than_the_other(seed):
-    size, distance = 32, (12.0, 16.0)
+    size, distance = 48, (20.0, 28.0)
     blobs, markers = ct.layout(np.random.default_rng([9, seed]), size, distance)
     for i in range(2):
         own = np.linalg.norm(blobs[i] - markers[i])
