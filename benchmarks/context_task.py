@@ -181,8 +181,11 @@ def run_one(variant: str, lr: float, seed: int, stage: str, args: argparse.Names
     )
     start = time.perf_counter()
     diverged = None
+    # a run stopped part-way (SIGTERM at the end of a session checkpoints it) continues from its last checkpoint;
+    # rep3d.train resumes bit for bit on CPU
+    resume = (out / "train_state" / "last.pt").exists()
     try:
-        summary = train(cfg, command=f"benchmarks/context_task.py {variant} lr {lr:g} seed {seed}")
+        summary = train(cfg, resume=resume, command=f"benchmarks/context_task.py {variant} lr {lr:g} seed {seed}")
     except NonFiniteLossError as err:
         summary, diverged = {}, str(err)
     wall = time.perf_counter() - start
@@ -190,13 +193,16 @@ def run_one(variant: str, lr: float, seed: int, stage: str, args: argparse.Names
                               "model_args": model_args, "wall_time_s": wall, "diverged": diverged,
                               "config": cfg.to_dict()}
     curves = _curves(out / "train_state" / "metrics.csv")
+    for key in ("loss", "val_mean_dice", "mask_trace"):  # a resumed run may have logged some steps twice: keep the last
+        if key in curves:
+            curves[key] = [[step, *rest] for step, *rest in {row[0]: row for row in curves[key]}.values()]
     result.update(curves)
     result["seconds_per_step"] = _median_step_seconds(out / "train_state" / "metrics.csv")
     (out / "train_state" / "last.pt").unlink(missing_ok=True)  # 20+ MB of optimizer state per run; not needed
     if diverged:
         return result
     result.update(test_dice=summary["test_dice"], test_mean_dice=summary["test_mean_dice"],
-                  best_val=summary["best"], train_wall_time_s=summary["wall_time_s"])
+                  best_val=summary["best"], train_wall_time_s=summary["wall_time_s"], resumed=resume)
     import rep3d
 
     model = rep3d.create_model(f"local-dir:{out}", pretrained=True).eval()
@@ -260,8 +266,6 @@ def run_study(args: argparse.Namespace) -> None:
             path = run_dir(out, variant, lr, seed) / "result.json"
             if path.exists() or not _claim(path.parent):
                 continue
-            if (path.parent / "train_state" / "last.pt").exists():  # a killed run: start it again from scratch
-                (path.parent / "train_state" / "last.pt").unlink()
             result = run_one(variant, lr, seed, stage, args)
             result["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                      "cpu": platform.processor() or platform.machine(),
