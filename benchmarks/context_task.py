@@ -203,12 +203,29 @@ def run_one(variant: str, lr: float, seed: int, stage: str, args: argparse.Names
         return result
     result.update(test_dice=summary["test_dice"], test_mean_dice=summary["test_mean_dice"],
                   best_val=summary["best"], train_wall_time_s=summary["wall_time_s"], resumed=resume)
-    import rep3d
-
-    model = rep3d.create_model(f"local-dir:{out}", pretrained=True).eval()
-    result["params"] = sum(p.numel() for p in model.parameters())
-    result["mask_health"] = mask_health(model)
+    result.update(measure(out, args.data))
     return result
+
+
+ERF_SAMPLES = 4
+
+
+def measure(run: Path, data: str) -> dict[str, Any]:
+    """Parameters, mask health and the ERF of the logits under both definitions (rep3d's and RepLKNet's) of the
+    trained model in ``run``, on seeded crops of the task's images."""
+    import rep3d
+    from rep3d.analysis import effective_receptive_field, msd_crops
+
+    model = rep3d.create_model(f"local-dir:{run}", pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    crops = msd_crops(data, tuple(cfg["roi_size"]), ERF_SAMPLES, seed=0, spacing=cfg["spacing"],
+                      orientation=cfg["orientation"], intensity_window=cfg["intensity_window"])
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "mask_health": mask_health(model),
+        "erf": {d: effective_receptive_field(model, crops, target="logits", definition=d).to_json()
+                for d in ("rep3d", "replknet")},
+    }
 
 
 def _median_step_seconds(metrics_csv: Path) -> float | None:
@@ -257,6 +274,13 @@ def queue(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[tuple
 
 def run_study(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    for path in sorted(out.glob("*/lr*/seed*/result.json")):  # runs finished before the ERF was part of a result
+        result = json.loads(path.read_text())
+        if not result.get("diverged") and "erf" not in result and (path.parent / "model.safetensors").exists():
+            result.update(measure(path.parent, args.data))
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1, default=float))
+            tmp.replace(path)
     while True:
         results = load_results(out)
         done = {(r["variant"], r["lr"], r["seed"]) for r in results}

@@ -632,6 +632,24 @@ def render_context(ctx: Context) -> str:
         lines.append("")
     else:
         lines += ["No comparison is stated yet: `vanilla` (the reference) does not have all its seeds.", ""]
+    erf_rows = []
+    for v in plan["variants"]:
+        ok = [r for r in groups[v] if not r.get("diverged") and r.get("erf")]
+        if not ok:
+            continue
+        cells = [f"`{v}`", str(len(ok))]
+        for d in ("rep3d", "replknet"):
+            cells += [f"{np.mean([r['erf'][d]['area_ratio'][t] for r in ok]):.3f}" for t in ("0.2", "0.3", "0.5")]
+        cells += [f"{np.mean([r['erf']['rep3d']['mass_within'][k] for r in ok]):.3f}" for k in ("4", "8", "16")]
+        erf_rows.append(cells)
+    if erf_rows:
+        lines += ["ERF of the logits of the trained models (4 seeded crops of the task's images; mean over the seeds "
+                  "at the chosen learning rate) under both definitions (`rep3d erf --definition`; see the analysis "
+                  "guide: compare within a definition, not across). `area t`: volume fraction needed for the share t "
+                  "(smaller = more concentrated); `mass r≤R`: rep3d definition.", "",
+                  table(["variant", "n"] + [f"{d} area {t}" for d in ("rep3d", "replknet")
+                                            for t in ("0.2", "0.3", "0.5")]
+                        + [f"mass r≤{k}" for k in ("4", "8", "16")], erf_rows), ""]
     curves = _val_curves(groups, plan["variants"])
     if curves:
         every = runs[0]["config"]["val_every"]
