@@ -3,7 +3,7 @@
 
 Nothing in RESULTS.md is written by hand: each section is one renderer of one results JSON (:data:`SECTIONS`), and
 each quote in the README or the docs is a block between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``
-markers, rendered by :data:`QUOTES`. A sentence that compares two variants comes from :func:`stats.comparison`:
+markers, rendered by :data:`QUOTES`. A sentence that compares two variants comes from :func:`significance.comparison`:
 'ahead' only when the 95 % interval of the paired difference (by seed) excludes zero.
 
     python benchmarks/report.py            # rewrite RESULTS.md, the quoted blocks and the figures
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stats import Interval, comparison, interval, paired  # noqa: E402
+from significance import Interval, comparison, interval, paired  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -24,7 +24,7 @@ def _load(name: str):
 
 
 report = _load("report")
-stats = _load("stats")
+stats = _load("significance")
 
 
 def test_results_md_and_quoted_numbers_match_the_results_json():
