@@ -15,9 +15,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load():
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("context_task", BENCH / "context_task.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_context_task", BENCH / "context_task.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["context_task"] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
