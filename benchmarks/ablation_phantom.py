@@ -15,8 +15,8 @@ process) is left to it, so two invocations with ``--threads 1`` can share a 2-co
         --spacing 3 3 4 --seed 1
     python benchmarks/ablation_phantom.py --data data/phantom_hard --out runs/ablation --threads 2
     python benchmarks/ablation_phantom.py --out runs/ablation --report \\
-        --json benchmarks/results/ablation_phantom.json --markdown benchmarks/results/ablation_phantom.md \\
-        --figures benchmarks/results/ablation_phantom
+        --json benchmarks/results/ablation_phantom.json --figures benchmarks/results/ablation_phantom
+    python benchmarks/report.py    # RESULTS.md and the figures from the JSON
 
 Synthetic data only (rep3d's phantoms); float32; CPU unless a GPU is visible.
 """
@@ -274,8 +274,8 @@ def main() -> None:
     if args.markdown:
         Path(args.markdown).write_text(text)
     if args.json:
-        slim = [{k: v for k, v in r.items() if k != "loss"} for r in results]  # loss curves stay in the runs
-        Path(args.json).write_text(json.dumps(slim, indent=1, default=float))
+        # every series stays in (loss included): benchmarks/report.py redraws the figures from this file alone
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 
 
 if __name__ == "__main__":

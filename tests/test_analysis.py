@@ -5,6 +5,7 @@ write valid PNG and JSON."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from rep3d.analysis import (
     radial_profile,
     random_inputs,
     ratio_by_ring,
+    replknet_area_ratios,
     ring_errors,
     stability_sweep,
     summarise_stability,
@@ -32,7 +34,8 @@ from rep3d.builder import create_model
 from rep3d.cli import main
 from rep3d.data import write_msd_dataset
 from rep3d.errors import Rep3DValueError
-from rep3d.layers import distance_prior
+from rep3d.hub import save_pretrained
+from rep3d.layers import ModulatedKernelParam, distance_prior
 
 
 def _depthwise(kernel: torch.Tensor) -> nn.Conv3d:
@@ -69,13 +72,46 @@ def test_erf_of_one_conv_is_its_kernel_footprint():
     assert result.centre == (7.0, 7.0, 7.0) and result.n_samples == 3
 
 
-def test_erf_of_two_stacked_convs_is_the_footprint_of_the_convolved_kernels():
+def test_erf_of_two_stacked_signed_convs_is_the_magnitude_of_the_convolved_kernels():
+    # signed kernels: contributions of opposite sign cancel inside the composite kernel before |.| is taken
     torch.manual_seed(1)
-    k1, k2 = torch.rand(3, 3, 3, dtype=torch.float64), torch.rand(5, 5, 5, dtype=torch.float64)
+    k1, k2 = torch.randn(3, 3, 3, dtype=torch.float64), torch.randn(5, 5, 5, dtype=torch.float64)
     model = nn.Sequential(_depthwise(k1), _depthwise(k2))
     result = effective_receptive_field(model, random_inputs((1, 16, 16, 16), 2).double())
-    expected = _placed(_full_convolution(k1.numpy(), k2.numpy()), (16, 16, 16))
+    composite = _full_convolution(k1.numpy(), k2.numpy())
+    assert (composite < 0).any() and (composite > 0).any()
+    expected = _placed(np.abs(composite), (16, 16, 16))
     np.testing.assert_allclose(result.erf, expected, rtol=0, atol=1e-6)
+    # composing the magnitudes instead (no cancellation) is a different map
+    assert np.abs(result.erf - _placed(_full_convolution(np.abs(k1.numpy()), np.abs(k2.numpy())),
+                                       (16, 16, 16))).max() > 1e-2
+
+
+def test_replknet_definition_keeps_positive_gradients_of_positive_outputs_on_a_log_scale():
+    torch.manual_seed(3)
+    kernel = torch.randn(5, 5, 5, dtype=torch.float64)
+    conv = _depthwise(kernel)
+    x = random_inputs((1, 15, 15, 15), 1).double()
+    if float(conv(x)[0, 0, 7, 7, 7].detach()) < 0:
+        x = -x  # a positive central output, so relu(y) passes the gradient
+    result = effective_receptive_field(conv, torch.cat([x, -x]), definition="replknet")
+    # the second input's central output is negative: relu cuts it, and the average is over both inputs
+    mean = _placed(np.maximum(kernel.numpy(), 0), (15, 15, 15)) / 2
+    expected = np.log10(1 + mean) / np.log10(1 + mean).max()
+    np.testing.assert_allclose(result.erf, expected, rtol=0, atol=1e-9)
+    assert result.definition == "replknet" and result.to_json()["definition"] == "replknet"
+    assert set(result.summary["area_ratio"]) == {"0.2", "0.3", "0.5", "0.99"}
+    with pytest.raises(Rep3DValueError, match="definition must be one of"):
+        effective_receptive_field(conv, x, definition="mine")
+
+
+def test_replknet_area_ratios_grow_centred_cubes_until_the_share_exceeds_t():
+    erf = np.zeros((9, 9, 9))
+    erf[4, 4, 4] = 2.0  # half of the total at the centre: the 3³ cube holds exactly 0.5, not more
+    erf[4, 4, 6] = 1.0  # in the 5³ cube
+    erf[0, 0, 0] = 1.0  # outside every cube that fits (sides 3, 5, 7, 9)
+    ratios = replknet_area_ratios(erf, (4, 4, 4), (0.2, 0.5, 0.6, 0.99))
+    assert ratios == {0.2: 27 / 729, 0.5: 125 / 729, 0.6: 125 / 729, 0.99: 729 / 729}
 
 
 def test_erf_of_a_stage_is_centred_under_the_stage_voxel_and_restores_train_mode():
@@ -127,6 +163,28 @@ def test_ring_errors_are_relative_per_ring():
     kernel[0, 0, 1, 1, 1] = 1.5  # centre off by half; ring 1 (faces at 1, edges at sqrt 2 = 1.41) exact
     kernel[0, 0, 0, 0, 0] = 0.0  # one of the 8 corners (distance sqrt 3 = 1.73 -> ring 2) wrong by 1
     np.testing.assert_allclose(ring_errors(kernel, teacher), [0.5, 0.0, np.sqrt(1 / 8)])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_student_started_away_from_the_teacher_reduces_its_error_at_every_ring(variant):
+    record = kernel_convergence(variant, channels=2, size=10, kernel_size=7, steps=40, lr=1e-2, record_every=20,
+                                dtype=torch.float64)
+    errors = np.asarray(record["ring_error"])
+    assert record["steps"] == [0, 20, 40] and errors.shape == (3, 6)  # rings 0..5 of a 7³ kernel
+    assert (errors[0] > 0.9).all(), "the student must start away from the teacher"
+    assert (errors[-1] < 0.5 * errors[0]).all() and not record["diverged"]
+
+
+def test_a_tapered_mask_fits_the_centre_before_the_periphery_and_a_plain_kernel_does_not():
+    # the learning-rate field of W * M: elements where the prior is small move slowly (docs/design.md)
+    def ring_ratio(variant: str) -> float:
+        record = kernel_convergence(variant, channels=2, size=10, kernel_size=7, steps=20, lr=1e-2,
+                                    record_every=20, dtype=torch.float64)
+        after = record["ring_error"][-1]
+        return after[5] / after[1]  # outer ring's error over the first ring's, after 20 steps
+
+    assert ring_ratio("fixed") > 2.0
+    assert ring_ratio("vanilla") < 1.5
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -191,18 +249,46 @@ def test_rep3d_erf_writes_png_and_json(tmp_path, capsys, with_data):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_rep3d_masks_writes_png_and_json_with_mask_stats(tmp_path):
-    assert main(["masks", "rep3d_tiny.phantom", "-o", str(tmp_path) + "/"]) == 0
-    with Image.open(tmp_path / "masks.png") as img:
+def test_rep3d_masks_reports_hand_computed_values_and_live_taps(tmp_path):
+    # every block's mask is M = P + 0.25 (a constant generator output) on a 5³ kernel, P = 1 / (1 + d)
+    model = create_model("rep3d_tiny", kernel_size=5, widths=(4, 8, 8, 8), hidden_size=8, num_classes=2)
+    for module in model.modules():
+        if isinstance(module, ModulatedKernelParam):
+            last = getattr(module.generator, f"conv{module.generator.depth}")
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.fill_(0.25 / module.generator.output_gain)
+    save_pretrained(model, tmp_path / "model")
+    assert main(["masks", f"local-dir:{tmp_path / 'model'}", "--roi", "32", "32", "32", "-o",
+                 str(tmp_path / "out") + "/"]) == 0
+    with Image.open(tmp_path / "out" / "masks.png") as img:
         img.verify()
-    written = json.loads((tmp_path / "masks.json").read_text())
-    assert written["weights"] == "pretrained"
+    written = json.loads((tmp_path / "out" / "masks.json").read_text())
+    assert written["weights"] == "pretrained" and written["roi"] == [32, 32, 32]
     blocks = written["blocks"]
     assert len(blocks) == 4
+    offsets = [(i, j, k) for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)]
+    dist = {o: math.sqrt(sum(c * c for c in o)) for o in offsets}
     for block in blocks.values():
-        assert {"ratio_by_ring", "mask_stats", "mode", "mask_form"} <= set(block)
-        assert {"at_bound", "ratio_centre", "ratio_edge", "generator_grad_norm"} <= set(block["mask_stats"])
-        assert len(block["ratio_by_ring"]["mean"]) == len(block["ratio_by_ring"]["ring"])
+        stats = block["mask_stats"]
+        assert stats["ratio_centre"] == pytest.approx(1.25)
+        assert stats["negative"] == 0.0
+        # |M/P - 1| = 0.25 (1 + d) >= 0.98 at the 32 offsets with d >= 2.92 (see tests/test_layers.py)
+        assert stats["at_bound"] == pytest.approx(32 / 125)
+        assert stats["prior_distance"] == pytest.approx(sum(0.25 * (1 + d) for d in dist.values()) / 125, rel=1e-5)
+    # feature maps at a 32³ input: 16, 8, 4, 2 voxels; a 5³ kernel (offsets -2..2) is all live down to 3 voxels,
+    # on the 2-voxel map only the offsets -1..1 ever meet data
+    live = [blocks[f"encoder.stages.{i}.0.dwconv"]["live"] for i in range(4)]
+    assert [b["feature_size"] for b in live] == [[16] * 3, [8] * 3, [4] * 3, [2] * 3]
+    assert [b["live_taps"] for b in live] == [125, 125, 125, 27] and live[3]["dead_taps"] == 98
+    inner = [o for o in offsets if max(map(abs, o)) <= 1]
+    masses = {o: 1 / (1 + dist[o]) + 0.25 for o in offsets}
+    assert live[3]["abs_mask_on_live"] == pytest.approx(sum(masses[o] for o in inner) / sum(masses.values()))
+    rings = live[3]["ratio_by_ring_live"]  # live taps only: d = 0, 1, sqrt 2 (ring 1), sqrt 3 (ring 2)
+    assert rings["ring"] == [0, 1, 2]
+    ring1 = [o for o in inner if round(dist[o]) == 1]
+    assert rings["mean"][1] == pytest.approx(sum(1 + 0.25 * (1 + dist[o]) for o in ring1) / len(ring1), rel=1e-5)
+    assert rings["mean"][2] == pytest.approx(1 + 0.25 * (1 + math.sqrt(3)), rel=1e-5)
 
 
 def test_rep3d_masks_on_a_model_without_mask_is_a_one_line_error(tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_long_option_lists_are_grouped(name):
 
 
 def test_repeated_constants_agree_with_the_library():
-    from rep3d.analysis import TARGETS
+    from rep3d.analysis import DEFINITIONS, TARGETS
     from rep3d.cli import demo, erf, evaluate, export, phantom, predict
     from rep3d.data import phantom as phantom_data
     from rep3d.demo import DEMO_MODEL
@@ -73,7 +73,7 @@ def test_repeated_constants_agree_with_the_library():
 
     assert (export.FORMATS, export.DYNAMIC_AXES, export.ONNX_OPSET, export.BACKENDS) == (
         FORMATS, DYNAMIC_AXES, ONNX_OPSET, BACKENDS)
-    assert erf.TARGETS == TARGETS and demo.DEMO_MODEL == DEMO_MODEL
+    assert erf.TARGETS == TARGETS and erf.DEFINITIONS == DEFINITIONS and demo.DEMO_MODEL == DEMO_MODEL
     assert phantom.DEFAULT_SHAPE == phantom_data.DEFAULT_SHAPE
     assert tuple(phantom_data.PHANTOM_SETTINGS) == phantom.PHANTOM_SETTINGS
     assert evaluate.PRECISIONS == predict.PRECISIONS == PRECISIONS

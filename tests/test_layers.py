@@ -220,7 +220,8 @@ def test_folding_removes_every_generator_parameter_whatever_its_shape():
     ("exp", -10.0, 1.0, math.exp(-10), 0.0),  # M -> 0, the only bound of exp
     ("exp", 3.0, 0.0, math.exp(3), 0.0),      # exp has no upper bound to saturate at
     ("softmax", 7.0, 0.0, 1.0, 0.0),          # a constant output is a no-op for softmax
-    ("additive", -3.0, 0.0, None, 1.0),       # no bound, but every sign flipped: counted as negative
+    ("additive", -3.0, 1.0, None, 1.0),       # every sign flipped: every element beyond |M/P - 1| >= 0.98
+    ("additive", 0.0, 0.0, 1.0, 0.0),         # at the prior
 ])
 def test_mask_stats_reports_a_constructed_saturation_exactly(form, value, at_bound, ratio, negative):
     mod = ModulatedKernelParam(21, "lrbm", mask_form=form)
@@ -231,6 +232,19 @@ def test_mask_stats_reports_a_constructed_saturation_exactly(form, value, at_bou
         for key in ("ratio_centre", "ratio_ring1", "ratio_ring2", "ratio_ring4", "ratio_ring8", "ratio_edge"):
             assert stats[key] == pytest.approx(ratio, rel=1e-4, abs=1e-6), key
     assert stats["generator_grad_norm"] is None  # no backward yet
+
+
+def test_additive_mask_stats_count_elements_far_from_the_prior_by_hand():
+    # M = P + 0.25 on a 5³ kernel, P = 1 / (1 + d): |M/P - 1| = 0.25 (1 + d) >= 0.98 exactly where d >= 2.92, i.e.
+    # at the 24 offsets (±2, ±2, ±1) and permutations (d = 3) and the 8 corners (d = sqrt 12); (±2, ±2, 0) has
+    # d = 2.83 and stays below
+    mod = ModulatedKernelParam(5, "lrbm", mask_form="additive")
+    _set_generator_output(mod, 0.25)
+    stats = mod.mask_stats()
+    assert stats["at_bound"] == pytest.approx(32 / 125)
+    d = [math.sqrt(i * i + j * j + k * k) for i in range(-2, 3) for j in range(-2, 3) for k in range(-2, 3)]
+    assert stats["prior_distance"] == pytest.approx(sum(0.25 * (1 + x) for x in d) / 125, rel=1e-5)
+    assert stats["negative"] == 0.0
 
 
 def test_mask_stats_counts_a_softmax_mask_collapsed_onto_one_element():

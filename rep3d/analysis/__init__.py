@@ -14,6 +14,7 @@ from rep3d.analysis.convergence import (
 )
 from rep3d.analysis.erf import (
     AREA_THRESHOLDS,
+    DEFINITIONS,
     MASS_RADII,
     TARGETS,
     ERFResult,
@@ -24,12 +25,14 @@ from rep3d.analysis.erf import (
     msd_crops,
     radial_profile,
     random_inputs,
+    replknet_area_ratios,
 )
 from rep3d.analysis.figures import save_convergence_png, save_curves_png, save_erf_png, save_masks_png
-from rep3d.analysis.masks import mask_report, ratio_by_ring
+from rep3d.analysis.masks import live_taps, mask_report, ratio_by_ring
 
 __all__ = [
     "AREA_THRESHOLDS",
+    "DEFINITIONS",
     "ERFResult",
     "MASS_RADII",
     "TARGETS",
@@ -39,12 +42,14 @@ __all__ = [
     "erf_summary",
     "high_contribution_area_ratios",
     "kernel_convergence",
+    "live_taps",
     "mask_report",
     "mass_within_radii",
     "msd_crops",
     "radial_profile",
     "random_inputs",
     "ratio_by_ring",
+    "replknet_area_ratios",
     "ring_errors",
     "save_convergence_png",
     "save_curves_png",

@@ -1,9 +1,18 @@
 """Effective receptive fields (ERFs): how much each input voxel moves the central output voxel.
 
-The ERF of a target (the logits or a stage output) is ``|d y_c / d x|`` averaged over inputs, where ``y_c`` is the
-central output voxel summed over channels (RepLKNet's definition, in 3-D). Its summaries are pure functions of the
-map: :func:`high_contribution_area_ratios` (the smallest centred box holding a fraction of the total) and
-:func:`mass_within_radii` (the fraction of the total within a distance of the centre).
+Two definitions (``definition=``):
+
+- ``"rep3d"`` (default): ``mean_n |d y_c / d x_n|`` summed over input channels, where ``y_c`` is the central output
+  voxel summed over channels -- the magnitude of every input voxel's influence, signed contributions cancelling only
+  inside the network. Summaries on the raw map: :func:`high_contribution_area_ratios` (the smallest centred box
+  holding a fraction of the total) and :func:`mass_within_radii` (the fraction within a distance of the centre).
+- ``"replknet"``: what RepLKNet's published ERF code computes, in 3-D: the gradient of ``sum_c relu(y_c)`` (a sample
+  whose central output is negative contributes nothing), its positive part ``relu(g)`` summed over batch and
+  channels, averaged over inputs, then ``log10(1 + .)`` and divided by its maximum; the area ratios grow a centred
+  cube of side 3, 5, ... until its share of the map's sum exceeds t (:func:`replknet_area_ratios`). The two differ
+  where gradients are negative (dropped, not counted by magnitude) and through the logarithm, whose effect depends
+  on the gradient's scale (``log10(1 + g)`` is close to linear for small ``g``): compare variants within one
+  definition, not across.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from torch import nn
 from rep3d.errors import Rep3DValueError
 
 TARGETS: tuple[str, ...] = ("logits", "stage1", "stage2", "stage3", "stage4")
+DEFINITIONS: tuple[str, ...] = ("rep3d", "replknet")
 AREA_THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.5, 0.99)
 MASS_RADII: tuple[float, ...] = (1, 2, 4, 8, 16, 32)
 
@@ -33,11 +43,12 @@ class ERFResult:
     target: str
     n_samples: int
     summary: dict[str, Any] = field(default_factory=dict)
+    definition: str = "rep3d"
 
     def to_json(self) -> dict[str, Any]:
         """The numbers (not the map) as plain JSON values."""
-        return {"target": self.target, "n_samples": self.n_samples, "shape": list(self.erf.shape),
-                "centre": list(self.centre), **self.summary}
+        return {"definition": self.definition, "target": self.target, "n_samples": self.n_samples,
+                "shape": list(self.erf.shape), "centre": list(self.centre), **self.summary}
 
 
 def _target_output(model: nn.Module, x: torch.Tensor, target: str) -> torch.Tensor:
@@ -69,6 +80,7 @@ def effective_receptive_field(
     n_samples: int | None = None,
     radii: Sequence[float] = MASS_RADII,
     thresholds: Sequence[float] = AREA_THRESHOLDS,
+    definition: str = "rep3d",
 ) -> ERFResult:
     """ERF of ``target`` over ``inputs``: ``mean_n |d(sum_c y[n, c, centre]) / d x_n|``, summed over input channels.
 
@@ -82,6 +94,9 @@ def effective_receptive_field(
         n_samples: use at most this many inputs (default: all).
         radii: mass radii for the summaries (:func:`erf_summary`).
         thresholds: area thresholds for the summaries (:func:`erf_summary`).
+        definition: ``"rep3d"`` (``mean |g|``, raw map) or ``"replknet"`` (RepLKNet's code: ``relu`` of the central
+            output and of the gradient, ``log10(1 + .)``, normalised to a maximum of 1; its area ratios by
+            :func:`replknet_area_ratios`). See the module docstring.
 
     Returns:
         :class:`ERFResult`; ``erf`` is ``[D, H, W]`` float64, centred on the input point under the central output
@@ -89,6 +104,10 @@ def effective_receptive_field(
     """
     if target not in TARGETS:
         raise Rep3DValueError(f"effective_receptive_field: target must be one of {TARGETS}, got {target!r}")
+    if definition not in DEFINITIONS:
+        raise Rep3DValueError(f"effective_receptive_field: definition must be one of {DEFINITIONS}, got "
+                              f"{definition!r}")
+    replknet = definition == "replknet"
     if isinstance(inputs, torch.Tensor):
         if inputs.ndim != 5:
             raise Rep3DValueError(
@@ -113,8 +132,9 @@ def effective_receptive_field(
             out_centre = [s // 2 for s in y.shape[2:]]
             # the input's gradient only: parameters' .grad stay as they were (an ERF taken mid-training must not
             # add to the next optimizer step)
-            (grad,) = torch.autograd.grad(y[(slice(None), slice(None), *out_centre)].sum(), x)
-            grad = grad.detach().abs().sum(dim=(0, 1)).double().cpu()
+            central = y[(slice(None), slice(None), *out_centre)]
+            (grad,) = torch.autograd.grad((torch.relu(central) if replknet else central).sum(), x)
+            grad = (torch.relu(grad) if replknet else grad.abs()).detach().sum(dim=(0, 1)).double().cpu()
             total = grad if total is None else total + grad
             if in_shape is None:
                 in_shape = tuple(x.shape[2:])
@@ -125,8 +145,15 @@ def effective_receptive_field(
     if count == 0:
         raise Rep3DValueError("effective_receptive_field: no inputs given (n_samples=0 or an empty iterable)")
     erf = (total / count).numpy()
-    return ERFResult(erf=erf, centre=centre, target=target, n_samples=count,
-                     summary=erf_summary(erf, centre, radii=radii, thresholds=thresholds))
+    if replknet:
+        erf = np.log10(erf + 1.0)
+        if erf.max() > 0:
+            erf = erf / erf.max()
+        summary = erf_summary(erf, centre, radii=radii, thresholds=thresholds)
+        summary["area_ratio"] = {f"{t:g}": r for t, r in replknet_area_ratios(erf, centre, thresholds).items()}
+    else:
+        summary = erf_summary(erf, centre, radii=radii, thresholds=thresholds)
+    return ERFResult(erf=erf, centre=centre, target=target, n_samples=count, summary=summary, definition=definition)
 
 
 def erf_summary(erf: np.ndarray, centre: Sequence[float], *, radii: Sequence[float] = MASS_RADII,
@@ -175,6 +202,27 @@ def high_contribution_area_ratios(erf: np.ndarray, centre: Sequence[float],
         # relative tolerance: a box holding all of the mass must count as reaching t = 1
         hit = np.nonzero(mass >= t * (1 - 1e-12))[0]
         out[float(t)] = float(size[hit[0]]) if hit.size else 1.0
+    return out
+
+
+def replknet_area_ratios(erf: np.ndarray, centre: Sequence[float], thresholds: Sequence[float] = AREA_THRESHOLDS
+                         ) -> dict[float, float]:
+    """RepLKNet's high-contribution area ratio in 3-D: for each threshold t, the volume fraction of the first cube of
+    side ``2i + 1`` (``i = 1, 2, ...``, centred on the voxel nearest ``centre``) whose share of the map's sum
+    *exceeds* t; 1.0 when no such cube fits inside the volume. Apply it to the processed map
+    (``log10(1 + g)``, see :func:`effective_receptive_field`), as RepLKNet does."""
+    erf = _check_map(erf, centre)
+    total = erf.sum()
+    if total <= 0:
+        raise Rep3DValueError("ERF summaries: the map is zero everywhere (no gradient reached the input)")
+    c = [int(round(x)) for x in centre]
+    half = min(min(ci, n - 1 - ci) for ci, n in zip(c, erf.shape))
+    shares = [erf[c[0] - i:c[0] + i + 1, c[1] - i:c[1] + i + 1, c[2] - i:c[2] + i + 1].sum() / total
+              for i in range(1, half + 1)]
+    out = {}
+    for t in thresholds:
+        hit = next((i for i, share in enumerate(shares, start=1) if share > t), None)
+        out[float(t)] = float((2 * hit + 1) ** 3 / erf.size) if hit is not None else 1.0
     return out
 
 

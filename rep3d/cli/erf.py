@@ -12,6 +12,8 @@ from rep3d.errors import Rep3DValueError
 EXAMPLE = "rep3d erf rep3d_tiny.phantom -o erf/"
 # rep3d.analysis.TARGETS, repeated so that `rep3d erf --help` loads no torch; tests/test_cli_help.py checks it
 TARGETS = ("logits", "stage1", "stage2", "stage3", "stage4")
+# rep3d.analysis.DEFINITIONS, repeated for the same reason
+DEFINITIONS = ("rep3d", "replknet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "images on the model grid (default: standard-normal noise)")
     parser.add_argument("--target", default="logits", choices=TARGETS,
                         help="output whose central voxel is traced (default: logits)")
+    parser.add_argument("--definition", default="rep3d", choices=DEFINITIONS,
+                        help="rep3d (default): mean |gradient| of the central output, area ratios on the raw map; "
+                        "replknet: RepLKNet's code (relu of the central output and of the gradient, log10(1 + .), "
+                        "area ratios of growing centred cubes) -- see the analysis guide")
     parser.add_argument("--n-samples", type=int, default=8, help="inputs averaged over (default 8)")
     parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="input size (default: the model cfg's roi_size)")
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
-    png, js = output_paths(args.output, f"erf_{args.target}")
+    suffix = "" if args.definition == "rep3d" else f"_{args.definition}"
+    png, js = output_paths(args.output, f"erf_{args.target}{suffix}")
     model, weights = load_model(args)
     # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
     predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
@@ -80,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         inputs = random_inputs((in_chans, *roi), args.n_samples, seed=args.seed)
         source = "standard-normal noise"
-    result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples)
+    result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples,
+                                       definition=args.definition)
     save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
     js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
                               "seed": args.seed, **result.to_json()}, indent=2) + "\n")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
-    print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); "
+    print(f"ERF ({args.definition} definition) of {args.target} of {args.model} ({weights}) over "
+          f"{result.n_samples} inputs ({source}); "
           f"volume fraction holding {ratios}")
     print(f"wrote {png} and {js}")
     return 0

@@ -8,6 +8,7 @@ import argparse
 import json
 
 from rep3d.cli.erf import load_model, output_paths
+from rep3d.errors import Rep3DValueError
 
 EXAMPLE = "rep3d masks rep3d_tiny.phantom -o masks/"
 
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load these weights instead (default: the pretrained ones)")
     parser.add_argument("--random-init", action="store_true",
                         help="do not load any weights: the initial masks (default: off)")
+    parser.add_argument("--roi", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help="input size at which live and dead kernel taps are counted (default: the model cfg's "
+                        "roi_size); a tap is dead when it only ever meets the zero padding of its block's feature map")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/masks.*)")
 
@@ -28,16 +32,26 @@ def run(args: argparse.Namespace) -> int:
 
     png, js = output_paths(args.output, "masks")
     model, weights = load_model(args)
-    report = mask_report(model)
+    roi = tuple(args.roi) if args.roi else tuple(model.pretrained_cfg.get("roi_size") or (64, 64, 64))
+    if len(roi) != 3 or any(s < 1 for s in roi):
+        raise Rep3DValueError(f"--roi needs 3 positive sizes, got {roi}")
+    report = mask_report(model, input_size=roi)
     save_masks_png(png, report, title=f"[{args.model}, {weights}]")
     blocks = {name: {k: v for k, v in block.items() if k not in ("mask", "prior")} for name, block in report.items()}
     js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "weights": weights, "blocks": blocks}, indent=2) + "\n")
+    js.write_text(json.dumps({"model": args.model, "weights": weights, "roi": list(roi), "blocks": blocks},
+                             indent=2) + "\n")
     width = max(len(n) for n in blocks)
-    print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative")
+    print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative  map       live taps  "
+          "|M| live  M/P outer live ring")
     for name, block in blocks.items():
-        s = block["mask_stats"]
+        s, live = block["mask_stats"], block["live"]
+        rings = live["ratio_by_ring_live"]
         print(f"{name.ljust(width)}  {block['mode']:<6} {str(block['mask_form']):<9} {s['ratio_centre']:10.4f}  "
-              f"{s['ratio_edge']:8.4f}  {s['at_bound']:8.4f}  {s['negative']:8.4f}")
+              f"{s['ratio_edge']:8.4f}  {s['at_bound']:8.4f}  {s['negative']:8.4f}  "
+              f"{'x'.join(map(str, live['feature_size'])):<8}  "
+              f"{live['live_taps']:>5}/{live['live_taps'] + live['dead_taps']:<5}"
+              f"  {live['abs_mask_on_live']:8.3f}  {rings['mean'][-1]:.3f} (r={rings['ring'][-1]})")
+    print(f"live taps at input {'x'.join(map(str, roi))}: the local/global reading of a block uses those only")
     print(f"{args.model}: {weights} weights\nwrote {png} and {js}")
     return 0

@@ -143,7 +143,9 @@ class ModulatedKernelParam(nn.Module):
     ============  ==============================  ==============  ==================================================
     mask_form     M                               sign of W kept  bounds (what ``mask_stats()["at_bound"]`` counts)
     ============  ==============================  ==============  ==================================================
-    ``additive``  ``P + f(P)``                    no              none: the paper's formula, unbounded
+    ``additive``  ``P + f(P)``                    no              none: the paper's formula, unbounded; counts
+                                                                  ``|M/P - 1| >= 0.98`` instead (left the range
+                                                                  ``(0, 2P)`` a bounded form could reach)
     ``exp``       ``P * exp(f)``                  yes (M > 0)     ``M -> 0`` only (``M/P <= 0.01``); can overflow
     ``softmax``   ``P * exp(f) / mean(exp f)``    yes (M > 0)     ``M -> 0`` only; ``mean(M/P) = 1`` always: no
                                                                   drift of the overall scale, no overflow
@@ -232,8 +234,11 @@ class ModulatedKernelParam(nn.Module):
     def mask_stats(self) -> dict[str, float | None]:
         """Health of the mask, to spot a saturated or frozen generator (all values plain floats).
 
-        - ``at_bound``: fraction of kernel elements within 1 % of a bound of the form (see the class table; 0.0 for
-          ``additive`` and ``fixed``, which have none);
+        - ``at_bound``: fraction of kernel elements within 1 % of a bound of the form (see the class table). The
+          ``additive`` form has no bound; for it this counts the elements whose mask has moved at least 0.98 prior
+          units away from the prior (``|M/P - 1| >= 0.98``: outside ``tanh``'s range ``(0, 2P)``, sign flips
+          included). 0.0 for ``fixed``;
+        - ``prior_distance``: mean ``|M/P - 1|``, how far the mask has moved from the prior, in units of the prior;
         - ``negative``: fraction of elements with ``M < 0`` (sign flips; only ``additive`` can have any);
         - ``ratio_centre``, ``ratio_ring{1,2,4,8}``, ``ratio_edge``: mean ``M / P`` at the centre, on the shells at
           distance r (|d - r| < 0.5) and on the kernel's outer faces (``None`` where the kernel has no such ring);
@@ -245,6 +250,7 @@ class ModulatedKernelParam(nn.Module):
             "at_bound": float(_near_bound(self.mask_form if self.generator is not None else "fixed", ratio)
                               .float().mean()),
             "negative": float((ratio < 0).float().mean()),
+            "prior_distance": float((ratio - 1).abs().mean()),
         }
         dist, edge = _offset_geometry(self.kernel_size, ratio.device)
         for r in RING_RADII:
@@ -283,6 +289,8 @@ def _near_bound(form: str, ratio: torch.Tensor) -> torch.Tensor:
         return (ratio <= 0.02) | (ratio >= 1.98)
     if form in ("exp", "softmax"):  # (0, inf) / (0, N): only the lower bound can be reached
         return ratio <= 0.01
+    if form == "additive":  # unbounded: count what no bounded form could reach, as far out as tanh's bounds
+        return (ratio - 1).abs() >= 0.98
     return torch.zeros_like(ratio, dtype=torch.bool)
 
 

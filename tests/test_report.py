@@ -1,0 +1,77 @@
+"""benchmarks/RESULTS.md and the results quoted in the README and the docs are what benchmarks/report.py renders from
+the JSON in benchmarks/results/, and comparison sentences follow the paired statistics."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("report")
+stats = _load("significance")
+
+
+def test_results_md_and_quoted_numbers_match_the_results_json():
+    expected = report.render_all(report.Context())
+    stale = [str(path.relative_to(ROOT)) for path, text in expected.items() if path.read_text() != text]
+    assert not stale, f"{stale} differ from what the results JSON gives: run `python benchmarks/report.py`"
+
+
+def test_a_changed_result_changes_the_rendered_page(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(BENCH / "results", results)
+    runs = json.loads((results / "ablation_phantom_600.json").read_text())
+    for run in runs:
+        if run["variant"] == "lrbm_additive":
+            run["test_mean_dice"] += 0.05  # a clear lead in every seed
+    (results / "ablation_phantom_600.json").write_text(json.dumps(runs))
+    before = report.render_results_md(report.Context())
+    after = report.render_results_md(report.Context(results))
+    assert before != after
+    assert "`lrbm_additive` is ahead of `vanilla` (600 steps" in after
+
+
+@pytest.mark.parametrize(("df", "q"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_tables(df, q):
+    assert stats.t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+
+
+def test_paired_t_test_matches_a_hand_computed_case():
+    # diffs 0.001, 0.006, 0.002: mean 0.003, sd 0.0026458, t = 1.9640 on 2 df, two-sided p = 0.18850
+    result = stats.paired({0: 0.948, 1: 0.949, 2: 0.948}, {0: 0.947, 1: 0.943, 2: 0.946})
+    assert result.n == 3
+    assert result.diff.mean == pytest.approx(0.003)
+    assert result.diff.half == pytest.approx(4.3027 * 0.0026458 / 3 ** 0.5, rel=1e-3)
+    assert result.p == pytest.approx(0.18850, abs=1e-4)
+    assert not result.separates
+
+
+def test_comparison_says_ahead_only_when_the_interval_excludes_zero():
+    tie = stats.paired({0: 0.80, 1: 0.90, 2: 0.70}, {0: 0.85, 1: 0.80, 2: 0.75})
+    lead = stats.paired({0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.80, 1: 0.80, 2: 0.81})
+    assert "no difference at this budget" in stats.comparison("a", "b", tie, "100 steps")
+    assert "ahead" not in stats.comparison("a", "b", tie, "100 steps")
+    assert stats.comparison("a", "b", lead, "100 steps").startswith("`a` is ahead of `b`")
+    assert stats.comparison("b", "a", stats.paired({0: 0.8, 1: 0.8, 2: 0.81}, {0: 0.9, 1: 0.91, 2: 0.92}),
+                            "100 steps").startswith("`a` is ahead of `b`")
+
+
+def test_splice_refuses_a_file_without_its_markers():
+    with pytest.raises(SystemExit, match="report:model-advice"):
+        report.splice("no markers here", "model-advice", "text", "README.md")
