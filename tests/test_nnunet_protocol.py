@@ -212,7 +212,7 @@ def test_missing_nnunet_is_a_clear_rep3d_error(monkeypatch):
     import rep3d.integrations.nnunet as integration
 
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import fails as if not installed
-    with pytest.raises(Rep3DError, match=r"pip install rep3d\[nnunet\]"):
+    with pytest.raises(Rep3DError, match=r'pip install "rep3d\[nnunet\]"'):  # quoted: zsh expands [...]
         integration.require_nnunet()
 
 
