@@ -11,6 +11,7 @@ from rep3d.analysis import TARGETS, effective_receptive_field, msd_crops, random
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import AUTO, Predictor
+from rep3d.outputs import check_file_output, model_source_files, write_output, write_text_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/erf_<target>.*)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.png / OUT.json of an earlier run")
+
+
+def write_png_output(path: Path, save, *, overwrite: bool, command: str) -> Path:
+    """``save(tmp)`` a PNG to a temporary name next to ``path``, then install it as rep3d's output."""
+    return write_output(path, save, overwrite=overwrite, command=command)
 
 
 def output_paths(output: str, stem: str) -> tuple[Path, Path]:
@@ -40,6 +47,13 @@ def output_paths(output: str, stem: str) -> tuple[Path, Path]:
     if out.suffix.lower() in (".png", ".json"):
         out = out.with_suffix("")
     return out.with_name(out.name + ".png"), out.with_name(out.name + ".json")
+
+
+def check_prefix_outputs(args: argparse.Namespace, png: Path, js: Path) -> None:
+    """Refuse, before the model is built, outputs that would replace a file rep3d did not write or one being read."""
+    reads = model_source_files(args.model, getattr(args, "checkpoint", None))
+    for path in (png, js):
+        check_file_output(path, overwrite=getattr(args, "overwrite", False), reads=reads)
 
 
 def load_model(args: argparse.Namespace):
@@ -58,7 +72,10 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if args.roi is not None and any(r < 1 for r in args.roi):
+        raise Rep3DValueError(f"--roi must be three positive sizes, got {args.roi}")
     png, js = output_paths(args.output, f"erf_{args.target}")
+    check_prefix_outputs(args, png, js)
     model, weights = load_model(args)
     # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
     predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
@@ -73,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
         inputs = random_inputs((in_chans, *roi), args.n_samples, seed=args.seed)
         source = "standard-normal noise"
     result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples)
-    save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
-    js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
-                              "seed": args.seed, **result.to_json()}, indent=2) + "\n")
+    write_png_output(png, lambda tmp: save_erf_png(tmp, result, title=f"{args.model} ({weights}), {source}, roi {roi}"),
+                     overwrite=args.overwrite, command="rep3d erf")
+    write_text_output(js, json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
+                                      "seed": args.seed, **result.to_json()}, indent=2) + "\n",
+                      overwrite=args.overwrite, command="rep3d erf")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
     print(f"ERF of {args.target} of {args.model} ({weights}) over {result.n_samples} inputs ({source}); "
           f"volume fraction holding {ratios}")

@@ -8,7 +8,8 @@ import argparse
 import json
 
 from rep3d.analysis import mask_report, save_masks_png
-from rep3d.cli.erf import load_model, output_paths
+from rep3d.cli.erf import check_prefix_outputs, load_model, output_paths, write_png_output
+from rep3d.outputs import write_text_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,16 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true", help="do not load any weights (the initial masks)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/masks.*)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.png / OUT.json of an earlier run")
 
 
 def run(args: argparse.Namespace) -> int:
     png, js = output_paths(args.output, "masks")
+    check_prefix_outputs(args, png, js)
     model, weights = load_model(args)
     report = mask_report(model)
-    save_masks_png(png, report, title=f"[{args.model}, {weights}]")
+    write_png_output(png, lambda tmp: save_masks_png(tmp, report, title=f"[{args.model}, {weights}]"),
+                     overwrite=args.overwrite, command="rep3d masks")
     blocks = {name: {k: v for k, v in block.items() if k not in ("mask", "prior")} for name, block in report.items()}
-    js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "weights": weights, "blocks": blocks}, indent=2) + "\n")
+    write_text_output(js, json.dumps({"model": args.model, "weights": weights, "blocks": blocks}, indent=2) + "\n",
+                      overwrite=args.overwrite, command="rep3d masks")
     width = max(len(n) for n in blocks)
     print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative")
     for name, block in blocks.items():

@@ -15,8 +15,11 @@ from tqdm.auto import tqdm
 from rep3d.builder import create_model
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import AUTO, InputError, InputWarning, Predictor, find_volumes, output_stem
-from rep3d.inference.io import PREDICTION_DESCRIPTION
+from rep3d.inference.io import is_prediction
 from rep3d.inference.predictor import resolve_device
+from rep3d.outputs import OutputRefused, check_file_output
+
+COMMAND = "rep3d predict"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,49 +88,38 @@ def _report(name: str, message: str) -> None:
     tqdm.write(f"rep3d predict: error: {where}{message}", file=sys.stderr)
 
 
-def _written_by_rep3d(path: Path) -> bool:
-    """Whether ``path`` is a label map / probability file an earlier ``rep3d predict`` wrote (its header says so)."""
-    try:
-        import nibabel as nib
-
-        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
-    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
-        return False
-
-
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``.
+    """``(jobs [(input, seg, prob or None, report)], errors [(input, problem)])``.
 
     Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
     ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
-    ``rep3d predict`` wrote are replaced, never anything else.
+    ``rep3d predict`` wrote are replaced, never anything else (:mod:`rep3d.outputs`).
     """
     jobs, errors, claimed = [], [], {}
-    inputs = {p.resolve(): p for p in files}
+    inputs = {p.resolve() for p in files}
     for path in files:
         stem = output_stem(path)
         seg = outdir / f"{stem}_seg.nii.gz"
         prob = outdir / f"{stem}_prob.nii.gz" if probabilities else None
+        report = outdir / f"{stem}_seg.json"
         if seg in claimed:
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        outputs = [p for p in (seg, prob) if p is not None]
+        outputs = [p for p in (seg, prob, report) if p is not None]
         clash = next((p for p in outputs if p.resolve() in inputs), None)
         if clash is not None:
             errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
                                       "write the outputs to another folder with -o"))
             continue
-        existing = [p for p in outputs if p.exists()]
-        if existing and not overwrite:
-            errors.append((str(path), f"{existing[0]} exists; pass --overwrite to replace it"))
+        try:
+            for out in outputs:
+                check_file_output(out, overwrite=overwrite, reads=inputs, flag="",
+                                  also_ours=is_prediction if out.name.endswith(".nii.gz") else None)
+        except OutputRefused as err:
+            errors.append((str(path), str(err)))
             continue
-        foreign = next((p for p in existing if not p.is_file() or not _written_by_rep3d(p)), None)
-        if foreign is not None:
-            errors.append((str(path), f"{foreign} exists and was not written by rep3d predict; --overwrite only "
-                                      "replaces earlier outputs: move it or choose another -o"))
-            continue
-        jobs.append((path, seg, prob))
+        jobs.append((path, seg, prob, report))
     return jobs, errors
 
 
@@ -144,10 +136,11 @@ def check_output_folder(outdir: Path) -> None:
         raise Rep3DValueError(f"-o {outdir}: {parent} is not writable; give a folder you can write to")
 
 
-def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
+def segment_files(predictor: Predictor, jobs, quiet: bool,
+                  overwrite: bool = False) -> tuple[int, list[tuple[str, str]]]:
     """Run ``predictor`` on every job, writing its outputs; returns ``(done, errors)``."""
     done, errors = 0, []
-    for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
+    for path, seg, prob, report in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", InputWarning)
@@ -157,9 +150,10 @@ def segment_files(predictor: Predictor, jobs, quiet: bool) -> tuple[int, list[tu
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-            pred.save(seg)
+            pred.save(seg, overwrite=overwrite, command=COMMAND)
             if prob is not None:
-                pred.save_probabilities(prob)
+                pred.save_probabilities(prob, overwrite=overwrite, command=COMMAND)
+            pred.save_report(report, overwrite=overwrite, command=COMMAND)
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 message = f"out of GPU memory; try --stitch-device cpu, --sw-batch-size 1 or --amp ({err})"
@@ -178,6 +172,13 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     check_output_folder(outdir)
     resolve_device(args.device)  # an unknown device fails before the model is built
+    if args.stitch_device != "auto":
+        try:
+            resolve_device(args.stitch_device)
+        except Rep3DValueError as err:
+            raise Rep3DValueError(f"--stitch-device: {err} (or auto)") from None
+    if args.roi_size is not None and any(r < 1 for r in args.roi_size):
+        raise Rep3DValueError(f"--roi-size must be three positive sizes, got {args.roi_size}")
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
         )
         outdir.mkdir(parents=True, exist_ok=True)
-        done, failed = segment_files(predictor, jobs, args.quiet)
+        done, failed = segment_files(predictor, jobs, args.quiet, args.overwrite)
         errors += failed
     summary = f"rep3d predict: segmented {done} volume(s) into {outdir}"
     if errors:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +47,41 @@ class Prediction:
     header: Any = None
     class_names: Sequence[str] | None = None
     source: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    """What the caller should know about this prediction beyond the label map (out-of-distribution findings,
+    regions cropped away before the network ran, ...); ``rep3d predict`` writes it as ``<name>_seg.json``."""
 
-    def save(self, path: str | Path) -> Path:
-        """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one."""
+    def save(self, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
+        """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one.
+
+        ``command`` (e.g. ``"rep3d predict"``) records the file as rep3d's output (:mod:`rep3d.outputs`) and, with
+        ``overwrite=False``, refuses to replace a file that appeared meanwhile (a concurrent run)."""
         img = _nifti_like(self.label, self.affine, self.header, intent="label")
-        return _atomic_save(img, path)
+        return _atomic_save(img, path, overwrite=overwrite, command=command)
 
-    def save_probabilities(self, path: str | Path) -> Path:
+    def save_report(self, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
+        """Write :attr:`report` (plus the source and class names) as JSON, the label map's sidecar."""
+        import json
+
+        from rep3d.outputs import install_file, staging_path
+
+        data = {"source": self.source, "class_names": list(self.class_names) if self.class_names else None,
+                **self.report}
+        path = Path(path)
+        tmp = staging_path(path)
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        if command is None:
+            os.replace(tmp, path)
+            return path
+        return install_file(tmp, path, overwrite=overwrite, command=command)
+
+    def save_probabilities(self, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
         """Write the softmax as a 4-D float32 NIfTI ``[X, Y, Z, K]`` (classes last) on the input grid."""
         if self.probabilities is None:
             raise Rep3DValueError("no probabilities: call the Predictor with probabilities=True")
         data = np.moveaxis(self.probabilities.astype(np.float32, copy=False), 0, -1)
         img = _nifti_like(data, self.affine, self.header, intent="none")
-        return _atomic_save(img, path)
+        return _atomic_save(img, path, overwrite=overwrite, command=command)
 
 
 def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
@@ -87,19 +109,27 @@ def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
     return img
 
 
-def _atomic_save(img, path: str | Path) -> Path:
-    """Save via a temporary name in the same folder, so a crash never leaves a half-written output."""
+def _atomic_save(img, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
+    """Save via a per-run temporary name in the same folder, so a crash never leaves a half-written output and
+    concurrent runs never write the same temporary file; ``command``: record it as rep3d's (:mod:`rep3d.outputs`)."""
+    import uuid
+
     import nibabel as nib
+
+    from rep3d.outputs import install_file
 
     path = Path(path)
     name = path.name
     suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
         raise Rep3DValueError(f"output must end in .nii or .nii.gz, got {path}")
-    tmp = path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
+    tmp = path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
+        if command is None:
+            os.replace(tmp, path)
+        else:
+            install_file(tmp, path, overwrite=overwrite, command=command)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -191,16 +221,40 @@ def _check_volume(image, what: str, in_chans: int | None) -> None:
         )
 
 
+def is_prediction(path: str | Path) -> bool:
+    """Whether ``path`` is a label map / probability file rep3d wrote (listed in its folder's marker, or its NIfTI
+    header's ``descrip`` says so): such files are outputs, never inputs."""
+    from rep3d.outputs import is_ours
+
+    path = Path(path)
+    if is_ours(path):
+        return True
+    try:
+        import nibabel as nib
+
+        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
+    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+        return False
+
+
 def find_volumes(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files and folders (their ``.nii`` / ``.nii.gz`` files, sorted) into ``(files, [(input, problem)])``."""
+    """Expand files and folders (their ``.nii`` / ``.nii.gz`` files, sorted) into ``(files, [(input, problem)])``.
+
+    Files in a folder that rep3d predict wrote (:func:`is_prediction`) are left out: rerunning ``predict DIR -o DIR``
+    never segments its own earlier outputs. Such a file given by name is refused."""
     files, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
+                           and not p.name.startswith("."))
+            found = [p for p in found if not is_prediction(p)]
             if not found:
-                errors.append((item, "folder holds no .nii / .nii.gz files"))
+                errors.append((item, "folder holds no .nii / .nii.gz files (other than rep3d's own outputs)"))
             files += found
+        elif path.is_file() and is_prediction(path):
+            errors.append((item, "is an output of rep3d predict (a label map or probabilities), not a scan; "
+                                 "give the scan it was computed from"))
         elif path.is_file():
             files.append(path)
         else:

@@ -215,6 +215,11 @@ class Predictor:
         self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
 
         self.device = resolve_device(device)
+        if str(stitch_device) != "auto":
+            try:
+                resolve_device(stitch_device)
+            except Rep3DValueError as err:
+                raise Rep3DValueError(f"stitch_device: {err} (or 'auto')") from None
         self.stitch_device = stitch_device
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
         self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
@@ -227,12 +232,14 @@ class Predictor:
         self.roi_size = _triple("roi_size", roi_size, int)
         stride = getattr(model, "stride", None)
         self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
-        bad = [r for r in self.roi_size if r < 1 or r % self.size_divisor]
+        # the deepest stage of a strided network keeps two voxels per axis: smaller windows fail deep in the model
+        minimum = 2 * self.size_divisor if self.size_divisor > 1 else 1
+        bad = [r for r in self.roi_size if r < minimum or r % self.size_divisor]
         if bad:
-            up = tuple(-(-max(r, 1) // self.size_divisor) * self.size_divisor for r in self.roi_size)
+            up = tuple(max(minimum, -(-max(r, 1) // self.size_divisor) * self.size_divisor) for r in self.roi_size)
             raise Rep3DValueError(
-                f"roi_size {self.roi_size} must be positive multiples of the network stride "
-                f"{self.size_divisor}; try roi_size={up}"
+                f"roi_size {self.roi_size} must be multiples of the network stride {self.size_divisor} of at least "
+                f"{minimum} (the deepest stage keeps two voxels per axis); try roi_size={up}"
             )
         if not 0.0 <= float(overlap) < 1.0:
             raise Rep3DValueError(f"overlap must be in [0, 1), got {overlap}")
