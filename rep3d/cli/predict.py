@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier outputs of rep3d predict (never inputs or other files)")
+    parser.add_argument("--allow-out-of-distribution", action="store_true",
+                        help="segment scans far outside the model's training input (all air, another modality or "
+                             "unit, a much coarser spacing) with a warning recorded in <name>_seg.json, instead of "
+                             "refusing them")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -148,6 +152,7 @@ def segment_files(predictor: Predictor, jobs, quiet: bool,
             for warning in caught:
                 if issubclass(warning.category, InputWarning):
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
+                    pred.report.setdefault("warnings", []).append(str(warning.message))
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             pred.save(seg, overwrite=overwrite, command=COMMAND)
@@ -195,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
+            allow_out_of_distribution=args.allow_out_of_distribution,
         )
         outdir.mkdir(parents=True, exist_ok=True)
         done, failed = segment_files(predictor, jobs, args.quiet, args.overwrite)

@@ -125,8 +125,8 @@ def model_roi(model: nn.Module, roi: Sequence[int] | None = None) -> tuple[int, 
 
 
 def minimum_roi(model: nn.Module) -> int:
-    """The smallest size per axis the network takes: two of its strides (its deepest stage keeps two voxels)."""
-    return 2 * _stride(model)
+    """The smallest size per axis the network takes (``model.min_input_size``: two strides for rep3d networks)."""
+    return int(getattr(model, "min_input_size", None) or _stride(model))
 
 
 def parse_dynamic(spec: str | Collection[str] | None) -> tuple[str, ...]:

@@ -22,6 +22,14 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
+from rep3d.inference.distribution import (
+    TRAINING_DISTRIBUTION_KEY,
+    OutOfDistributionError,
+    OutOfDistributionWarning,
+    compare,
+    scan_statistics,
+    spacing_of,
+)
 from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
 from rep3d.inference.preprocess import check_normalization, foreground_box, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
@@ -181,6 +189,10 @@ class Predictor:
             :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
             units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
             finite voxel is always refused.
+        allow_out_of_distribution: segment an input that is far outside the model's recorded training distribution
+            (``pretrained_cfg['training_distribution']``: an all-air scan, MR through a CT model, a much coarser
+            spacing, ...) with an :class:`OutOfDistributionWarning` instead of refusing it with
+            :class:`OutOfDistributionError`. Either way the comparison is in the prediction's ``report``.
     """
 
     def __init__(
@@ -203,6 +215,7 @@ class Predictor:
         progress: bool = False,
         crop_foreground: bool = AUTO,
         nonfinite: str | float = "error",
+        allow_out_of_distribution: bool = False,
     ) -> None:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
@@ -226,20 +239,50 @@ class Predictor:
         self.nonfinite = _nonfinite_policy(nonfinite)
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if crop_foreground is AUTO else bool(crop_foreground))
+        self.training_distribution = cfg.get(TRAINING_DISTRIBUTION_KEY) or None
+        self.allow_out_of_distribution = bool(allow_out_of_distribution)
         self.model = model.to(self.device).eval()
+
+    def check_distribution(self, image: torch.Tensor, affine: np.ndarray, what: str) -> dict[str, Any]:
+        """Compare one input (``[C, X, Y, Z]`` in its own units, its affine) with the model's recorded training
+        distribution (:mod:`rep3d.inference.distribution`); returns the record for the prediction's report.
+
+        Far outside: :class:`OutOfDistributionError`, unless ``allow_out_of_distribution`` (then a warning). Near the
+        edge: :class:`OutOfDistributionWarning`. Only for models with an intensity window (raw-unit inputs)."""
+        if self.intensity_window is None or self.normalization is not None:
+            return {"status": "not checked (the model normalises each scan itself)"}
+        stats = scan_statistics(image, self.intensity_window)
+        spacing = spacing_of(affine)
+        findings = compare(stats, spacing, self.training_distribution, self.intensity_window)
+        far = [f for f in findings if f.severity == "far"]
+        record = {"status": "far" if far else "near" if findings else "inside",
+                  "recorded": self.training_distribution is not None,
+                  "findings": [f.to_dict() for f in findings], "statistics": stats, "spacing": list(spacing)}
+        if far and not self.allow_out_of_distribution:
+            raise OutOfDistributionError(
+                f"{what}: far outside the model's training input: {'; '.join(f.message for f in far)}; its "
+                "segmentation would be invented. If you know the model applies, rerun with "
+                "--allow-out-of-distribution (Predictor(allow_out_of_distribution=True)): the finding is then a "
+                "warning, recorded in the output's <name>_seg.json")
+        if findings:
+            record["allowed"] = bool(far)
+            warnings.warn(f"{what}: {'outside' if far else 'near the edge of'} the model's training input "
+                          f"({'allowed' if far else 'check the result'}): "
+                          f"{'; '.join(f.message for f in findings)}", OutOfDistributionWarning, stacklevel=3)
+        return record
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
         self.roi_size = _triple("roi_size", roi_size, int)
         stride = getattr(model, "stride", None)
         self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
         # the deepest stage of a strided network keeps two voxels per axis: smaller windows fail deep in the model
-        minimum = 2 * self.size_divisor if self.size_divisor > 1 else 1
+        minimum = int(getattr(model, "min_input_size", None) or 1)
         bad = [r for r in self.roi_size if r < minimum or r % self.size_divisor]
         if bad:
             up = tuple(max(minimum, -(-max(r, 1) // self.size_divisor) * self.size_divisor) for r in self.roi_size)
             raise Rep3DValueError(
-                f"roi_size {self.roi_size} must be multiples of the network stride {self.size_divisor} of at least "
-                f"{minimum} (the deepest stage keeps two voxels per axis); try roi_size={up}"
+                f"roi_size {self.roi_size} must be multiples of the network stride {self.size_divisor}, each at least "
+                f"{minimum} (the model's smallest input); try roi_size={up}"
             )
         if not 0.0 <= float(overlap) < 1.0:
             raise Rep3DValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -304,6 +347,7 @@ class Predictor:
         )
         image = self._replace_nonfinite(image, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
+        checked = self.check_distribution(image.as_tensor(), in_affine, source or "input array")
         in_shape = tuple(int(s) for s in image.shape[1:])
         x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
                            intensity_window=self.intensity_window, normalization=self.normalization)
@@ -313,7 +357,8 @@ class Predictor:
             raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
                                   "the input is; check the weights (e.g. load them with --checkpoint again)")
         label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
-        return Prediction(label, in_affine, prob_out, header, self.class_names, source)
+        return Prediction(label, in_affine, prob_out, header, self.class_names, source,
+                          report={"out_of_distribution": checked})
 
     def _replace_nonfinite(self, image, what: str):
         """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""

@@ -218,6 +218,7 @@ class Rep3D(nn.Module):
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
+        self.min_input_size = 2 * self.stride  # the deepest stage keeps at least two voxels per axis
         self.feature_info = self.encoder.feature_info
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -235,6 +236,12 @@ class Rep3D(nn.Module):
             raise Rep3DValueError(
                 f"{type(self).__name__} needs every spatial size divisible by {self.stride}, got {sizes}; "
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
+            )
+        if any(s < self.min_input_size for s in sizes):
+            raise Rep3DValueError(
+                f"{type(self).__name__} needs every spatial size to be at least {self.min_input_size} (two strides of "
+                f"{self.stride}: its deepest stage keeps two voxels per axis), got {sizes}; pad the input "
+                f"(e.g. monai.transforms.SpatialPad({self.min_input_size}))"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
