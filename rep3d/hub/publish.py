@@ -211,6 +211,36 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _distribution_lines(dist: Any) -> list[str]:
+    """The model card's table of the training input distribution that ``rep3d predict`` checks inputs against."""
+    if not isinstance(dist, dict) or not dist:
+        return ["## Training input distribution", "",
+                "Not recorded: `rep3d predict` can only refuse inputs with no voxel in the intensity window.", ""]
+    lines = ["## Training input distribution", "",
+             "`rep3d predict` compares every input with this record: far outside (no voxel in the window, other "
+             "units or modality, a much coarser spacing) is refused unless `--allow-out-of-distribution`; near the "
+             "edge is a warning. Both are recorded in the output's `<name>_seg.json`.", "",
+             "| statistic | training range |", "|---|---|"]
+    done = set()
+    for key, value in dist.items():
+        base = key.removesuffix("_min").removesuffix("_max")
+        if base in done:
+            continue
+        if key.endswith(("_min", "_max")) and f"{base}_min" in dist and f"{base}_max" in dist:
+            done.add(base)
+            lo, hi = dist[f"{base}_min"], dist[f"{base}_max"]
+            lines.append(f"| {base.replace('_', ' ')} | {_fmt_range(lo)} to {_fmt_range(hi)} |")
+        else:
+            lines.append(f"| {key.replace('_', ' ')} | {_fmt_range(value)} |")
+    return lines + [""]
+
+
+def _fmt_range(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " × ".join(_fmt_range(v) for v in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _tta_row(axes: Any) -> str:
     if axes is None:
         return "not recorded: `--tta` is refused"
@@ -265,6 +295,7 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
                   + ("; the file's voxel axes reversed, as nnU-Net reads NIfTI)" if meta["axis_order"] == "zyx"
                      else ")") + " |"]
     lines += [""]
+    lines += _distribution_lines(meta.get("training_distribution"))
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

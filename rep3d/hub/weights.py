@@ -356,9 +356,10 @@ def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str]
 
 
 def _sidecar_config(source: WeightsSource) -> dict[str, Any]:
-    """The ``config.json`` next to Hub weights (same commit), when it is in the cache: its ``rep3d`` section."""
-    path = source.path.parent / CONFIG_NAME
-    if source.kind != "hub" or not path.is_file():
+    """The ``config.json`` next to Hub weights (same commit), when it is in the cache, or the ``NAME.json`` next to
+    bundled ``NAME.safetensors``: its ``rep3d`` section."""
+    path = source.path.parent / CONFIG_NAME if source.kind == "hub" else source.path.with_suffix(".json")
+    if source.kind not in ("hub", "bundled") or not path.is_file():
         return {}
     try:
         section = json.loads(path.read_text()).get("rep3d", {})
@@ -406,7 +407,9 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
     load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
-            model.pretrained_cfg.setdefault(key, value)
+            # a bundled file's cfg is the registry's; its JSON adds only the recorded training distribution
+            if source.kind == "hub" or key == "training_distribution":
+                model.pretrained_cfg.setdefault(key, value)
         model.pretrained_cfg["weights_source"] = source.where
     return model
 

@@ -24,6 +24,7 @@ from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.inference.distribution import TRAINING_DISTRIBUTION_KEY, dataset_distribution
 from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
 from rep3d.outputs import record_outputs
@@ -169,6 +170,11 @@ class Trainer:
             class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
             tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
+        if self.ctx.is_main and cfg.intensity_window is not None:
+            # what rep3d predict compares every input with (rep3d.inference.distribution)
+            model.pretrained_cfg[TRAINING_DISTRIBUTION_KEY] = dataset_distribution(
+                dataset.train, modality=model.pretrained_cfg["modality"] or "?", window=cfg.intensity_window,
+                source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.meta.get("synthetic") else ""))
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
