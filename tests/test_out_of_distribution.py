@@ -45,7 +45,7 @@ def _variants(phantom):
         "mr_like": (np.clip(mr, 0, None), affine),
         "scaled_intensity": (image + 1024.0, affine),  # stored unsigned, rescale intercept not applied
         "spacing_0.3x": (image, fine),
-        "spacing_3.3x": (image, coarse),
+        "spacing_3.3x": (image[::3, ::3, ::3], coarse),  # the same field of view in 3.3x coarser voxels
     }
 
 
