@@ -31,7 +31,14 @@ from rep3d.inference.distribution import (
     spacing_of,
 )
 from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
-from rep3d.inference.preprocess import check_normalization, foreground_box, to_model_space
+from rep3d.inference.preprocess import (
+    apply_window,
+    body_box,
+    body_floor,
+    check_normalization,
+    foreground_box,
+    to_model_space,
+)
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
 
@@ -92,6 +99,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                               f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
+
+
+def _cropped_report(raw: torch.Tensor, box: tuple[slice, ...] | None) -> dict[str, Any] | None:
+    """What the body crop left out (segmented as background without running the model): its share of the grid and
+    the largest intensity there (air, if the crop was right); ``None`` when nothing was cropped."""
+    if box is None:
+        return None
+    inside = torch.zeros(raw.shape[1:], dtype=torch.bool)
+    inside[box] = True
+    outside = raw[:, ~inside]
+    return {"box_on_model_grid": [[b.start, b.stop] for b in box], "model_grid_shape": list(raw.shape[1:]),
+            "voxels_outside": int((~inside).sum()), "fraction_outside": float((~inside).float().mean()),
+            "max_intensity_outside": float(outside.max()) if outside.numel() else None}
 
 
 def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
@@ -240,6 +260,7 @@ class Predictor:
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if crop_foreground is AUTO else bool(crop_foreground))
         self.training_distribution = cfg.get(TRAINING_DISTRIBUTION_KEY) or None
+        self.modality = cfg.get("modality") or None
         self.allow_out_of_distribution = bool(allow_out_of_distribution)
         self.model = model.to(self.device).eval()
 
@@ -349,16 +370,21 @@ class Predictor:
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         checked = self.check_distribution(image.as_tensor(), in_affine, source or "input array")
         in_shape = tuple(int(s) for s in image.shape[1:])
-        x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
-                           intensity_window=self.intensity_window, normalization=self.normalization)
-        grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
-        probs = self.infer_cropped(x.as_tensor().float())  # [K, *grid] on the stitch device
+        raw = to_model_space(image, spacing=self.spacing, orientation=self.orientation, intensity_window=None,
+                             normalization=self.normalization)
+        grid_affine = raw.affine.detach().cpu().numpy().astype(np.float64)
+        raw = raw.as_tensor().float()
+        x = apply_window(raw, self.intensity_window) if self.intensity_window is not None else raw
+        box = body_box(raw, body_floor(self.intensity_window, self.modality)) \
+            if self.crop_foreground and self.intensity_window is not None else None
+        cropped = _cropped_report(raw, box)
+        probs = self.infer_cropped(x, box)  # [K, *grid] on the stitch device
         if not bool(torch.isfinite(probs).all()):  # never an argmax over NaN (all background) with success
             raise Rep3DValueError(f"{source or 'input array'}: the model's output is not finite (NaN or inf) although "
                                   "the input is; check the weights (e.g. load them with --checkpoint again)")
         label, prob_out = to_input_grid(probs, grid_affine, in_affine, in_shape, keep=probabilities)
         return Prediction(label, in_affine, prob_out, header, self.class_names, source,
-                          report={"out_of_distribution": checked})
+                          report={"out_of_distribution": checked, "cropped_away": cropped})
 
     def _replace_nonfinite(self, image, what: str):
         """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
@@ -424,10 +450,11 @@ class Predictor:
             total = prob if total is None else total + prob
         return total / len(flips)
 
-    def infer_cropped(self, x: torch.Tensor) -> torch.Tensor:
+    def infer_cropped(self, x: torch.Tensor, box: tuple[slice, ...] | None = AUTO) -> torch.Tensor:
         """:meth:`infer` on the foreground box of ``x [C, *grid]`` (with ``crop_foreground``), the rest background:
         softmax ``[K, *grid]`` float32 on the stitch device."""
-        box = foreground_box(x) if self.crop_foreground else None
+        if box is AUTO:
+            box = foreground_box(x) if self.crop_foreground else None
         if box is None or all(b.stop - b.start == n for b, n in zip(box, x.shape[1:])):
             return self.infer(x)
         inside = self.infer(x[(slice(None), *box)])
