@@ -13,7 +13,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers import LayerNorm3d
 from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
@@ -229,6 +229,12 @@ class Rep3D(nn.Module):
         if is_exporting(x):
             return
         check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        weight = next(self.parameters(), None)
+        if weight is not None and x.is_floating_point() and x.dtype != weight.dtype \
+                and not torch.is_autocast_enabled(x.device.type):
+            raise Rep3DTypeError(f"{type(self).__name__} has {str(weight.dtype).removeprefix('torch.')} weights and "
+                                 f"got a {str(x.dtype).removeprefix('torch.')} input; cast the input "
+                                 f"(x.to({weight.dtype})) or the model (model.to({x.dtype}))")
         sizes = tuple(x.shape[2:])
         if any(s % self.stride for s in sizes):
             down = tuple(max(self.stride, s // self.stride * self.stride) for s in sizes)
