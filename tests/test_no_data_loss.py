@@ -203,6 +203,13 @@ def test_overwrite_replaces_only_the_commands_own_earlier_outputs(command, sourc
     assert snapshot(tree) == again
 
 
+def test_models_json_never_replaces_a_file_rep3d_did_not_write(tmp_path, capsys):
+    target = tmp_path / "notes.json"
+    target.write_text("mine")
+    assert main(["models", "rep3d_tiny", "--table", "--json", str(target), "--overwrite"]) == 1
+    assert "was not written by rep3d" in capsys.readouterr().err and target.read_text() == "mine"
+
+
 def test_export_never_writes_over_its_own_source_or_checkpoint(sources, tmp_path, capsys):
     tree = make_tree(tmp_path, sources, [])
     model = tree / "data/model"

@@ -7,6 +7,7 @@ import json
 
 from rep3d.builder import list_models
 from rep3d.models.table import models_table
+from rep3d.outputs import check_file_output, write_text_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,15 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action="store_true", help="list only the arch.tag names that have weights")
     parser.add_argument("--table", action="store_true", help="print params / deployed params / MACs as markdown")
     parser.add_argument("--json", metavar="FILE", help="also write the table rows as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json FILE of an earlier run")
 
 
 def run(args: argparse.Namespace) -> int:
     if not (args.table or args.json):
         print("\n".join(list_models(args.pattern, pretrained=args.pretrained)))
         return 0
+    if args.json:  # before the (slow) MAC counts: a file rep3d did not write is never replaced
+        check_file_output(args.json, overwrite=args.overwrite, flag="--json")
     rows, markdown = models_table(args.pattern)
     print(markdown)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_text_output(args.json, json.dumps(rows, indent=2), overwrite=args.overwrite, command="rep3d models")
     return 0
