@@ -243,11 +243,12 @@ class Rep3D(nn.Module):
                 f"{type(self).__name__} needs every spatial size divisible by {self.stride}, got {sizes}; "
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
             )
-        if any(s < self.min_input_size for s in sizes):
+        minimum = getattr(self, "min_input_size", 2 * self.stride)  # subclasses with their own __init__: two strides
+        if any(s < minimum for s in sizes):
             raise Rep3DValueError(
-                f"{type(self).__name__} needs every spatial size to be at least {self.min_input_size} (two strides of "
+                f"{type(self).__name__} needs every spatial size to be at least {minimum} (two strides of "
                 f"{self.stride}: its deepest stage keeps two voxels per axis), got {sizes}; pad the input "
-                f"(e.g. monai.transforms.SpatialPad({self.min_input_size}))"
+                f"(e.g. monai.transforms.SpatialPad({minimum}))"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
