@@ -163,3 +163,21 @@ def test_evaluate_with_a_class_count_mismatch_reports_both_right_counts(small_da
     assert main(["evaluate", f"local-dir:{folder}", "--data", str(small_dataset), "--split", "train"]) == 1
     line = one_line_error(capsys, "evaluate")
     assert "predicts 3 classes" in line and "lists 9" in line
+
+
+# ------------------------------------------------------------------------------ rule: format from the bytes
+
+def test_checkpoint_format_is_detected_from_the_bytes_not_the_suffix(tmp_path):
+    from safetensors.torch import save_file
+
+    from rep3d.hub import Rep3DWeightsError
+    from rep3d.hub.weights import read_weights
+
+    state = {"w": torch.arange(3.0)}
+    torch.save(state, tmp_path / "zip.safetensors")
+    save_file(state, tmp_path / "tensors.pt")
+    for name in ("zip.safetensors", "tensors.pt"):
+        assert torch.equal(read_weights(tmp_path / name, "x")[0]["w"], state["w"])
+    (tmp_path / "junk.pth").write_bytes(b"hello, not a checkpoint")
+    with pytest.raises(Rep3DWeightsError, match="truncated or corrupt|not a readable"):
+        read_weights(tmp_path / "junk.pth", "x")

@@ -99,7 +99,7 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     if not path.is_file():
         raise Rep3DWeightsError(name, where, "the file does not exist", "check the path", reason="not_found")
     metadata: dict = {}
-    if path.suffix in PICKLE_SUFFIXES:
+    if weights_format(path) == "pickle":
         obj = _read_pickle(path, name, where)
     else:
         try:
@@ -122,9 +122,26 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     return state, metadata
 
 
+def weights_format(path: str | Path) -> str:
+    """``"pickle"`` (a ``torch.save`` zip or legacy pickle) or ``"safetensors"``, from the file's first bytes (a
+    safetensors file starts with an 8-byte header length and ``{``); the suffix decides only when the bytes do not."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        head = b""
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "pickle" if path.suffix in PICKLE_SUFFIXES else "safetensors"
+
+
 def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch picks no loader from the file name
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch words the refusal of a pickled global differently across versions: "Unsupported global: GLOBAL
         # os.system was not an allowed global" (2.4-2.6), "Trying to load unsupported GLOBAL posix.system whose module
@@ -140,7 +157,7 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - garbage makes the unpickler raise anything (KeyError, IndexError, ...)
         raise Rep3DWeightsError(name, where, f"cannot read the checkpoint ({type(err).__name__}: {err}); it is "
                                 "truncated or corrupt", "download or export it again", reason="corrupt") from err
 
