@@ -99,7 +99,7 @@ def test_roi_below_the_models_minimum_is_one_line_naming_minimum_and_multiple(co
     }[command]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "at least 32" in err and "stride 16" in err
+    assert "Traceback" not in err and "largest at least 32" in err and "stride 16" in err
 
 
 # ------------------------------------------------------------------------------ 15: float64 input

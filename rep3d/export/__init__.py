@@ -117,15 +117,15 @@ def model_roi(model: nn.Module, roi: Sequence[int] | None = None) -> tuple[int, 
     roi = tuple(int(r) for r in (roi or cfg.get("roi_size") or (96, 96, 96)))
     stride = _stride(model)
     minimum = minimum_roi(model)
-    if len(roi) != 3 or any(r < minimum or r % stride for r in roi):
-        raise Rep3DValueError(f"--roi must be three multiples of the network stride {stride} of at least {minimum} "
-                              f"(the deepest stage keeps two voxels per axis), got {list(roi)}; e.g. --roi "
-                              f"{' '.join(str(max(minimum, -(-r // stride) * stride)) for r in roi[:3])}")
+    if len(roi) != 3 or any(r < 1 or r % stride for r in roi) or max(roi) < minimum:
+        raise Rep3DValueError(f"--roi must be three multiples of the network stride {stride}, the largest at least "
+                              f"{minimum} (the model's smallest input: its deepest stage must hold more than one "
+                              f"voxel), got {list(roi)}")
     return roi  # type: ignore[return-value]
 
 
 def minimum_roi(model: nn.Module) -> int:
-    """The smallest size per axis the network takes (``model.min_input_size``: two strides for rep3d networks)."""
+    """The size the largest input axis must reach (``model.min_input_size``: two strides for rep3d networks)."""
     return int(getattr(model, "min_input_size", None) or _stride(model))
 
 

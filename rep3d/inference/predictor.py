@@ -296,14 +296,15 @@ class Predictor:
         self.roi_size = _triple("roi_size", roi_size, int)
         stride = getattr(model, "stride", None)
         self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
-        # the deepest stage of a strided network keeps two voxels per axis: smaller windows fail deep in the model
+        # a rep3d network's deepest stage must hold more than one voxel: its largest input axis reaches two strides
         minimum = int(getattr(model, "min_input_size", None) or 1)
-        bad = [r for r in self.roi_size if r < minimum or r % self.size_divisor]
+        bad = [r for r in self.roi_size if r < 1 or r % self.size_divisor] or max(self.roi_size) < minimum
         if bad:
-            up = tuple(max(minimum, -(-max(r, 1) // self.size_divisor) * self.size_divisor) for r in self.roi_size)
+            up = [-(-max(r, 1) // self.size_divisor) * self.size_divisor for r in self.roi_size]
+            up[up.index(max(up))] = max(max(up), minimum)
             raise Rep3DValueError(
-                f"roi_size {self.roi_size} must be multiples of the network stride {self.size_divisor}, each at least "
-                f"{minimum} (the model's smallest input); try roi_size={up}"
+                f"roi_size {self.roi_size} must be positive multiples of the network stride {self.size_divisor}, the "
+                f"largest at least {minimum} (the model's smallest input); try roi_size={tuple(up)}"
             )
         if not 0.0 <= float(overlap) < 1.0:
             raise Rep3DValueError(f"overlap must be in [0, 1), got {overlap}")

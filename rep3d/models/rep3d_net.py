@@ -218,7 +218,7 @@ class Rep3D(nn.Module):
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
-        self.min_input_size = 2 * self.stride  # the deepest stage keeps at least two voxels per axis
+        self.min_input_size = 2 * self.stride  # the largest input axis must reach two strides (see check_input)
         self.feature_info = self.encoder.feature_info
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -244,10 +244,10 @@ class Rep3D(nn.Module):
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
             )
         minimum = getattr(self, "min_input_size", 2 * self.stride)  # subclasses with their own __init__: two strides
-        if any(s < minimum for s in sizes):
+        if max(sizes) < minimum:  # the deepest stage would hold a single voxel, which instance norm cannot normalise
             raise Rep3DValueError(
-                f"{type(self).__name__} needs every spatial size to be at least {minimum} (two strides of "
-                f"{self.stride}: its deepest stage keeps two voxels per axis), got {sizes}; pad the input "
+                f"{type(self).__name__} needs at least one spatial size of {minimum} or more (its deepest stage, at "
+                f"stride {self.stride}, must hold more than one voxel), got {sizes}; pad the input "
                 f"(e.g. monai.transforms.SpatialPad({minimum}))"
             )
 
