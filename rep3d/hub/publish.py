@@ -230,6 +230,8 @@ def _distribution_lines(dist: Any) -> list[str]:
             done.add(base)
             lo, hi = dist[f"{base}_min"], dist[f"{base}_max"]
             lines.append(f"| {base.replace('_', ' ')} | {_fmt_range(lo)} to {_fmt_range(hi)} |")
+        elif key == "window" and isinstance(value, (list, tuple)) and len(value) == 2:
+            lines.append(f"| intensity window | {_fmt_range(value[0])} to {_fmt_range(value[1])} |")
         else:
             lines.append(f"| {key.replace('_', ' ')} | {_fmt_range(value)} |")
     return lines + [""]
