@@ -20,6 +20,7 @@ from rep3d.data.phantom import case_seed
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import Predictor
 from rep3d.metrics import dice_per_class, mean_dice
+from rep3d.outputs import check_folder_output, write_output
 from rep3d.presets import PAPER_CT, PHANTOM_CLASSES
 
 DEMO_MODEL = "rep3d_tiny.phantom"
@@ -49,6 +50,8 @@ def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL,
     if out.exists() and not out.is_dir():
         raise Rep3DValueError(f"-o {out} is an existing file; the demo writes {len(DEMO_FILES)} files into a folder: "
                               "give a folder path")
+    # a rerun replaces the demo's own earlier files; a folder of other files is refused before any work
+    check_folder_output(out, overwrite=True, names=DEMO_FILES)
     t0 = time.perf_counter()
     model = create_model(model_name, pretrained=True)
     if model.num_classes != len(PHANTOM_CLASSES):
@@ -64,12 +67,16 @@ def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL,
     seconds = time.perf_counter() - t0
     dice = dice_per_class(torch.from_numpy(prediction.label.astype(np.int64)),
                           torch.from_numpy(phantom.label.astype(np.int64)), len(names))
-    save_nifti(out / DEMO_FILES[0], phantom.image, phantom.affine)
-    save_nifti(out / DEMO_FILES[1], phantom.label, phantom.affine)
-    prediction.save(out / DEMO_FILES[2])
+    command = "rep3d demo"
+    write_output(out / DEMO_FILES[0], lambda tmp: save_nifti(tmp, phantom.image, phantom.affine), overwrite=True,
+                 command=command)
+    write_output(out / DEMO_FILES[1], lambda tmp: save_nifti(tmp, phantom.label, phantom.affine), overwrite=True,
+                 command=command)
+    prediction.save(out / DEMO_FILES[2], overwrite=True, command=command)
     window = tuple(cfg.get("intensity_window") or PAPER_CT.intensity_window)
-    save_overlay_png(out / DEMO_FILES[3], phantom.image, phantom.label, prediction.label, window,
-                     spacing=np.abs(np.diag(phantom.affine)[:3]), class_names=names,
-                     title=f"SYNTHETIC phantom - {model_name} - mean Dice {mean_dice(dice):.3f}")
+    write_output(out / DEMO_FILES[3], lambda tmp: save_overlay_png(
+        tmp, phantom.image, phantom.label, prediction.label, window, spacing=np.abs(np.diag(phantom.affine)[:3]),
+        class_names=names, title=f"SYNTHETIC phantom - {model_name} - mean Dice {mean_dice(dice):.3f}"),
+        overwrite=True, command=command)
     return DemoResult(model_name, sum(p.numel() for p in model.parameters()), tuple(phantom.image.shape), names, dice,
                       mean_dice(dice), seconds, out)

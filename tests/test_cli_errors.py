@@ -162,13 +162,15 @@ def test_predict_into_its_own_input_folder_never_overwrites_an_input(tmp_path, c
     assert "x.nii.gz: its output" in message and "x_seg.nii.gz is also an input" in message
     after = digests(folder)
     assert {k: after[k] for k in before} == before
-    assert set(after) - set(before) == {str(folder / "x_seg_seg.nii.gz")}
-    # a second run: x_seg_seg.nii.gz (the first run's output) is now an input as well: both clashes are refused
+    assert set(after) - set(before) == {str(folder / n) for n in ("x_seg_seg.nii.gz", "x_seg_seg.json",
+                                                                   ".rep3d-outputs.json")}
+    # a second run: x_seg_seg.nii.gz is the first run's output, never an input; x_seg.nii.gz is still refused
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("is also an input") == 2
+    assert "Traceback" not in err and err.count("is also an input") == 1
     again = digests(folder)
-    assert {k: again[k] for k in after} == after
+    assert {k: again[k] for k in before} == before
+    assert not (folder / "x_seg_seg_seg.nii.gz").exists()
 
 
 def test_overwrite_replaces_earlier_outputs_but_never_a_foreign_file(tmp_path, capsys):
@@ -180,7 +182,7 @@ def test_overwrite_replaces_earlier_outputs_but_never_a_foreign_file(tmp_path, c
     before = digests(scan, foreign)
     argv = ["predict", "rep3d_tiny.phantom", str(scan), "-o", str(out), "--overwrite", "--quiet", "--device", "cpu",
             "--roi-size", "32", "32", "32"]
-    assert "was not written by rep3d predict" in main_error(argv, capsys, "predict")
+    assert "was not written by rep3d" in main_error(argv, capsys, "predict")
     assert digests(scan, foreign) == before
     foreign.unlink()
     assert cli.main(argv) == 0

@@ -147,7 +147,7 @@ def test_export_refuses_to_replace_a_file_and_rejects_bad_options(tmp_path):
 
     target = tmp_path / "keep.onnx"
     target.write_text("user data")
-    with pytest.raises(Rep3DValueError, match="exists; pass overwrite=True"):
+    with pytest.raises(Rep3DValueError, match="exists; pass --overwrite"):
         export_model(tiny(), "onnx", target)
     assert target.read_text() == "user data"
     with pytest.raises(Rep3DValueError, match="dynamic axes must be among"):

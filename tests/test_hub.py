@@ -427,7 +427,7 @@ def test_save_pretrained_failure_leaves_the_target_as_it_was(tmp_path, monkeypat
     monkeypatch.setattr(publish, "save_file", disk_full)  # the weights write fails half-way through the save
     for folder in (target, tmp_path / "new"):
         with pytest.raises(OSError, match="No space"):
-            save_pretrained(randomize(tiny()), folder)
+            save_pretrained(randomize(tiny()), folder, overwrite=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
 

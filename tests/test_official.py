@@ -252,7 +252,8 @@ def test_cli_writes_a_loadable_folder_and_prints_the_report(tmp_path, capsys):
     assert run(parser.parse_args([str(tmp_path / "uxnet.pth"), "-o", str(tmp_path / "out"), "--form", "deploy"])) == 0
     out = capsys.readouterr().out
     assert "mapped:" in out and "not understood (unmapped): 0" in out and str(tmp_path / "out") in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".rep3d-outputs.json", "README.md", "config.json",
+                                                                 "model.safetensors"]
     expected, _ = load_official_checkpoint(tmp_path / "uxnet.pth", form="deploy")
     loaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
     got, want = loaded.state_dict(), expected.state_dict()

@@ -61,8 +61,8 @@ def test_predict_writes_one_label_map_per_input_on_the_input_grid(tmp_path, orac
         ]
     )
     assert code == 0 and oracle == [("rep3d_tiny", None)]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_seg.json", "a_seg.nii.gz", "b_seg.json",
-                                                                    "b_seg.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".rep3d-outputs.json", "a_seg.json", "a_seg.nii.gz", "b_seg.json", "b_seg.nii.gz"]
     for name, image, affine in (("a", a, aff_a), ("b", b, aff_b)):
         seg = nib.load(tmp_path / f"out/{name}_seg.nii.gz")
         assert seg.shape == image.shape and np.allclose(seg.affine, affine)
@@ -87,8 +87,9 @@ def test_a_corrupt_file_is_reported_by_name_and_the_others_still_run(tmp_path, o
     assert code == 1
     assert (tmp_path / "out/good_seg.nii.gz").is_file() and not (tmp_path / "out/broken_seg.nii.gz").exists()
     assert "broken.nii.gz: cannot read it" in err and "1 failed: broken.nii.gz" in err
-    # no temporary leftovers, nothing for the broken file
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_seg.json", "good_seg.nii.gz"]
+    # no temporary leftovers
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".rep3d-outputs.json", "good_seg.json",
+                                                                    "good_seg.nii.gz"]
 
 
 def test_2d_and_wrong_channel_inputs_fail_with_expected_versus_given(tmp_path, oracle, capsys):
@@ -114,7 +115,7 @@ def test_existing_outputs_are_not_overwritten_without_the_flag(tmp_path, oracle,
     (out / "a_seg.nii.gz").unlink()
     write_scan(out / "a_seg.nii.gz")  # not an earlier output: --overwrite never replaces it
     assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet", "--overwrite"]) == 1
-    assert "was not written by rep3d predict" in capsys.readouterr().err
+    assert "was not written by rep3d" in capsys.readouterr().err
     (out / "a_seg.nii.gz").write_bytes(earlier)
     assert predict(["m", str(tmp_path / "a.nii.gz"), "-o", str(out), "--quiet", "--overwrite"]) == 0
     assert nib.load(out / "a_seg.nii.gz").shape == (37, 29, 23)
@@ -221,8 +222,8 @@ def test_preview_writes_three_mid_slices_with_the_label_overlay_per_case(tmp_pat
     write_scan(tmp_path / "in/b.nii.gz", shape=(30, 31, 20))
     out = tmp_path / "out"
     assert predict(["m", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--quiet", "--preview"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_preview.png", "a_seg.json", "a_seg.nii.gz", "b_preview.png",
-                                                     "b_seg.json", "b_seg.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [".rep3d-outputs.json", "a_preview.png", "a_seg.json",
+                                                     "a_seg.nii.gz", "b_preview.png", "b_seg.json", "b_seg.nii.gz"]
     image = np.asarray(Image.open(out / "a_preview.png").convert("RGB"))
     assert image.shape[0] > 60 and image.shape[1] > 3 * 30  # two rows (image, overlay) of three panels
     grey = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])

@@ -208,7 +208,7 @@ def test_defaults_come_from_the_pretrained_cfg_with_documented_fallbacks():
 def test_bad_settings_are_explained():
     model = ThresholdOracle()
     model.stride = 16
-    with pytest.raises(ValueError, match=r"multiples of the network stride 16; try roi_size=\(32, 32, 96\)"):
+    with pytest.raises(ValueError, match=r"multiples of the network stride 16.*; try roi_size=\(32, 32, 96\)"):
         Predictor(model, roi_size=(20, 32, 96))
     with pytest.raises(ValueError, match="overlap"):
         Predictor(model, roi_size=16, overlap=1.0)
@@ -284,7 +284,10 @@ def _body_in_air(shape=(40, 36, 32), box=(slice(6, 30), slice(5, 27), slice(4, 2
 def test_predictor_segments_the_foreground_box_as_training_crops_and_the_air_is_background():
     torch.manual_seed(0)
     model = rep3d.create_model("rep3d_tiny", num_classes=3, kernel_size=7).eval()
-    image, box = _body_in_air()
+    from rep3d.inference.preprocess import BODY_MARGIN
+
+    image, body = _body_in_air()
+    box = tuple(slice(b.start - BODY_MARGIN, b.stop + BODY_MARGIN) for b in body)  # the body plus a margin
     common = dict(roi_size=32, spacing=None, orientation=None, intensity_window=(-125.0, 275.0), device="cpu")
     cropped = Predictor(model, **common)
     whole = Predictor(model, crop_foreground=False, **common)
@@ -303,6 +306,48 @@ def test_predictor_segments_the_foreground_box_as_training_crops_and_the_air_is_
     # and not what the whole grid gives: the air around the body changes a large-kernel model's output
     full = whole(image[None], np.eye(4), probabilities=True)
     assert np.abs(full.probabilities[(slice(None), *box)] - ref.probabilities).max() > 1e-3
+
+
+def test_the_body_crop_keeps_anatomy_below_the_window_and_reports_what_it_left_out():
+    """A lung slab at -850 HU lies below a soft-tissue window's floor: the crop keeps it (the old window-floor crop
+    cut all of it away and labelled it background)."""
+    torch.manual_seed(0)
+    model = rep3d.create_model("rep3d_tiny", num_classes=3, kernel_size=3).eval()
+    image = np.full((40, 36, 32), -1000.0, dtype=np.float32)
+    image[4:20, 4:30, 4:28] = -850.0  # lung slab
+    image[24:36, 6:30, 4:28] = 40.0  # soft tissue
+    predictor = Predictor(model, roi_size=32, spacing=None, orientation=None, intensity_window=(-125.0, 275.0),
+                          device="cpu")
+    pred = predictor(image[None], np.eye(4))
+    cropped = pred.report["cropped_away"]
+    box = cropped["box_on_model_grid"]
+    assert box[0][0] <= 4 and box[0][1] >= 36  # the lung slab and the tissue are inside the segmented box
+    assert cropped["max_intensity_outside"] <= -950  # only air was left out
+    assert cropped["voxels_outside"] == int(np.prod(image.shape)) - int(np.prod([b - a for a, b in box]))
+
+
+def test_training_crop_never_drops_a_labelled_voxel(tmp_path):
+    """A labelled lung at -850 HU: the training crop widens to hold every labelled voxel."""
+    import nibabel as nib
+
+    from rep3d.train import build_config
+    from rep3d.train.data import preprocessing
+
+    image = np.full((48, 40, 36), -1000.0, dtype=np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    image[4:20, 4:30, 4:28] = -850.0
+    label[4:20, 4:30, 4:28] = 1
+    image[26:40, 6:30, 4:28] = 40.0
+    label[26:40, 6:30, 4:28] = 2
+    image[0, 0, 0] = -980.0  # labelled air voxel far from the body
+    label[0, 0, 0] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "label.nii.gz")
+    cfg = build_config("paper", data=str(tmp_path), out=str(tmp_path / "run"), roi_size=(32, 32, 32),
+                      spacing=(1.0, 1.0, 1.0), intensity_window=(-125.0, 275.0))
+    out = preprocessing(cfg)({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")})
+    kept = np.bincount(np.asarray(out["label"]).astype(np.int64).ravel(), minlength=3)
+    assert kept[1] == (label == 1).sum() and kept[2] == (label == 2).sum()
 
 
 def test_foreground_crop_is_off_without_a_window_or_with_nnunet_normalisation():

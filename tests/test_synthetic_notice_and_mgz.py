@@ -103,7 +103,7 @@ def test_a_foreign_sidecar_is_never_overwritten(tmp_path, build_with, capsys):
     (tmp_path / "out" / "a_seg.json").write_text('{"mine": 1}')
     code = cli.main(["predict", "m", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out"), "--quiet",
                      "--overwrite"])
-    assert code == 1 and "not written by rep3d predict" in capsys.readouterr().err
+    assert code == 1 and "was not written by rep3d" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "a_seg.json").read_text()) == {"mine": 1}
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from rep3d.errors import Rep3DValueError
+from rep3d.outputs import check_file_output, model_source_files, write_output, write_text_output
 
 EXAMPLE = "rep3d erf rep3d_tiny.phantom -o erf/"
 # rep3d.analysis.TARGETS, repeated so that `rep3d erf --help` loads no torch; tests/test_cli_help.py checks it
@@ -38,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/erf_<target>.*)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT.png / OUT.json of an earlier run (default: off)")
+
+
+def write_png_output(path: Path, save, *, overwrite: bool, command: str) -> Path:
+    """``save(tmp)`` a PNG to a temporary name next to ``path``, then install it as rep3d's output."""
+    return write_output(path, save, overwrite=overwrite, command=command)
 
 
 def output_paths(output: str, stem: str) -> tuple[Path, Path]:
@@ -49,6 +57,13 @@ def output_paths(output: str, stem: str) -> tuple[Path, Path]:
     if out.suffix.lower() in (".png", ".json"):
         out = out.with_suffix("")
     return out.with_name(out.name + ".png"), out.with_name(out.name + ".json")
+
+
+def check_prefix_outputs(args: argparse.Namespace, png: Path, js: Path) -> None:
+    """Refuse, before the model is built, outputs that would replace a file rep3d did not write or one being read."""
+    reads = model_source_files(args.model, getattr(args, "checkpoint", None))
+    for path in (png, js):
+        check_file_output(path, overwrite=getattr(args, "overwrite", False), reads=reads)
 
 
 def load_model(args: argparse.Namespace):
@@ -72,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_samples < 1:
         raise Rep3DValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if args.roi is not None and any(r < 1 for r in args.roi):
+        raise Rep3DValueError(f"--roi must be three positive sizes, got {args.roi}")
     suffix = "" if args.definition == "rep3d" else f"_{args.definition}"
     png, js = output_paths(args.output, f"erf_{args.target}{suffix}")
+    check_prefix_outputs(args, png, js)
     model, weights = load_model(args)
     # the Predictor resolves ROI, grid and intensity window from the model cfg exactly as rep3d predict does
     predictor = Predictor(model, roi_size=args.roi or AUTO, device=args.device)
@@ -89,10 +107,12 @@ def run(args: argparse.Namespace) -> int:
         source = "standard-normal noise"
     result = effective_receptive_field(predictor.model, inputs, target=args.target, n_samples=args.n_samples,
                                        definition=args.definition)
-    save_erf_png(png, result, title=f"{args.model} ({weights}), {source}, roi {roi}")
-    js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
-                              "seed": args.seed, **result.to_json()}, indent=2) + "\n")
+    title = f"{args.model} ({weights}), {source}, roi {roi}"
+    write_png_output(png, lambda tmp: save_erf_png(tmp, result, title=title),
+                     overwrite=args.overwrite, command="rep3d erf")
+    write_text_output(js, json.dumps({"model": args.model, "weights": weights, "inputs": source, "roi": roi,
+                                      "seed": args.seed, **result.to_json()}, indent=2) + "\n",
+                      overwrite=args.overwrite, command="rep3d erf")
     ratios = ", ".join(f"{float(t) * 100:g}%: {r:.4f}" for t, r in result.summary["area_ratio"].items())
     print(f"ERF ({args.definition} definition) of {args.target} of {args.model} ({weights}) over "
           f"{result.n_samples} inputs ({source}); "

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="fp32 (default) or bf16 autocast (faster on CPUs with AVX-512 BF16 / AMX)")
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="also write per-case results as JSON (default: print only)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace the --json FILE of an earlier run (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     from rep3d.builder import create_model
     from rep3d.inference import evaluate_dataset
+    from rep3d.outputs import check_file_output, model_source_files, read_files, write_text_output
 
+    if args.json:  # a bad --json path fails now, not after the whole evaluation
+        reads = model_source_files(args.model, args.checkpoint) | read_files([args.data])
+        check_file_output(args.json, overwrite=args.overwrite, reads=reads, flag="--json")
     model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
     start = time.perf_counter()
     result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap,
@@ -50,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name.ljust(width)}  {value:.4f}")
     print(f"{'mean'.ljust(width)}  {result['mean']:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text_output(args.json, json.dumps(result, indent=2), overwrite=args.overwrite,
+                          command="rep3d evaluate")
     return 0 if np.isfinite(result["mean"]) else 1

@@ -36,13 +36,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("-o", "--output", required=True, metavar="OUT",
                         help=f"output file ({', '.join(f'{k}: *{v}' for k, v in SUFFIXES.items() if v)}) or, for "
                              "monai-bundle, a folder")
-    output.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export at OUT, never a file rep3d did not write nor the model's own "
+                             "files (default: refuse)")
+
+
+def check_export_arguments(args: argparse.Namespace, dynamic: tuple[str, ...]) -> None:
+    """Refuse, before the model is built, what :func:`rep3d.export.export_model` would refuse after it."""
+    from rep3d.errors import Rep3DValueError
+    from rep3d.outputs import check_file_output, check_folder_output, model_source_files
+
+    if args.backend == "fft" and "spatial" in dynamic and args.format in ("onnx", "exported-program"):
+        raise Rep3DValueError("--backend fft cannot be exported with --dynamic spatial: the FFT graph depends on the "
+                              "volume size; drop --backend fft (dynamic shapes use the direct engine) or drop "
+                              "--dynamic spatial")
+    if args.roi is not None and any(r < 1 for r in args.roi):
+        raise Rep3DValueError(f"--roi must be three positive sizes, got {args.roi}")
+    reads = model_source_files(args.model, args.checkpoint)
+    if args.format == "monai-bundle":
+        check_folder_output(args.output, overwrite=args.overwrite, reads=reads)
+    else:
+        check_file_output(args.output, overwrite=args.overwrite, reads=reads)
 
 
 def run(args: argparse.Namespace) -> int:
     from rep3d.builder import create_model
     from rep3d.errors import Rep3DError
     from rep3d.export import export_model, parse_dynamic, require_format
+    from rep3d.outputs import model_source_files
 
     def fail(message: str) -> int:
         print(f"rep3d export: error: {message}", file=sys.stderr)
@@ -51,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         dynamic = parse_dynamic(args.dynamic)
         require_format(args.format)  # a missing extra is one line, before the model is built
+        check_export_arguments(args, dynamic)
     except Rep3DError as err:
         return fail(str(err))
     try:
@@ -59,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"cannot build {args.model}: {type(err).__name__}: {err}")
     try:
         report = export_model(model, args.format, args.output, roi=args.roi, dynamic=dynamic, backend=args.backend,
-                              opset=args.opset, overwrite=args.overwrite)
+                              opset=args.opset, overwrite=args.overwrite,
+                              reads=model_source_files(args.model, args.checkpoint))
     except Rep3DError as err:
         return fail(str(err))
     if report.folded:

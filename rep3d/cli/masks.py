@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rep3d.cli.erf import load_model, output_paths
+from rep3d.cli.erf import check_prefix_outputs, load_model, output_paths, write_png_output
 from rep3d.errors import Rep3DValueError
+from rep3d.outputs import write_text_output
 
 EXAMPLE = "rep3d masks rep3d_tiny.phantom -o masks/"
 
@@ -25,22 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "roi_size); a tap is dead when it only ever meets the zero padding of its block's feature map")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output prefix: writes OUT.png and OUT.json (a folder: OUT/masks.*)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT.png / OUT.json of an earlier run (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rep3d.analysis import mask_report, save_masks_png
 
     png, js = output_paths(args.output, "masks")
+    check_prefix_outputs(args, png, js)
     model, weights = load_model(args)
     roi = tuple(args.roi) if args.roi else tuple(model.pretrained_cfg.get("roi_size") or (64, 64, 64))
     if len(roi) != 3 or any(s < 1 for s in roi):
         raise Rep3DValueError(f"--roi needs 3 positive sizes, got {roi}")
     report = mask_report(model, input_size=roi)
-    save_masks_png(png, report, title=f"[{args.model}, {weights}]")
+    write_png_output(png, lambda tmp: save_masks_png(tmp, report, title=f"[{args.model}, {weights}]"),
+                     overwrite=args.overwrite, command="rep3d masks")
     blocks = {name: {k: v for k, v in block.items() if k not in ("mask", "prior")} for name, block in report.items()}
-    js.parent.mkdir(parents=True, exist_ok=True)
-    js.write_text(json.dumps({"model": args.model, "weights": weights, "roi": list(roi), "blocks": blocks},
-                             indent=2) + "\n")
+    write_text_output(js, json.dumps({"model": args.model, "weights": weights, "roi": list(roi), "blocks": blocks},
+                                     indent=2) + "\n", overwrite=args.overwrite, command="rep3d masks")
     width = max(len(n) for n in blocks)
     print(f"{'block'.ljust(width)}  mode   form      M/P centre  M/P edge  at_bound  negative  map       live taps  "
           "|M| live  M/P outer live ring")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rep3d.outputs import check_file_output, write_text_output
+
 EXAMPLE = "rep3d models 'rep3d_tiny*' --table"
 
 
@@ -15,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", action="store_true",
                         help="print params / deployed params / MACs as markdown (default: names only)")
     parser.add_argument("--json", metavar="FILE", help="also write the table rows as JSON (default: print only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the --json FILE of an earlier run (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,9 +28,10 @@ def run(args: argparse.Namespace) -> int:
     if not (args.table or args.json):
         print("\n".join(list_models(args.pattern, pretrained=args.pretrained)))
         return 0
+    if args.json:  # before the (slow) MAC counts: a file rep3d did not write is never replaced
+        check_file_output(args.json, overwrite=args.overwrite, flag="--json")
     rows, markdown = models_table(args.pattern)
     print(markdown)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_text_output(args.json, json.dumps(rows, indent=2), overwrite=args.overwrite, command="rep3d models")
     return 0

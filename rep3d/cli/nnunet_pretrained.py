@@ -22,12 +22,16 @@ def run(args: argparse.Namespace) -> int:
     from rep3d.builder import create_model
     from rep3d.errors import Rep3DValueError
     from rep3d.integrations.nnunet.weights import write_nnunet_pretrained
+    from rep3d.outputs import check_file_output, install_file, model_source_files, staging_path
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise Rep3DValueError(f"{args.output} exists; pass --overwrite to replace it")
+    if args.in_chans is not None and args.in_chans < 1:
+        raise Rep3DValueError(f"--in-chans must be >= 1 (the nnU-Net dataset's input channels), got {args.in_chans}")
+    check_file_output(args.output, overwrite=args.overwrite, reads=model_source_files(args.model))
     kwargs = {"in_chans": args.in_chans} if args.in_chans else {}
     model = create_model(args.model, pretrained=True, **kwargs)
-    path = write_nnunet_pretrained(model, args.output)
+    tmp = staging_path(args.output)
+    write_nnunet_pretrained(model, tmp)
+    path = install_file(tmp, Path(args.output), overwrite=args.overwrite, command="rep3d nnunet-pretrained")
     arch = model.pretrained_cfg.get("architecture")
     kernel = model.model_args.get("kernel_size", 21)
     print(f"rep3d nnunet-pretrained: wrote {path}\n  the plan must build the same network: rep3d nnunet-plans -d ID "

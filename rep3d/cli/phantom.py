@@ -39,10 +39,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rep3d.data.figures import save_overlay_png
-    from rep3d.data.msd import write_msd_dataset
+    from rep3d.data.msd import check_phantom_request, write_msd_dataset
     from rep3d.data.phantom import DEFAULT_WINDOW, case_seed, make_phantom
+    from rep3d.outputs import check_file_output, write_output
     from rep3d.presets import PHANTOM_CLASSES
 
+    check_phantom_request(args.seed, args.shape, args.spacing, args.num_train + args.num_test)
+    if args.preview:
+        check_file_output(args.preview, overwrite=args.overwrite, flag="--preview")
     root = write_msd_dataset(args.outdir, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                              shape=args.shape, spacing=args.spacing, overwrite=args.overwrite,
                              progress=not args.quiet, setting=args.setting)
@@ -51,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
                             setting=args.setting)
         kidneys = np.isin(case.label, [PHANTOM_CLASSES.index(k) for k in ("right_kidney", "left_kidney")])
         centre = np.argwhere(kidneys).mean(0).round().astype(int) if kidneys.any() else None
-        save_overlay_png(  # planes through the kidneys: the pair only context tells apart
-            args.preview, case.image, case.label, window=DEFAULT_WINDOW, spacing=args.spacing, centre=centre,
+        write_output(args.preview, lambda tmp: save_overlay_png(  # planes through the kidneys: context tells them apart
+            tmp, case.image, case.label, window=DEFAULT_WINDOW, spacing=args.spacing, centre=centre,
             class_names=PHANTOM_CLASSES, title="SYNTHETIC phantom",
-        )
+        ), overwrite=args.overwrite, command="rep3d phantom")
         print(f"preview: {args.preview}")
     kind = "" if args.setting == "default" else f", setting {args.setting!r}"
     print(f"wrote {args.num_train} training and {args.num_test} test phantoms (synthetic{kind}) to {root}")

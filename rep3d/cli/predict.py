@@ -6,7 +6,7 @@ class names, notices such as synthetic training data, and where the time went)."
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import sys
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from rep3d.errors import Rep3DValueError
+from rep3d.outputs import OutputRefused, check_file_output
 
 if TYPE_CHECKING:
     from rep3d.inference import Predictor
 
+COMMAND = "rep3d predict"
 # repeated from rep3d.inference.predictor so that --help loads no torch (tests/test_cli_help.py keeps them equal)
 PRECISIONS = ("fp32", "bf16")
 EXAMPLE = "rep3d predict rep3d_tiny.phantom scans/ -o segmentations/ --preview"
@@ -41,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NaN / infinite input voxels: error (default: refuse the volume) or replace:VALUE (e.g. replace:-1024, "
              "with a warning)",
     )
+    data.add_argument("--allow-out-of-distribution", action="store_true",
+                      help="segment scans far outside the model's training input (all air, another modality or "
+                           "unit, a much coarser spacing) with a warning recorded in <name>_seg.json, instead of "
+                           "refusing them (default: refuse)")
     inference = parser.add_argument_group("inference")
     inference.add_argument("--device", default="auto",
                            help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)")
@@ -101,62 +107,41 @@ def _report(name: str, message: str) -> None:
     tqdm.write(f"rep3d predict: error: {where}{message}", file=sys.stderr)
 
 
-def _written_by_rep3d(path: Path) -> bool:
-    """Whether ``path`` is a label map / probability file / sidecar an earlier ``rep3d predict`` wrote (its header, or
-    the sidecar's ``written_by``, says so)."""
-    if path.name.endswith(".json"):
-        from rep3d.inference.io import SIDECAR_WRITER
-
-        try:
-            return json.loads(path.read_text()).get("written_by") == SIDECAR_WRITER
-        except Exception:  # noqa: BLE001 - unreadable: certainly not ours
-            return False
-    try:
-        import nibabel as nib
-
-        from rep3d.inference.io import PREDICTION_DESCRIPTION
-
-        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
-    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
-        return False
-
-
 def plan_outputs(files: list[Path], outdir: Path, probabilities: bool, overwrite: bool):
-    """``(jobs [(input, seg, prob or None)], errors [(input, problem)])``; each seg has a sidecar
-    ``<name>_seg.json`` that is checked like the other outputs.
+    """``(jobs [(input, seg, prob or None, sidecar)], errors [(input, problem)])``.
 
     Refuses clashing names, any output that is also an input (``x_seg.nii.gz`` given as an input, and the output of
     ``x`` in the same folder), and existing outputs unless ``overwrite``; even then only files an earlier
-    ``rep3d predict`` wrote are replaced, never anything else.
+    ``rep3d predict`` wrote are replaced, never anything else (:mod:`rep3d.outputs`).
     """
     from rep3d.inference import output_stem
+    from rep3d.inference.io import is_prediction
 
     jobs, errors, claimed = [], [], {}
-    inputs = {p.resolve(): p for p in files}
+    inputs = {p.resolve() for p in files}
     for path in files:
         stem = output_stem(path)
         seg = outdir / f"{stem}_seg.nii.gz"
         prob = outdir / f"{stem}_prob.nii.gz" if probabilities else None
+        report = sidecar_path(seg)
         if seg in claimed:
             errors.append((str(path), f"same output name {seg.name} as {claimed[seg]}; rename one of them"))
             continue
         claimed[seg] = path
-        outputs = [p for p in (seg, prob, sidecar_path(seg)) if p is not None]
+        outputs = [p for p in (seg, prob, report) if p is not None]
         clash = next((p for p in outputs if p.resolve() in inputs), None)
         if clash is not None:
             errors.append((str(path), f"its output {clash} is also an input, and inputs are never overwritten; "
                                       "write the outputs to another folder with -o"))
             continue
-        existing = [p for p in outputs if p.exists()]
-        if existing and not overwrite:
-            errors.append((str(path), f"{existing[0]} exists; pass --overwrite to replace it"))
+        try:
+            for out in outputs:
+                check_file_output(out, overwrite=overwrite, reads=inputs, flag="",
+                                  also_ours=is_prediction if out.name.endswith(".nii.gz") else None)
+        except OutputRefused as err:
+            errors.append((str(path), str(err)))
             continue
-        foreign = next((p for p in existing if not p.is_file() or not _written_by_rep3d(p)), None)
-        if foreign is not None:
-            errors.append((str(path), f"{foreign} exists and was not written by rep3d predict; --overwrite only "
-                                      "replaces earlier outputs: move it or choose another -o"))
-            continue
-        jobs.append((path, seg, prob))
+        jobs.append((path, seg, prob, report))
     return jobs, errors
 
 
@@ -207,9 +192,10 @@ def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False
     import torch
 
     from rep3d.inference import InputError, InputWarning, SyntheticWeightsWarning
+    from rep3d.outputs import write_output
 
     done, errors = 0, []
-    for path, seg, prob in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
+    for path, seg, prob, report in tqdm(jobs, desc="volumes", unit="vol", disable=quiet):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", InputWarning)
@@ -218,24 +204,28 @@ def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False
             for warning in caught:
                 if issubclass(warning.category, InputWarning):
                     tqdm.write(f"rep3d predict: warning: {warning.message}", file=sys.stderr)
+                    pred.report.setdefault("warnings", []).append(str(warning.message))
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             start = time.perf_counter()
-            pred.save(seg)
+            pred.save(seg, overwrite=overwrite, command=COMMAND)
             if prob is not None:
-                pred.save_probabilities(prob)
+                pred.save_probabilities(prob, overwrite=overwrite, command=COMMAND)
             pred.profile.setdefault("timings_s", {})["write"] = time.perf_counter() - start
-            pred.save_sidecar(sidecar_path(seg), model=model_name)
+            pred.save_sidecar(report, overwrite=overwrite, command=COMMAND, model=model_name)
             if preview:
                 png = seg.with_name(seg.name.replace("_seg.nii.gz", "_preview.png"))
-                if png.exists() and not overwrite:
-                    tqdm.write(f"rep3d predict: warning: {png} exists, not replaced; pass --overwrite to replace it",
-                               file=sys.stderr)
-                else:
-                    write_preview(png, path, seg, predictor.intensity_window, pred.class_names,
-                                  title=f"{path.name}, prediction")
+                try:
+                    if png.exists() and not overwrite:
+                        raise OutputRefused(f"{png} exists, not replaced; pass --overwrite to replace it")
+                    draw = functools.partial(write_preview, image_path=path, seg_path=seg,
+                                             window=predictor.intensity_window, class_names=pred.class_names,
+                                             title=f"{path.name}, prediction")
+                    write_output(png, draw, overwrite=overwrite, command=COMMAND)
                     if not quiet:
                         tqdm.write(f"preview: {png}")
+                except OutputRefused as err:  # the segmentation stands; only its picture is not (re)drawn
+                    tqdm.write(f"rep3d predict: warning: {err}", file=sys.stderr)
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 message = f"out of GPU memory; try --stitch-device cpu, --sw-batch-size 1 or --amp ({err})"
@@ -259,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # an unknown device fails before the model is built
     if args.amp and args.precision != "fp32":
         raise Rep3DValueError(f"--amp and --precision {args.precision} both choose the autocast dtype; pass one")
+    if args.stitch_device != "auto":
+        try:
+            resolve_device(args.stitch_device)
+        except Rep3DValueError as err:
+            raise Rep3DValueError(f"--stitch-device: {err} (or auto)") from None
+    if args.roi_size is not None and any(r < 1 for r in args.roi_size):
+        raise Rep3DValueError(f"--roi-size must be three positive sizes, got {args.roi_size}")
     files, errors = find_volumes(args.inputs)
     jobs, refused = plan_outputs(files, outdir, args.probabilities, args.overwrite)
     errors += refused
@@ -276,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
             precision=args.precision,
             tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
+            allow_out_of_distribution=args.allow_out_of_distribution,
         )
         if predictor.notice:
             print(f"rep3d predict: notice: {predictor.notice}", file=sys.stderr)

@@ -109,6 +109,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+RESUME_FLAGS = {"iterations": "iterations", "val_every": "val-every", "checkpoint_every": "checkpoint-every",
+                "workers": "workers", "threads": "threads"}
+
+
+def resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given with ``--resume``: the safe ones (:data:`rep3d.train.trainer.RESUME_OVERRIDES`) as
+    overrides; any other flag given on the command line is refused by name."""
+    given = {word.split("=")[0] for word in getattr(args, "argv", []) if word.startswith("--")}
+    refused = sorted(flag for flag in given - {"--resume", "--out", "--debug"}
+                     if flag.removeprefix("--") not in RESUME_FLAGS.values())
+    if refused:
+        raise Rep3DValueError(f"--resume continues the recorded run; it can change only "
+                              f"{', '.join('--' + f for f in RESUME_FLAGS.values())}, not {', '.join(refused)}: "
+                              "start a new run with another --out to change those")
+    return {key: getattr(args, key) for key in RESUME_FLAGS if getattr(args, key) is not None}
+
+
 def format_summary(summary: dict[str, Any], cfg: TrainConfig) -> str:
     """What ``rep3d train`` prints at the end: best validation Dice and its step, test Dice per class (when the
     dataset has a labelled test split), wall time, the model folder and the commands to run next."""
@@ -135,9 +152,15 @@ def format_summary(summary: dict[str, Any], cfg: TrainConfig) -> str:
 def run(args: argparse.Namespace) -> int:
     from rep3d.train.trainer import NonFiniteLossError, TrainingInterrupted, train
 
+    overrides = resume_overrides(args) if args.resume else None
     cfg = config_from_args(args)
+    for name in ("iterations", "val_every", "checkpoint_every", "workers", "crops_per_subject", "num_val"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("workers", "num_val") else 1):
+            raise Rep3DValueError(f"--{name.replace('_', '-')} must be >= {0 if name in ('workers', 'num_val') else 1}"
+                                  f", got {value}")
     try:
-        summary = train(cfg, resume=args.resume, command=recorded_command(args))
+        summary = train(cfg, resume=args.resume, command=recorded_command(args), overrides=overrides)
     except TrainingInterrupted as exc:  # a checkpoint was written: the conventional SIGTERM status
         print(str(exc), file=sys.stderr)
         return 143

@@ -36,6 +36,7 @@ from rep3d.data.phantom import (
     make_phantom,
 )
 from rep3d.errors import Rep3DDataError, Rep3DValueError
+from rep3d.outputs import check_folder_output, make_folder, write_output, write_text_output
 from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
@@ -119,19 +120,22 @@ def write_msd_dataset(
             f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
         )
     setting = get_phantom_setting(setting)
+    check_phantom_request(seed, shape, spacing, num_train + num_test)
     root = Path(outdir)
-    if root.exists() and not root.is_dir():
-        raise Rep3DValueError(f"{root} is an existing file; give a folder path for the MSD dataset")
+    names = [f"{d}/phantom_{i:03d}.nii.gz" for i in range(num_train) for d in ("imagesTr", "labelsTr")]
+    names += [f"{d}/phantom_{num_train + i:03d}.nii.gz" for i in range(num_test) for d in ("imagesTs", "labelsTs")]
     if (root / "dataset.json").exists() and not overwrite:
         raise FileExistsError(
             f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"
         )
-    dirs = {d: root / d for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for old in d.glob("phantom_*.nii.gz"):
-                old.unlink()
+    # only rep3d's own earlier phantoms are replaced; a folder of other files is refused before any work
+    check_folder_output(root, overwrite=overwrite, names=[*names, "dataset.json"], flag="OUTDIR",
+                        also_ours=_written_phantom_dataset)
+    dirs = {d: make_folder(root / d) for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
+    command = "rep3d phantom"
+
+    def save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+        write_output(path, lambda tmp: save_nifti(tmp, array, affine), overwrite=overwrite, command=command, root=root)
 
     cases = [("train", i, f"phantom_{i:03d}") for i in range(num_train)]
     cases += [("test", i, f"phantom_{num_train + i:03d}") for i in range(num_test)]
@@ -145,8 +149,8 @@ def write_msd_dataset(
         case = make_phantom(case_seed(seed, split, index), shape, spacing, setting=setting)
         image = np.clip(np.rint(case.image), -32768, 32767).astype(np.int16)
         img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-        save_nifti(dirs[img_dir] / f"{name}.nii.gz", image, case.affine)
-        save_nifti(dirs[lab_dir] / f"{name}.nii.gz", case.label, case.affine)
+        save(dirs[img_dir] / f"{name}.nii.gz", image, case.affine)
+        save(dirs[lab_dir] / f"{name}.nii.gz", case.label, case.affine)
         pair = {"image": f"./{img_dir}/{name}.nii.gz", "label": f"./{lab_dir}/{name}.nii.gz"}
         if split == "train":
             training.append(pair)
@@ -155,8 +159,42 @@ def write_msd_dataset(
             test_labeled.append(pair)
 
     meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing, setting)
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_output(root / "dataset.json", json.dumps(meta, indent=2) + "\n", overwrite=overwrite, command=command,
+                      root=root)
     return root
+
+
+MAX_PHANTOM_BYTES = 8 * 2**30
+"""Largest memory one phantom may need (image, label and working arrays); larger shapes are refused up front."""
+
+
+def check_phantom_request(seed: int, shape: Sequence[int], spacing: Sequence[float], cases: int) -> None:
+    """Refuse a negative seed, a non-positive shape / spacing, or a shape whose phantom would not fit in memory."""
+    if int(seed) < 0:
+        raise Rep3DValueError(f"seed must be >= 0 (numpy seeds are non-negative), got {seed}")
+    if len(shape) != 3 or any(int(s) < 16 for s in shape):
+        raise Rep3DValueError(f"shape must be three sizes of at least 16 voxels, got {list(shape)}")
+    if len(spacing) != 3 or any(not float(s) > 0 for s in spacing):
+        raise Rep3DValueError(f"spacing must be three positive sizes in mm, got {list(spacing)}")
+    voxels = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    need = voxels * PHANTOM_BYTES_PER_VOXEL
+    if need > MAX_PHANTOM_BYTES:
+        raise Rep3DValueError(f"shape {list(shape)} ({voxels:,} voxels) would need about {need / 2**30:,.0f} GiB of "
+                              f"memory per phantom (limit {MAX_PHANTOM_BYTES / 2**30:.0f} GiB); use a smaller shape, "
+                              "e.g. the default --shape 96 96 96")
+
+
+PHANTOM_BYTES_PER_VOXEL = 40
+"""Peak bytes per voxel while one phantom is generated (float64 image and coordinate grids, label, noise)."""
+
+
+def _written_phantom_dataset(folder: Path) -> bool:
+    """A dataset folder an older rep3d phantom wrote (its ``dataset.json`` says synthetic phantom)."""
+    try:
+        meta = json.loads((Path(folder) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and bool(meta.get("synthetic")) and "phantom" in json.dumps(meta).lower()
 
 
 @dataclass

@@ -23,9 +23,10 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ from rep3d.extras import require
 from rep3d.layers import RepLKConv3d
 from rep3d.layers.depthwise import BACKENDS, cached_backend, useful_kernel_size
 from rep3d.models.deploy import is_deployed, reparameterize_model
+from rep3d.outputs import (
+    check_file_output,
+    check_folder_output,
+    install_file,
+    install_tree,
+    read_files,
+)
 
 FORMATS = ("onnx", "torchscript", "exported-program", "monai-bundle")
 DYNAMIC_AXES = ("batch", "spatial")
@@ -109,9 +117,17 @@ def model_roi(model: nn.Module, roi: Sequence[int] | None = None) -> tuple[int, 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     roi = tuple(int(r) for r in (roi or cfg.get("roi_size") or (96, 96, 96)))
     stride = _stride(model)
-    if len(roi) != 3 or any(r < 1 or r % stride for r in roi):
-        raise Rep3DValueError(f"--roi must be three positive multiples of the network stride {stride}, got {roi}")
+    minimum = minimum_roi(model)
+    if len(roi) != 3 or any(r < 1 or r % stride for r in roi) or max(roi) < minimum:
+        raise Rep3DValueError(f"--roi must be three multiples of the network stride {stride}, the largest at least "
+                              f"{minimum} (the model's smallest input: its deepest stage must hold more than one "
+                              f"voxel), got {list(roi)}")
     return roi  # type: ignore[return-value]
+
+
+def minimum_roi(model: nn.Module) -> int:
+    """The size the largest input axis must reach (``model.min_input_size``: two strides for rep3d networks)."""
+    return int(getattr(model, "min_input_size", None) or _stride(model))
 
 
 def parse_dynamic(spec: str | Collection[str] | None) -> tuple[str, ...]:
@@ -326,19 +342,31 @@ def export_model(
     opset: int = ONNX_OPSET,
     overwrite: bool = False,
     bundle_metadata: dict[str, Any] | None = None,
+    reads: Iterable[str | os.PathLike] = (),
 ) -> ExportReport:
     """Fold, export, reload and verify ``model`` as ``fmt`` at ``output`` (a file; a folder for monai-bundle).
 
     The file is written to a temporary place and moved to ``output`` only after it verified: an export that fails
-    leaves nothing behind, and an existing ``output`` is replaced only with ``overwrite=True``.
+    leaves nothing behind. With ``overwrite=True`` an existing ``output`` is replaced only if an earlier rep3d
+    command wrote it (:mod:`rep3d.outputs`); the model's own weights file (``pretrained_cfg["file"]``) and
+    ``reads`` (e.g. the ``--checkpoint``) are never written over, and a folder is never replaced (a bundle's files
+    are written into it one by one; a non-empty folder rep3d did not create is refused).
     """
     if fmt not in FORMATS:
         raise Rep3DValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     require_format(fmt)
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise Rep3DValueError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    cfg_file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    protected = read_files([*reads, cfg_file if isinstance(cfg_file, (str, os.PathLike)) else None])
+    if fmt == "monai-bundle":
+        check_folder_output(output, overwrite=overwrite, reads=protected)
+    else:
+        check_file_output(output, overwrite=overwrite, reads=protected)
     dyn = parse_dynamic(dynamic)
+    if backend == "fft" and "spatial" in dyn:
+        raise Rep3DValueError("--backend fft cannot be exported with --dynamic spatial: the FFT graph depends on the "
+                              "volume size (its padded lengths are fixed at export); drop --backend fft (dynamic "
+                              "shapes use the direct engine) or export static shapes with --roi")
     if fmt in ("torchscript", "monai-bundle"):
         if backend not in (None, "auto", "direct"):
             raise Rep3DValueError(f"{fmt} always holds the direct engine (TorchScript); --backend {backend} is not "
@@ -354,7 +382,7 @@ def export_model(
     else:
         path_note = conv_path(deployed, x, dyn)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         target = staging / output.name
         if fmt == "onnx":
@@ -369,9 +397,13 @@ def export_model(
             write_monai_bundle(deployed, target, roi=roi, metadata=bundle_metadata)
         check = verification_input(deployed, roi, dyn)
         error, span = verify(fmt, target, deployed, check)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        target.replace(output)
+        command = f"rep3d export --format {fmt}"
+        if fmt == "monai-bundle":
+            for name in (p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()):
+                check_file_output(output / name, overwrite=overwrite, reads=protected, root=output)
+            install_tree(target, output, overwrite=overwrite, command=command)
+        else:
+            install_file(target, output, overwrite=overwrite, command=command)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     notes = []

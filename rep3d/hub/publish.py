@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from rep3d.errors import Rep3DValueError, printable
 from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME, TIMM_CFG_KEYS
 from rep3d.hub.weights import sha256_file
 from rep3d.layers import is_deployed
+from rep3d.outputs import MARKER_NAME, check_folder_output, install_tree, read_files
 from rep3d.version import __version__
 
 __all__ = ["CARD_NAME", "model_card", "model_config", "push_to_hub", "save_pretrained"]
@@ -109,6 +110,8 @@ def save_pretrained(
     repo_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    reads: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card for ``model`` into ``directory``.
 
@@ -118,10 +121,13 @@ def save_pretrained(
     ``directory`` as it was. Returns ``directory``. Loading it back (``pretrained_cfg_overlay=dict(file=directory)``
     or ``create_model("hf-hub:...")`` once pushed) is bit-exact. ``dtype`` (e.g. ``torch.float16``) stores floating
     tensors in that precision to halve the file; they load into a float32 model exactly up to that rounding.
+
+    ``directory`` must be new, empty, or a folder rep3d wrote (:mod:`rep3d.outputs`); replacing the three files of an
+    earlier ``save_pretrained`` needs ``overwrite=True``, and other files in the folder are always kept. The files
+    in ``reads`` (e.g. the weights the model was loaded from) are never written over.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise Rep3DValueError(f"save_pretrained: {directory} exists and is not a directory; give a folder path")
+    check_saved_folder(directory, overwrite=overwrite, reads=read_files(reads), flag="save_pretrained:")
     extra = {**(metadata or {}), "metrics": dict(metrics) if metrics else None, "command": command,
              "dataset": dataset, "description": description, "license": license}
     config = model_config(model, extra)
@@ -141,14 +147,29 @@ def save_pretrained(
         config["rep3d"]["weights"]["sha256"] = sha256_file(staging / DEFAULT_FILENAME)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id))
-        if directory.exists():
-            for name in (DEFAULT_FILENAME, CONFIG_NAME, CARD_NAME):
-                os.replace(staging / name, directory / name)
-        else:
-            os.replace(staging, directory)
+        # file by file (each with the umask's mode): a folder is never replaced, other files in it are kept
+        install_tree(staging, directory, overwrite=overwrite, command="save_pretrained")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def saved_by_rep3d(folder: Path) -> bool:
+    """Whether ``folder`` is a model folder an earlier rep3d wrote (its ``config.json`` has a ``rep3d`` section);
+    folders written before rep3d kept a marker file are recognised this way."""
+    try:
+        config = json.loads((Path(folder) / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("rep3d"), dict)
+
+
+def check_saved_folder(directory: str | Path, *, overwrite: bool, reads: set[Path] = frozenset(),
+                       flag: str = "-o") -> Path:
+    """Refuse, before any work, a ``save_pretrained`` target that would destroy something (:mod:`rep3d.outputs`):
+    a file, a non-empty folder rep3d did not write, a file being read, or earlier files without ``overwrite``."""
+    return check_folder_output(directory, overwrite=overwrite, names=(DEFAULT_FILENAME, CONFIG_NAME, CARD_NAME),
+                               reads=reads, flag=flag, also_ours=saved_by_rep3d)
 
 
 def push_to_hub(
@@ -175,6 +196,7 @@ def push_to_hub(
         folder = save_pretrained(model, Path(tmp) / "model", repo_id=repo_id, **save_kwargs)
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         form = json.loads((folder / CONFIG_NAME).read_text())["rep3d"]["form"]
+        (folder / MARKER_NAME).unlink(missing_ok=True)  # a local bookkeeping file, not part of the model
         return api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {model.pretrained_cfg['architecture']} ({form} form) with rep3d",
@@ -189,6 +211,38 @@ def _fmt_triplet(value: Any, unit: str = "") -> str:
     if isinstance(value, (list, tuple)):
         return " × ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + unit
     return f"{value}{unit}"
+
+
+def _distribution_lines(dist: Any) -> list[str]:
+    """The model card's table of the training input distribution that ``rep3d predict`` checks inputs against."""
+    if not isinstance(dist, dict) or not dist:
+        return ["## Training input distribution", "",
+                "Not recorded: `rep3d predict` can only refuse inputs with no voxel in the intensity window.", ""]
+    lines = ["## Training input distribution", "",
+             "`rep3d predict` compares every input with this record: far outside (no voxel in the window, other "
+             "units or modality, a much coarser spacing) is refused unless `--allow-out-of-distribution`; near the "
+             "edge is a warning. Both are recorded in the output's `<name>_seg.json`.", "",
+             "| statistic | training range |", "|---|---|"]
+    done = set()
+    for key, value in dist.items():
+        base = key.removesuffix("_min").removesuffix("_max")
+        if base in done:
+            continue
+        if key.endswith(("_min", "_max")) and f"{base}_min" in dist and f"{base}_max" in dist:
+            done.add(base)
+            lo, hi = dist[f"{base}_min"], dist[f"{base}_max"]
+            lines.append(f"| {base.replace('_', ' ')} | {_fmt_range(lo)} to {_fmt_range(hi)} |")
+        elif key == "window" and isinstance(value, (list, tuple)) and len(value) == 2:
+            lines.append(f"| intensity window | {_fmt_range(value[0])} to {_fmt_range(value[1])} |")
+        else:
+            lines.append(f"| {key.replace('_', ' ')} | {_fmt_range(value)} |")
+    return lines + [""]
+
+
+def _fmt_range(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " × ".join(_fmt_range(v) for v in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _tta_row(axes: Any) -> str:
@@ -260,6 +314,7 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
                   + ("; the file's voxel axes reversed, as nnU-Net reads NIfTI)" if meta["axis_order"] == "zyx"
                      else ")") + " |"]
     lines += [""]
+    lines += _distribution_lines(meta.get("training_distribution"))
     lines += ["## Evaluation", ""]
     metrics = meta.get("metrics")
     if metrics:

@@ -99,7 +99,7 @@ def read_weights(path: str | Path, name: str, where: str | None = None,
     if not path.is_file():
         raise Rep3DWeightsError(name, where, "the file does not exist", "check the path", reason="not_found")
     metadata: dict = {}
-    if path.suffix in PICKLE_SUFFIXES:
+    if weights_format(path) == "pickle":
         obj = _read_pickle(path, name, where)
     else:
         try:
@@ -136,9 +136,26 @@ def check_tensor_storage(state: Mapping[str, torch.Tensor], name: str, where: st
                 "checkpoint (a weight file saves every element it holds)", reason="corrupt")
 
 
+def weights_format(path: str | Path) -> str:
+    """``"pickle"`` (a ``torch.save`` zip or legacy pickle) or ``"safetensors"``, from the file's first bytes (a
+    safetensors file starts with an 8-byte header length and ``{``); the suffix decides only when the bytes do not."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        head = b""
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "pickle" if path.suffix in PICKLE_SUFFIXES else "safetensors"
+
+
 def _read_pickle(path: Path, name: str, where: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch picks no loader from the file name
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch words the refusal of a pickled global differently across versions: "Unsupported global: GLOBAL
         # os.system was not an allowed global" (2.4-2.6), "Trying to load unsupported GLOBAL posix.system whose module
@@ -154,7 +171,7 @@ def _read_pickle(path: Path, name: str, where: str) -> Any:
             "in an environment you trust, re-save only the tensors (torch.save(ckpt['state_dict'], 'clean.pth') or "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')) and load that", reason="unsafe",
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - garbage makes the unpickler raise anything (KeyError, IndexError, ...)
         if "resize storage" in str(err):  # torch refuses a pickled size larger than the storage it points into
             raise Rep3DWeightsError(name, where, "a tensor claims more elements than its storage holds: not a saved "
                                     "weight (refused before any value was read)", "use the original checkpoint",
@@ -384,9 +401,10 @@ def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str]
 
 
 def _sidecar_config(source: WeightsSource) -> dict[str, Any]:
-    """The ``config.json`` next to Hub weights (same commit), when it is in the cache: its ``rep3d`` section."""
-    path = source.path.parent / CONFIG_NAME
-    if source.kind != "hub" or not path.is_file():
+    """The ``config.json`` next to Hub weights (same commit), when it is in the cache, or the ``NAME.json`` next to
+    bundled ``NAME.safetensors``: its ``rep3d`` section."""
+    path = source.path.parent / CONFIG_NAME if source.kind == "hub" else source.path.with_suffix(".json")
+    if source.kind not in ("hub", "bundled") or not path.is_file():
         return {}
     try:  # read as untrusted data: size and depth caps, control characters replaced
         section = clean_data(load_config_json(path, "config.json", str(path))).get("rep3d", {})
@@ -439,7 +457,9 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
     load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
-            model.pretrained_cfg.setdefault(key, value)
+            # a bundled file's cfg is the registry's; its JSON adds only the recorded training distribution
+            if source.kind == "hub" or key == "training_distribution":
+                model.pretrained_cfg.setdefault(key, value)
         model.pretrained_cfg["weights_source"] = source.where
     return model
 

@@ -10,6 +10,7 @@
 The ``rep3d predict`` / ``rep3d evaluate`` commands live in :mod:`rep3d.cli`.
 """
 
+from rep3d.inference.distribution import OutOfDistributionError, OutOfDistributionWarning
 from rep3d.inference.evaluate import LabelledCase, evaluate_cases, evaluate_dataset
 from rep3d.inference.io import (
     MGH_SUFFIXES,
@@ -41,6 +42,8 @@ __all__ = [
     "MGH_SUFFIXES",
     "NIFTI_SUFFIXES",
     "InputError",
+    "OutOfDistributionError",
+    "OutOfDistributionWarning",
     "InputWarning",
     "LabelledCase",
     "NonFiniteInputWarning",

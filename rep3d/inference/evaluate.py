@@ -73,6 +73,12 @@ def evaluate_dataset(model: torch.nn.Module, data: str, split: str = "test", **p
     if not cases:
         raise Rep3DDataError(f"{data}: the {split!r} split has no labelled cases (test labels live under "
                              "'test_labeled' in dataset.json)")
+    model_classes = int(getattr(model, "num_classes", 0) or 0)
+    if model_classes and model_classes != dataset.num_classes:
+        raise Rep3DDataError(
+            f"the model predicts {model_classes} classes (background included) and {data}/dataset.json lists "
+            f"{dataset.num_classes} ({', '.join(dataset.class_names)}); Dice needs the same classes: evaluate a "
+            "model trained on this dataset's labels")
     predictor = Predictor(model, **predictor_kwargs)
     names = predictor.class_names or [f"class_{i}" for i in range(model.num_classes)]
     result = evaluate_cases(predictor, (LabelledCase(c["image"], c["image"], c["label"]) for c in cases), names)

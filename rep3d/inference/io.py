@@ -59,37 +59,50 @@ class Prediction:
     class_names: Sequence[str] | None = None
     source: str | None = None
     notices: dict[str, str] = field(default_factory=dict)
+    """One-line notices for whoever reads the result (e.g. ``synthetic_training_data``)."""
     profile: dict[str, Any] = field(default_factory=dict)
+    """Where the time went (seconds in read / resample / infer / stitch / write), windows, the foreground box."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """What the caller should know about this prediction beyond the label map (out-of-distribution findings,
+    regions cropped away before the network ran, warnings, ...)."""
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
-        """The JSON sidecar written next to the label map: its source, notices and profile (plus ``extra``)."""
+        """The JSON sidecar written next to the label map: its source, class names, notices, report and profile
+        (plus ``extra``)."""
         return {"written_by": SIDECAR_WRITER, "source": self.source, "class_names": list(self.class_names or []),
-                "notices": dict(self.notices), "profile": self.profile, **extra}
+                "notices": dict(self.notices), **self.report, "profile": self.profile, **extra}
 
-    def save_sidecar(self, path: str | Path, **extra: Any) -> Path:
-        """Write :meth:`sidecar` as JSON (``<name>_seg.json`` next to ``<name>_seg.nii.gz`` in ``rep3d predict``)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.sidecar(**extra), indent=2, default=str) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+    def save(self, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
+        """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one.
 
-    def save(self, path: str | Path) -> Path:
-        """Write the label map as NIfTI, keeping the input header (qform, sform, units) where there is one."""
+        ``command`` (e.g. ``"rep3d predict"``) records the file as rep3d's output (:mod:`rep3d.outputs`) and, with
+        ``overwrite=False``, refuses to replace a file that appeared meanwhile (a concurrent run)."""
         img = _nifti_like(self.label, self.affine, self.header, intent="label")
-        return _atomic_save(img, path)
+        return _atomic_save(img, path, overwrite=overwrite, command=command)
 
-    def save_probabilities(self, path: str | Path) -> Path:
+    def save_sidecar(self, path: str | Path, *, overwrite: bool = True, command: str | None = None,
+                     **extra: Any) -> Path:
+        """Write :meth:`sidecar` as JSON (``<name>_seg.json`` next to ``<name>_seg.nii.gz`` in ``rep3d predict``).
+
+        ``command`` records the file as rep3d's output (:mod:`rep3d.outputs`) and, with ``overwrite=False``, refuses
+        to replace a file that appeared meanwhile (a concurrent run)."""
+        from rep3d.outputs import install_file, staging_path
+
+        path = Path(path)
+        tmp = staging_path(path)
+        tmp.write_text(json.dumps(self.sidecar(**extra), indent=2, default=str) + "\n")
+        if command is None:
+            os.replace(tmp, path)
+            return path
+        return install_file(tmp, path, overwrite=overwrite, command=command)
+
+    def save_probabilities(self, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
         """Write the softmax as a 4-D float32 NIfTI ``[X, Y, Z, K]`` (classes last) on the input grid."""
         if self.probabilities is None:
             raise Rep3DValueError("no probabilities: call the Predictor with probabilities=True")
         data = np.moveaxis(self.probabilities.astype(np.float32, copy=False), 0, -1)
         img = _nifti_like(data, self.affine, self.header, intent="none")
-        return _atomic_save(img, path)
+        return _atomic_save(img, path, overwrite=overwrite, command=command)
 
 
 def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
@@ -117,19 +130,27 @@ def _nifti_like(data: np.ndarray, affine: np.ndarray, header: Any, intent: str):
     return img
 
 
-def _atomic_save(img, path: str | Path) -> Path:
-    """Save via a temporary name in the same folder, so a crash never leaves a half-written output."""
+def _atomic_save(img, path: str | Path, *, overwrite: bool = True, command: str | None = None) -> Path:
+    """Save via a per-run temporary name in the same folder, so a crash never leaves a half-written output and
+    concurrent runs never write the same temporary file; ``command``: record it as rep3d's (:mod:`rep3d.outputs`)."""
+    import uuid
+
     import nibabel as nib
+
+    from rep3d.outputs import install_file
 
     path = Path(path)
     name = path.name
     suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
         raise Rep3DValueError(f"output must end in .nii or .nii.gz, got {path}")
-    tmp = path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
+    tmp = path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
+        if command is None:
+            os.replace(tmp, path)
+        else:
+            install_file(tmp, path, overwrite=overwrite, command=command)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -249,17 +270,42 @@ def _check_volume(image, what: str, in_chans: int | None) -> None:
         )
 
 
+def is_prediction(path: str | Path) -> bool:
+    """Whether ``path`` is a label map / probability file rep3d wrote (listed in its folder's marker, or its NIfTI
+    header's ``descrip`` says so): such files are outputs, never inputs."""
+    from rep3d.outputs import is_ours
+
+    path = Path(path)
+    if is_ours(path):
+        return True
+    try:
+        import nibabel as nib
+
+        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
+    except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+        return False
+
+
 def find_volumes(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files and folders (their ``.nii`` / ``.nii.gz`` / ``.mgz`` / ``.mgh`` files, sorted) into
-    ``(files, [(input, problem)])``."""
+    ``(files, [(input, problem)])``.
+
+    Files in a folder that rep3d predict wrote (:func:`is_prediction`) are left out: rerunning ``predict DIR -o DIR``
+    never segments its own earlier outputs. Such a file given by name is refused."""
     files, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)
+                           and not p.name.startswith("."))
+            found = [p for p in found if not is_prediction(p)]
             if not found:
-                errors.append((item, "folder holds no .nii / .nii.gz / .mgz / .mgh files"))
+                errors.append((item, "folder holds no .nii / .nii.gz / .mgz / .mgh files (other than rep3d's own "
+                                     "outputs)"))
             files += found
+        elif path.is_file() and is_prediction(path):
+            errors.append((item, "is an output of rep3d predict (a label map or probabilities), not a scan; "
+                                 "give the scan it was computed from"))
         elif path.is_file():
             files.append(path)
         else:

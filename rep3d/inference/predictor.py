@@ -23,8 +23,23 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
+from rep3d.inference.distribution import (
+    TRAINING_DISTRIBUTION_KEY,
+    OutOfDistributionError,
+    OutOfDistributionWarning,
+    compare,
+    scan_statistics,
+    spacing_of,
+)
 from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
-from rep3d.inference.preprocess import check_normalization, foreground_box, to_model_space
+from rep3d.inference.preprocess import (
+    apply_window,
+    body_box,
+    body_floor,
+    check_normalization,
+    foreground_box,
+    to_model_space,
+)
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
 
@@ -85,6 +100,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                               f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
+
+
+def _cropped_report(raw: torch.Tensor, box: tuple[slice, ...] | None) -> dict[str, Any] | None:
+    """What the body crop left out (segmented as background without running the model): its share of the grid and
+    the largest intensity there (air, if the crop was right); ``None`` when nothing was cropped."""
+    if box is None:
+        return None
+    inside = torch.zeros(raw.shape[1:], dtype=torch.bool)
+    inside[box] = True
+    outside = raw[:, ~inside]
+    return {"box_on_model_grid": [[b.start, b.stop] for b in box], "model_grid_shape": list(raw.shape[1:]),
+            "voxels_outside": int((~inside).sum()), "fraction_outside": float((~inside).float().mean()),
+            "max_intensity_outside": float(outside.max()) if outside.numel() else None}
 
 
 def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
@@ -228,6 +256,10 @@ class Predictor:
             :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
             units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
             finite voxel is always refused.
+        allow_out_of_distribution: segment an input that is far outside the model's recorded training distribution
+            (``pretrained_cfg['training_distribution']``: an all-air scan, MR through a CT model, a much coarser
+            spacing, ...) with an :class:`OutOfDistributionWarning` instead of refusing it with
+            :class:`OutOfDistributionError`. Either way the comparison is in the prediction's ``report``.
     """
 
     def __init__(
@@ -252,6 +284,7 @@ class Predictor:
         progress: bool = False,
         crop_foreground: bool = AUTO,
         nonfinite: str | float = "error",
+        allow_out_of_distribution: bool = False,
     ) -> None:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
@@ -264,6 +297,11 @@ class Predictor:
         self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
 
         self.device = resolve_device(device)
+        if str(stitch_device) != "auto":
+            try:
+                resolve_device(stitch_device)
+            except Rep3DValueError as err:
+                raise Rep3DValueError(f"stitch_device: {err} (or 'auto')") from None
         self.stitch_device = stitch_device
         self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
         self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
@@ -271,6 +309,9 @@ class Predictor:
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if crop_foreground is AUTO else bool(crop_foreground))
         self.precision = _precision(precision, self.amp)
+        self.training_distribution = cfg.get(TRAINING_DISTRIBUTION_KEY) or None
+        self.modality = cfg.get("modality") or None
+        self.allow_out_of_distribution = bool(allow_out_of_distribution)
         self.model = model.to(self.device).eval()
         self.notice = synthetic_notice(cfg)
         self._profile: dict[str, Any] = {}
@@ -296,16 +337,47 @@ class Predictor:
             self._runner, self._runner_weights = optimize_for_inference(self.model.eval()), version
         return self._runner
 
+    def check_distribution(self, image: torch.Tensor, affine: np.ndarray, what: str) -> dict[str, Any]:
+        """Compare one input (``[C, X, Y, Z]`` in its own units, its affine) with the model's recorded training
+        distribution (:mod:`rep3d.inference.distribution`); returns the record for the prediction's report.
+
+        Far outside: :class:`OutOfDistributionError`, unless ``allow_out_of_distribution`` (then a warning). Near the
+        edge: :class:`OutOfDistributionWarning`. Only for models with an intensity window (raw-unit inputs)."""
+        if self.intensity_window is None or self.normalization is not None:
+            return {"status": "not checked (the model normalises each scan itself)"}
+        stats = scan_statistics(image, self.intensity_window)
+        spacing = spacing_of(affine)
+        findings = compare(stats, spacing, self.training_distribution, self.intensity_window)
+        far = [f for f in findings if f.severity == "far"]
+        record = {"status": "far" if far else "near" if findings else "inside",
+                  "recorded": self.training_distribution is not None,
+                  "findings": [f.to_dict() for f in findings], "statistics": stats, "spacing": list(spacing)}
+        if far and not self.allow_out_of_distribution:
+            raise OutOfDistributionError(
+                f"{what}: far outside the model's training input: {'; '.join(f.message for f in far)}; its "
+                "segmentation would be invented. If you know the model applies, rerun with "
+                "--allow-out-of-distribution (Predictor(allow_out_of_distribution=True)): the finding is then a "
+                "warning, recorded in the output's <name>_seg.json")
+        if findings:
+            record["allowed"] = bool(far)
+            warnings.warn(f"{what}: {'outside' if far else 'near the edge of'} the model's training input "
+                          f"({'allowed' if far else 'check the result'}): "
+                          f"{'; '.join(f.message for f in findings)}", OutOfDistributionWarning, stacklevel=3)
+        return record
+
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
         self.roi_size = _triple("roi_size", roi_size, int)
         stride = getattr(model, "stride", None)
         self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
-        bad = [r for r in self.roi_size if r < 1 or r % self.size_divisor]
+        # a rep3d network's deepest stage must hold more than one voxel: its largest input axis reaches two strides
+        minimum = int(getattr(model, "min_input_size", None) or 1)
+        bad = [r for r in self.roi_size if r < 1 or r % self.size_divisor] or max(self.roi_size) < minimum
         if bad:
-            up = tuple(-(-max(r, 1) // self.size_divisor) * self.size_divisor for r in self.roi_size)
+            up = [-(-max(r, 1) // self.size_divisor) * self.size_divisor for r in self.roi_size]
+            up[up.index(max(up))] = max(max(up), minimum)
             raise Rep3DValueError(
-                f"roi_size {self.roi_size} must be positive multiples of the network stride "
-                f"{self.size_divisor}; try roi_size={up}"
+                f"roi_size {self.roi_size} must be positive multiples of the network stride {self.size_divisor}, the "
+                f"largest at least {minimum} (the model's smallest input); try roi_size={tuple(up)}"
             )
         if not 0.0 <= float(overlap) < 1.0:
             raise Rep3DValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -380,16 +452,22 @@ class Predictor:
         )
         image = self._replace_nonfinite(image, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
+        checked = self.check_distribution(image.as_tensor(), in_affine, source or "input array")
         in_shape = tuple(int(s) for s in image.shape[1:])
         timings["read"] = time.perf_counter() - start
         start = time.perf_counter()
-        x = to_model_space(image, spacing=self.spacing, orientation=self.orientation,
-                           intensity_window=self.intensity_window, normalization=self.normalization)
-        grid_affine = x.affine.detach().cpu().numpy().astype(np.float64)
+        raw = to_model_space(image, spacing=self.spacing, orientation=self.orientation, intensity_window=None,
+                             normalization=self.normalization)
+        grid_affine = raw.affine.detach().cpu().numpy().astype(np.float64)
+        raw = raw.as_tensor().float()
+        x = apply_window(raw, self.intensity_window) if self.intensity_window is not None else raw
+        box = body_box(raw, body_floor(self.intensity_window, self.modality)) \
+            if self.crop_foreground and self.intensity_window is not None else None
+        cropped = _cropped_report(raw, box)
         timings["resample"] = time.perf_counter() - start
         profile["input_shape"], profile["model_grid_shape"] = list(in_shape), [int(n) for n in x.shape[1:]]
         start = time.perf_counter()
-        probs = self.infer_cropped(x.as_tensor().float())  # [K, *grid] on the stitch device
+        probs = self.infer_cropped(x, box)  # [K, *grid] on the stitch device
         windowed = time.perf_counter() - start
         # infer: time inside the network; stitch: the sliding window's own work (cutting windows, Gaussian
         # blending, accumulating, the foreground box)
@@ -403,7 +481,7 @@ class Predictor:
         timings["resample"] += time.perf_counter() - start  # the way back to the input grid (with the argmax)
         notices = {"synthetic_training_data": self.notice} if self.notice else {}
         return Prediction(label, in_affine, prob_out, header, self.class_names, source, notices=notices,
-                          profile=profile)
+                          profile=profile, report={"out_of_distribution": checked, "cropped_away": cropped})
 
     def _replace_nonfinite(self, image, what: str):
         """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
@@ -475,11 +553,14 @@ class Predictor:
             self._profile["windows"] += int(window.shape[0])
         return total / len(flips)
 
-    def infer_cropped(self, x: torch.Tensor) -> torch.Tensor:
+    def infer_cropped(self, x: torch.Tensor, box: tuple[slice, ...] | None = AUTO) -> torch.Tensor:
         """:meth:`infer` on the foreground box of ``x [C, *grid]`` (with ``crop_foreground``), the rest background:
         softmax ``[K, *grid]`` float32 on the stitch device."""
-        box = foreground_box(x) if self.crop_foreground else None
-        self._profile["foreground_box"] = [[b.start, b.stop] for b in box] if box is not None else None
+        if box is AUTO:
+            box = foreground_box(x) if self.crop_foreground else None
+        # recorded as segmented: the body's box, the whole grid when the box is all of it, None without a crop
+        whole = [[0, int(n)] for n in x.shape[1:]] if self.crop_foreground else None
+        self._profile["foreground_box"] = [[b.start, b.stop] for b in box] if box is not None else whole
         if box is None or all(b.stop - b.start == n for b, n in zip(box, x.shape[1:])):
             return self.infer(x)
         inside = self.infer(x[(slice(None), *box)])

@@ -84,6 +84,75 @@ def foreground_box(x: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+BODY_FLOOR_HU = -950.0
+"""CT voxels above this are body (lung parenchyma is about -900 to -700 HU), below it air (-1000 HU)."""
+BODY_MARGIN = 2
+"""Voxels of margin around the body box on the model grid."""
+
+
+def body_floor(window: Sequence[float], modality: str | None = None) -> float:
+    """The raw intensity above which a voxel counts as body: for CT (``modality`` says so or, unknown, a window
+    with a negative floor: Hounsfield units), the lower of the window's floor and :data:`BODY_FLOOR_HU` (so lungs
+    and other anatomy below the window stay in); otherwise one window width below the window's floor (dark tissue
+    of an MR stays in)."""
+    lo, hi = float(window[0]), float(window[1])
+    if "CT" in str(modality or "").upper() or (modality is None and lo < 0):
+        return min(lo, BODY_FLOOR_HU)
+    return lo - (hi - lo)
+
+
+def body_box(raw: torch.Tensor, floor: float, label: torch.Tensor | None = None,
+             margin: int = BODY_MARGIN) -> tuple[slice, ...] | None:
+    """The box ``(slice, slice, slice)`` over the spatial axes of ``raw [C, X, Y, Z]`` (input units, on the model
+    grid) holding the body (any channel above ``floor``, opened by one voxel so that isolated noise voxels in the
+    air do not count) plus ``margin`` voxels, and every labelled voxel of ``label`` (``[1, X, Y, Z]``) if given:
+    a crop to it never drops a labelled voxel. ``None``: the box is the whole grid (or there is no body)."""
+    mask = (torch.as_tensor(raw) > floor).any(dim=0).float()[None, None]
+    if mask.shape[-1] >= 3 and min(mask.shape[2:]) >= 3:
+        eroded = -torch.nn.functional.max_pool3d(-mask, 3, 1, 1)
+        mask = torch.nn.functional.max_pool3d(eroded, 3, 1, 1)  # opening: removes specks, keeps bodies
+    keep = mask[0, 0] > 0
+    if label is not None:
+        keep = keep | (torch.as_tensor(label)[0] > 0)
+    if not bool(keep.any()):
+        return None
+    box = []
+    for axis in range(keep.ndim):
+        other = tuple(a for a in range(keep.ndim) if a != axis)
+        hits = torch.nonzero(keep.any(dim=other)).flatten()
+        box.append(slice(max(0, int(hits[0]) - margin), min(keep.shape[axis], int(hits[-1]) + 1 + margin)))
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, keep.shape, strict=True)):
+        return None
+    return tuple(box)
+
+
+def apply_window(x: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
+    """``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping (as ``ScaleIntensityRange`` does)."""
+    lo, hi = float(window[0]), float(window[1])
+    return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+class CropToBodyd:
+    """Dictionary transform: crop ``image`` (raw units, model grid) and ``label`` to :func:`body_box` of the image
+    *and* the label, so that training never loses a labelled voxel to the crop (the crop widens instead)."""
+
+    def __init__(self, window: Sequence[float], modality: str | None = None,
+                 keys: Sequence[str] = ("image", "label")):
+        self.floor = body_floor(window, modality)
+        self.keys = list(keys)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = dict(data)
+        box = body_box(data["image"], self.floor, data.get("label"))
+        if box is None:
+            return data
+        crop = T.SpatialCrop(roi_start=[b.start for b in box], roi_end=[b.stop for b in box])
+        for key in self.keys:
+            if key in data:
+                data[key] = crop(data[key])
+        return data
+
+
 def to_model_space(image, *, spacing, orientation, intensity_window, normalization=None):
     """Apply :func:`model_space_transforms` to one image (a ``MetaTensor [C, X, Y, Z]``); returns a MetaTensor
     whose ``affine`` is the model grid's."""

@@ -237,6 +237,10 @@ class RepLKConv3d(nn.Module):
             # in-memory provenance of the unfolded kernel: a deployed module refuses it when it arrives alone
             # (copy_model_state keeps only the keys the destination has, so the BatchNorm never comes with it)
             destination[key].rep3d_unfolded_kernel = True
+        elif self.deploy and not keep_vars and key in destination:
+            # and the reverse: a folded kernel arriving in a train-form module would be modulated by a mask and
+            # BatchNorm it was never trained with
+            destination[key].rep3d_folded_kernel = True
 
     def _train_form_differs(self) -> bool:
         return any(getattr(self, name, None) is not None for name in ("modulation", "bn", "small_weight"))
@@ -257,6 +261,18 @@ class RepLKConv3d(nn.Module):
                     "monai.networks.utils.copy_model_state, which keeps only the keys the deployed model has): "
                     "the result would compute a different function. Load the full train-form state_dict (it is "
                     "folded on load), or load into a train-form model and call rep3d.reparameterize_model"
+                )
+        elif self._train_form_differs():
+            folded = getattr(state_dict.get(prefix + "weight"), "rep3d_folded_kernel", False)
+            deployed_layout = (prefix + "bias") in state_dict and getattr(self, "bias", None) is None and not any(
+                k.startswith((prefix + "bn.", prefix + "modulation.", prefix + "small_weight")) for k in state_dict)
+            if folded or deployed_layout:
+                raise Rep3DValueError(
+                    f"RepLKConv3d {prefix.rstrip('.') or '(root)'}: deployed (folded) weights are being loaded into "
+                    "a train-form conv (e.g. load_state_dict(strict=False) or monai.networks.utils.copy_model_state "
+                    "from a rep3d.reparameterize_model / deploy=True model): its mask, BatchNorm and small branch "
+                    "would be applied on top of the folded kernel, a different function. Load them into a model in "
+                    "deploy mode (rep3d.create_model(name, deploy=True), or rep3d.reparameterize_model(model) first)"
                 )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -156,10 +156,10 @@ def direct_depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> None:
     who = "depthwise_conv3d"
     if backend not in BACKENDS:
-        raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
+        raise Rep3DValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
     check_float(weight, who, "weight")
     if weight.ndim != 5 or weight.shape[1] != 1:
-        raise ValueError(
+        raise Rep3DValueError(
             f"{who}: weight must be [C, 1, kd, kh, kw] (depthwise), got shape {tuple(weight.shape)}"
         )
     kernel_size_3d(tuple(weight.shape[2:]), name="weight kernel size", minimum=1)
@@ -167,7 +167,7 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if bias is not None:
         check_float(bias, who, "bias")
         if bias.shape != (weight.shape[0],):
-            raise ValueError(f"{who}: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+            raise Rep3DValueError(f"{who}: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch.fft import irfftn, rfftn
 
+from rep3d.errors import Rep3DValueError
 from rep3d.layers.settings import get_engine_settings
 
 SPATIAL_DIMS = (2, 3, 4)
@@ -30,7 +31,7 @@ SPATIAL_DIMS = (2, 3, 4)
 def fast_fft_length(n: int) -> int:
     """Smallest 5-smooth integer (``2^a 3^b 5^c``) ``>= n``: the sizes FFT libraries handle fastest."""
     if n < 1:
-        raise ValueError(f"fast_fft_length needs n >= 1, got {n}")
+        raise Rep3DValueError(f"fast_fft_length needs n >= 1, got {n}")
     best = 1 << max(0, (n - 1).bit_length())  # a power of two is always a candidate
     p5 = 1
     while p5 < best:
@@ -53,7 +54,7 @@ def fft_lengths(spatial: Sequence[int], kernel_size: Sequence[int]) -> tuple[int
     out = []
     for s, k in zip(spatial, kernel_size, strict=True):
         if k > 2 * s - 1:
-            raise ValueError(
+            raise Rep3DValueError(
                 f"kernel size {tuple(kernel_size)} must be cropped to <= 2S-1 for spatial {tuple(spatial)}"
             )
         # even: MKL's odd-length transforms (15, 27, 45, 75) ran 1.05-1.2x slower end to end than the next

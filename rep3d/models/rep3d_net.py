@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rep3d.configs.model_args import check_model_args
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers import LayerNorm3d
 from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
@@ -239,6 +239,7 @@ class Rep3D(nn.Module):
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
+        self.min_input_size = 2 * self.stride  # the largest input axis must reach two strides (see check_input)
         # module paths as seen from this model (timm's FeatureHookNet / FeatureGraphNet resolve them here)
         self.feature_info = [dict(info, module=f"encoder.{info['module']}") for info in self.encoder.feature_info]
         # timm's attributes: the channels of the map the classifier (the 1x1x1 output conv) reads
@@ -252,6 +253,12 @@ class Rep3D(nn.Module):
         if is_exporting(x):
             return
         check_volume(x, self.in_chans, f"{type(self).__name__} (in_chans={self.in_chans})")
+        weight = next(self.parameters(), None)
+        if weight is not None and x.is_floating_point() and x.dtype != weight.dtype \
+                and not torch.is_autocast_enabled(x.device.type):
+            raise Rep3DTypeError(f"{type(self).__name__} has {str(weight.dtype).removeprefix('torch.')} weights and "
+                                 f"got a {str(x.dtype).removeprefix('torch.')} input; cast the input "
+                                 f"(x.to({weight.dtype})) or the model (model.to({x.dtype}))")
         sizes = tuple(x.shape[2:])
         if any(s % self.stride for s in sizes):
             down = tuple(max(self.stride, s // self.stride * self.stride) for s in sizes)
@@ -259,6 +266,13 @@ class Rep3D(nn.Module):
             raise Rep3DValueError(
                 f"{type(self).__name__} needs every spatial size divisible by {self.stride}, got {sizes}; "
                 f"nearest valid sizes are {down} (crop) or {up} (pad: monai.transforms.DivisiblePad({self.stride}))"
+            )
+        minimum = getattr(self, "min_input_size", 2 * self.stride)  # subclasses with their own __init__: two strides
+        if max(sizes) < minimum:  # the deepest stage would hold a single voxel, which instance norm cannot normalise
+            raise Rep3DValueError(
+                f"{type(self).__name__} needs at least one spatial size of {minimum} or more (its deepest stage, at "
+                f"stride {self.stride}, must hold more than one voxel), got {sizes}; pad the input "
+                f"(e.g. monai.transforms.SpatialPad({minimum}))"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

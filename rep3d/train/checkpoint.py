@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,24 @@ class CheckpointError(Rep3DError, RuntimeError):
     """A training checkpoint exists but cannot be read (damaged, or written by an incompatible version)."""
 
 
+class DiskFullError(Rep3DError, OSError):
+    """A write failed because the disk is full; what was on disk before the write is kept."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an ``OSError``, or torch's ``RuntimeError`` from its zip writer) means the disk is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    cause = err.__cause__ or err.__context__
+    text = str(err).lower()
+    return ("no space left" in text or "file write failed" in text or "disk quota" in text) or \
+        (cause is not None and cause is not err and is_disk_full(cause))
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file.
+
+    A full disk raises :class:`DiskFullError`; the previous ``path`` is untouched (and the partial file removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,10 +44,22 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, DiskFullError) and is_disk_full(err):
+            kept = f"the previous {path.name} is kept and loadable" if path.exists() else "no earlier checkpoint exists"
+            raise DiskFullError(errno.ENOSPC, f"the disk holding {path.parent} is full: cannot write {path.name} "
+                                f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}; free some "
+                                "space, then continue with --resume") from err
         raise
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 STATE_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "best", "config")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rep3d.data.msd import check_label_values
 from rep3d.data.nifti import NiftiReader
 from rep3d.errors import Rep3DError
-from rep3d.inference.preprocess import is_foreground, model_space_transforms
+from rep3d.inference.preprocess import CropToBodyd, model_space_transforms
 from rep3d.train.recipes import TrainConfig
 
 
@@ -57,10 +57,13 @@ def preprocessing(cfg: TrainConfig, with_label: bool = True, num_classes: int | 
         T.LoadImaged(keys, image_only=True, reader=NiftiReader()),  # geometry as inference reads it
         *checks,
         T.EnsureChannelFirstd(keys),
-        *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation,
-                                intensity_window=cfg.intensity_window, label_key="label" if with_label else None),
-        # the Predictor segments the same box (rep3d.inference.foreground_box)
-        T.CropForegroundd(keys, source_key="image", select_fn=is_foreground, allow_smaller=True),
+        *model_space_transforms(spacing=cfg.spacing, orientation=cfg.orientation, intensity_window=None,
+                                label_key="label" if with_label else None),
+        # crop to the body on raw intensities, as the Predictor does (rep3d.inference.preprocess.body_box), widened
+        # to hold every labelled voxel: the crop never drops anatomy (a lung at -850 HU is below a soft-tissue window)
+        *([CropToBodyd(cfg.intensity_window, keys=keys)] if cfg.intensity_window is not None else []),
+        *([T.ScaleIntensityRanged("image", a_min=cfg.intensity_window[0], a_max=cfg.intensity_window[1], b_min=0.0,
+                                  b_max=1.0, clip=True)] if cfg.intensity_window is not None else []),
         T.SpatialPadd(keys, spatial_size=cfg.roi_size),
         T.EnsureTyped(keys, track_meta=False),
     ])

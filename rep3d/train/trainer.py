@@ -24,11 +24,15 @@ from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
+from rep3d.inference.distribution import TRAINING_DISTRIBUTION_KEY, dataset_distribution
 from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
+from rep3d.outputs import record_outputs
 from rep3d.train.checkpoint import (
     CheckpointError,
+    DiskFullError,
     atomic_save,
+    is_disk_full,
     load_state,
     remove_stale_temp_files,
     rng_state,
@@ -79,6 +83,10 @@ def format_estimate(seconds_per_step: float, step: int, iterations: int, val_eve
             f"--iterations, e.g. --iterations {short} (about {format_duration(short * seconds_per_step)} of steps)")
 
 
+RESUME_OVERRIDES = ("iterations", "val_every", "checkpoint_every", "workers", "threads")
+"""Settings ``--resume`` may change: when and how the run proceeds, not what it computes per step."""
+
+
 class NonFiniteLossError(Rep3DError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -107,7 +115,8 @@ class Trainer:
     """One run: builds data, model, optimizer from ``cfg`` (or from the checkpoint in ``cfg.out`` when ``resume``),
     then :meth:`run` trains, validates, checkpoints and publishes. ``command`` is recorded in the model card."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, command: str | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, command: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.ctx = DistContext.from_env()
         self.out = Path(cfg.out)
         self.state_dir = self.out / STATE_DIR
@@ -118,16 +127,27 @@ class Trainer:
             raise Rep3DValueError(f"--out {self.out} is a file; give a folder for the run (it will hold the model and "
                                   "train_state/)")
         state = None
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         if resume:
+            refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+            if refused:
+                raise Rep3DValueError(f"--resume continues the recorded run; it can change only "
+                                      f"{', '.join(RESUME_OVERRIDES)}, not {', '.join(refused)}: start a new run "
+                                      "with another --out to change those")
             state = load_state(self.last_path)
             try:
-                cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+                cfg = TrainConfig.from_dict({**state["config"], **overrides, "out": cfg.out})
             except (Rep3DError, TypeError, ValueError) as err:
                 raise CheckpointError(f"training checkpoint {self.last_path} holds an unusable config ({err}); "
                                       "start a new run with another --out") from err
+            if cfg.iterations <= int(state["step"]):
+                raise Rep3DValueError(f"--iterations {cfg.iterations}: the run in {self.out} already reached step "
+                                      f"{int(state['step'])}; give more iterations than that to continue it")
         elif self.last_path.exists():
             raise FileExistsError(f"{self.out} already holds a run ({self.last_path}); pass --resume to continue it, "
                                   "or choose another --out")
+        else:
+            check_run_folder(self.out)
         if self.ctx.is_main:  # killed checkpoint writes of an earlier process leave partial files behind
             remove_stale_temp_files(self.last_path)
         self.cfg = cfg
@@ -140,6 +160,7 @@ class Trainer:
             self._restore(state)
         if self.ctx.is_main:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            record_outputs(self.out, [], "rep3d train")  # the run folder is rep3d's: the model is published into it
             (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         num_classes = len(self.class_names)  # label values are checked against it as the volumes are cached
         self.train_set = CachedVolumes(self.dataset.train, cfg, num_classes)
@@ -181,6 +202,11 @@ class Trainer:
             class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
             tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
+        if self.ctx.is_main and cfg.intensity_window is not None:
+            # what rep3d predict compares every input with (rep3d.inference.distribution)
+            model.pretrained_cfg[TRAINING_DISTRIBUTION_KEY] = dataset_distribution(
+                dataset.train, modality=model.pretrained_cfg["modality"] or "?", window=cfg.intensity_window,
+                source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.meta.get("synthetic") else ""))
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
@@ -239,8 +265,16 @@ class Trainer:
             "world_size": self.ctx.world_size, "num_train": len(dataset.train), "num_val": len(dataset.val),
             "num_test": len(dataset.test_labeled) if test is not None else 0, "config": cfg.to_dict(),
         }
-        save_pretrained(target, self.out, metrics=metrics, command=self.command, dataset=dataset.name,
-                        description=dataset.meta.get("description", "") or None, metadata={"training": training})
+        try:
+            save_pretrained(target, self.out, metrics=metrics, command=self.command, dataset=dataset.name,
+                            description=dataset.meta.get("description", "") or None, metadata={"training": training},
+                            overwrite=True)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, DiskFullError) or not is_disk_full(err):
+                raise
+            raise DiskFullError(28, f"the disk holding {self.out} is full: cannot write the model folder; the "
+                                "previous model files and the last checkpoint "
+                                f"{self.last_path} are kept; free some space, then continue with --resume") from err
 
     # ------------------------------------------------------------------------------------------------ training
     def _step(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
@@ -397,6 +431,19 @@ class Trainer:
                 "num_test": len(test_volumes)}
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to ``<out>/train_state/summary.json``."""
-    return Trainer(cfg, resume=resume, command=command).run()
+def check_run_folder(out: Path) -> None:
+    """Refuse a new run's ``--out`` that is a non-empty folder rep3d did not write (its files are never replaced)."""
+    from rep3d.hub.publish import saved_by_rep3d
+    from rep3d.outputs import check_folder_output
+
+    check_folder_output(out, overwrite=True, flag="--out",
+                        also_ours=lambda folder: saved_by_rep3d(folder) or (folder / STATE_DIR).is_dir())
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``<out>/train_state/summary.json``.
+
+    With ``resume``, ``overrides`` may change the settings in :data:`RESUME_OVERRIDES` (e.g. more ``iterations``);
+    any other key is refused by name."""
+    return Trainer(cfg, resume=resume, command=command, overrides=overrides).run()

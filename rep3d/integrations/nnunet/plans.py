@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,27 @@ def add_rep3d_configuration(plans_file: str | Path, name: str = "3d_fullres_rep3
     return warnings
 
 
+def mirrored_label_names(dataset_json: str | Path) -> list[str]:
+    """Label names in an nnU-Net ``dataset.json`` that name a side (left/right): mirroring swaps such classes, so
+    their datasets need the no-mirroring trainer."""
+    try:
+        labels = json.loads(Path(dataset_json).read_text()).get("labels") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = labels.keys() if isinstance(labels, dict) else []
+    return [str(n) for n in names
+            if re.search(r"left|right", str(n).lower()) or re.search(r"(^|[^a-z])[lr]([^a-z]|$)", str(n).lower())]
+
+
 def plans_file_for(dataset: str, plans_name: str = "nnUNetPlans") -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_Name/<plans_name>.json`` for a dataset id or name."""
     from rep3d.integrations.nnunet import require_nnunet
 
+    if not re.fullmatch(r"\d{1,3}|Dataset\d{3}_[A-Za-z0-9_.-]+", str(dataset)) or ".." in str(dataset):
+        raise Rep3DValueError(f"-d expects an nnU-Net dataset id (e.g. 4) or name (e.g. Dataset004_Hippocampus), "
+                              f"got {dataset!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", plans_name) or plans_name.startswith("."):
+        raise Rep3DValueError(f"-p expects a plans identifier such as nnUNetPlans (no path), got {plans_name!r}")
     require_nnunet()
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -146,7 +164,7 @@ def plans_file_for(dataset: str, plans_name: str = "nnUNetPlans") -> Path:
         raise Rep3DDataError("the environment variable nnUNet_preprocessed is not set; set it as for nnU-Net itself")
     try:
         name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, AssertionError, OSError) as err:
         raise Rep3DDataError(f"nnU-Net knows no dataset {dataset!r}: {err}") from err
     path = Path(str(nnUNet_preprocessed)) / name / f"{plans_name}.json"
     if not path.is_file():

@@ -146,10 +146,12 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, *, checkpoint: str = 
     """Write the rep3d model trained in nnU-Net fold folder ``fold_dir`` as a ``save_pretrained`` folder."""
     from rep3d.builder import create_model
     from rep3d.hub import save_pretrained
+    from rep3d.hub.publish import check_saved_folder
+    from rep3d.outputs import read_files
 
-    fold_dir, out_dir = Path(fold_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise Rep3DValueError(f"{out_dir} exists and is not empty; pass --overwrite to replace its model files")
+    fold_dir, out_dir = Path(fold_dir), Path(out_dir).expanduser().absolute()
+    reads = read_files([fold_dir / checkpoint, fold_dir.parent / "plans.json", fold_dir.parent / "dataset.json"])
+    check_saved_folder(out_dir, overwrite=overwrite, reads=reads)
     train_dir = fold_dir.parent
     try:
         plans = json.loads((train_dir / "plans.json").read_text())
@@ -199,7 +201,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, *, checkpoint: str = 
     model.pretrained_cfg.pop("intensity_window", None)
     model.pretrained_cfg.update(meta)
     return save_pretrained(
-        model, out_dir, dataset=dataset.get("name") or plans.get("dataset_name"),
+        model, out_dir, overwrite=overwrite, reads=reads, dataset=dataset.get("name") or plans.get("dataset_name"),
         description=(f"{model_name} trained with nnU-Net v2 ({meta['nnunet']['trainer']}, plans "
                      f"{plans.get('plans_name')}, configuration {config_name}, {fold_dir.name}). Inputs are read as "
                      "nnU-Net reads them: the file's voxel axes reversed (z, y, x), resampled to the spacing above, "
