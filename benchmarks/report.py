@@ -693,6 +693,8 @@ def figures_context(ctx: Context) -> list[Path]:
         if len(ok) > 1:
             series.append((f"{v} +sd", list(np.asarray(mean) + sd)))
             series.append((f"{v} -sd", list(np.asarray(mean) - sd)))
+    if not series:  # no variant has its learning rate yet: nothing to draw
+        return []
     path = ctx.dir / "context_task_dice.png"
     save_curves_png(path, [(f"validation mean Dice vs step (mean and ± sd over seeds; every {every} steps)", series)],
                     x_first=f"step {every}", x_last=f"step {steps}", title="context task (synthetic)")
