@@ -349,6 +349,18 @@ def markdown_section(results: dict[str, Any]) -> str:
         lines.append(f"- {template}, {pair}: {d['mean']:+.3f}{interval} → {d['verdict']}")
     if not pairs:
         lines.append("- none: no two models share a seed yet.")
+    elif len(pairs) > 1:
+        lines += ["", f"These are {len(pairs)} comparisons, each at 95% without a correction for multiplicity: were "
+                      f"there no differences at all, about {1 - 0.95 ** len(pairs):.0%} of such studies would still "
+                      "show at least one 'ahead' (for independent comparisons). A single 'ahead' here is weak "
+                      "evidence."]
+    runs = results.get("runs", [])
+    if runs and all("loss_first10" in r for r in runs):
+        first = np.mean([r["loss_first10"] for r in runs])
+        last = np.mean([r["loss_last10"] for r in runs])
+        lines += ["", f"Training DiceCE loss, mean over runs: {first:.2f} over the first 10 steps, {last:.2f} over the "
+                      "last 10: the models are far from converged at this budget, so these Dice values describe "
+                      "this budget only."]
     missing = [m for m in MODELS if m not in models]
     if missing:
         lines += ["", f"Not run to completion (CPU budget of this session): {', '.join(missing)}."]
