@@ -1,18 +1,11 @@
-"""Regenerate the measured tables of ``docs/guides/performance.md`` from the benchmark JSONs.
-
-    python benchmarks/performance_doc.py            # rewrite the tables between the page's markers
-    python benchmarks/performance_doc.py --check    # exit 1 if the page differs from the JSONs
-
-One renderer per results JSON (``model_forward.json``, ``full_scan.json``); each fills the block between
-``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` of the page, so no number on the page is typed by hand.
+"""Renderers of the measured tables of ``docs/guides/performance.md``, one per results JSON (``model_forward.json``,
+``full_scan.json``). ``benchmarks/report.py`` fills the page's ``report:model-forward`` / ``report:full-scan`` blocks
+with them (``python benchmarks/report.py``; ``--check`` and tests/test_report.py fail when the page drifts), so no
+number on the page is typed by hand.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,35 +63,3 @@ def render_full_scan(data: dict) -> str:
 
 
 RENDERERS = {"model_forward": render_model_forward, "full_scan": render_full_scan}
-
-
-def render_page(text: str) -> str:
-    for name, render in RENDERERS.items():
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        block = render(json.loads(path.read_text()))
-        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text)
-    return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
-    args = parser.parse_args(argv)
-    old = PAGE.read_text()
-    new = render_page(old)
-    if args.check:
-        if new != old:
-            print(f"{PAGE} differs from the JSONs in {RESULTS}: run python benchmarks/performance_doc.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(new)
-    print(f"wrote {PAGE}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -787,10 +787,24 @@ def render_decisions(ctx: Context) -> str:
 
 LIMITS = """## Limits
 
-Synthetic data only; small models (`rep3d_tiny` widths or smaller); CPU float32 on a shared 2-core machine; 3 seeds
-for the phantom ablation, one learning rate (2e-3) for all its variants; short budgets. A GPU run at the full recipe
+Synthetic data only, except section 7's three brain templates (real anatomy, one training volume); small models
+(`rep3d_tiny` widths or smaller); CPU float32 on a shared 2-core machine; 3 seeds for the phantom ablation, one learning rate (2e-3) for all its variants; short budgets. A GPU run at the full recipe
 (1500+ steps, 96³ crops, 5 seeds, every variant) would settle claim 3 on the phantom;
 `benchmarks/ablation_phantom.py --iterations 1500 --roi 64 64 64` runs it unchanged."""
+
+
+def _benchmark(name: str):
+    """A sibling script in benchmarks/ (its renderer lives next to the code that measures)."""
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def render_brain_mri(ctx: Context) -> str:
+    text = _benchmark("brain_mri").markdown_section(ctx.load("brain_mri.json"))
+    # RESULTS.md numbers its sections; the renderer's heading is the docs page's (###)
+    return text.replace("### Real MRI: brain tissue across templates",
+                        "## 7. Real MRI: brain tissue across templates (fsaverage -> MNI152)", 1)
 
 
 SECTIONS: list[Section] = [
@@ -801,6 +815,7 @@ SECTIONS: list[Section] = [
     Section("context", ("context_task.json", "context_task_discarded.json"), render_context, figures_context),
     Section("claims", (), render_claims),
     Section("decisions", ("ablation_phantom.json",), render_decisions),
+    Section("brain_mri", ("brain_mri.json",), render_brain_mri),
 ]
 """RESULTS.md, in order. A section whose sources are all missing is left out."""
 
@@ -913,6 +928,14 @@ QUOTES: list[Quote] = [
     Quote("README.md", "model-advice", render_readme_advice),
     Quote("docs/guides/choose-a-model.md", "study-results", render_guide_results),
     Quote("docs/guides/analysis.md", "bundled-masks", render_bundled_masks),
+    Quote("docs/guides/performance.md", "model-forward",
+          lambda ctx: _benchmark("performance_doc").render_model_forward(ctx.load("model_forward.json"))),
+    Quote("docs/guides/performance.md", "full-scan",
+          lambda ctx: _benchmark("performance_doc").render_full_scan(ctx.load("full_scan.json"))),
+    Quote("docs/guides/real-scans.md", "real-scans",
+          lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).rstrip("\n")),
+    Quote("docs/guides/real-scans.md", "brain-mri",
+          lambda ctx: _benchmark("brain_mri").markdown_section(ctx.load("brain_mri.json")).rstrip("\n")),
 ]
 
 

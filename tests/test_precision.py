@@ -3,10 +3,6 @@ under autocast, and the channels-last inference copy computes the model's functi
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -98,12 +94,6 @@ def test_predict_refuses_amp_with_bf16_before_building_the_model(tmp_path, capsy
     assert main(["predict", "rep3d_tiny.phantom", str(tmp_path), "-o", str(tmp_path / "out"), "--amp",
                  "--precision", "bf16"]) == 1
     assert "--amp and --precision bf16" in capsys.readouterr().err
-
-
-def test_the_performance_page_tables_come_from_the_benchmark_jsons():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "performance_doc.py"
-    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_resampling_back_gives_the_same_labels_whatever_the_slab_size():
