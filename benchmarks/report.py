@@ -788,9 +788,10 @@ def render_decisions(ctx: Context) -> str:
 LIMITS = """## Limits
 
 Synthetic data only, except section 7's three brain templates (real anatomy, one training volume); small models
-(`rep3d_tiny` widths or smaller); CPU float32 on a shared 2-core machine; 3 seeds for the phantom ablation, one learning rate (2e-3) for all its variants; short budgets. A GPU run at the full recipe
-(1500+ steps, 96³ crops, 5 seeds, every variant) would settle claim 3 on the phantom;
-`benchmarks/ablation_phantom.py --iterations 1500 --roi 64 64 64` runs it unchanged."""
+(`rep3d_tiny` widths or smaller); CPU float32 on a shared 2-core machine; 3 seeds for the phantom ablation, one
+learning rate (2e-3) for all its variants; short budgets. A GPU run at the full recipe (1500+ steps, 96³ crops, 5
+seeds, every variant) would settle claim 3 on the phantom; `benchmarks/ablation_phantom.py --iterations 1500 --roi
+64 64 64` runs it unchanged."""
 
 
 def _benchmark(name: str):
