@@ -1,6 +1,7 @@
 """Inference latency of a deployed model in eager PyTorch, torch.compile, onnxruntime and TorchScript.
 
-    python benchmarks/export_latency.py --models rep3d_tiny rep3d_base --roi 96 --threads 2 --repeats 3
+    python benchmarks/export_latency.py --models rep3d_tiny rep3d_base --roi 64 --threads 2 --repeats 5 --profile
+    python benchmarks/report.py   # the table in benchmarks/README.md, "Export"
 
 Per model (deployed form, random weights, 16 classes, batch 1, float32, CPU): the median of ``--repeats`` timed
 forwards after one warm-up, the variants taking turns in each round (the machine is shared), for
