@@ -19,6 +19,7 @@ import argparse
 import difflib
 import json
 import math
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -925,6 +926,84 @@ def render_bundled_masks(ctx: Context) -> str:
     ])
 
 
+# ------------------------------------------------------------------------------------------------- export latency
+
+EXPORT_LATENCY = "export_latency.json"
+"""``benchmarks/export_latency.py``'s output: deployed models timed per runtime, variants in turns per round."""
+
+
+def _round_ratios(row: dict[str, Any], variant: str, base: str = "eager auto") -> list[float]:
+    """Per-round ratio ``variant / base``: both were timed in the same round, under the same load."""
+    return [v / b for v, b in zip(row["runs"][variant], row["runs"][base])]
+
+
+def render_export_latency(ctx: Context) -> str:
+    """The eager / exported-runtime latency table of benchmarks/README.md (the median of per-round ratios)."""
+    data = ctx.load(EXPORT_LATENCY)
+    if data is None:
+        return "_No `benchmarks/results/export_latency.json` yet: run `benchmarks/export_latency.py`._"
+    meta, rows = data["meta"], data["rows"]
+    variants = [v for v in rows[0]["seconds"]]
+    roi = meta["roi"]
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, shared with other jobs (load average "
+        f"{', '.join(f'{v:g}' for v in meta['load_average_at_end'])} at the end), so seconds are inflated and noisy: "
+        f"read the ratios. torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, {meta['threads']} threads, "
+        f"{meta['dtype']}, batch {meta['batch']}, {roi}³ input, deployed models with random weights and 16 classes. "
+        f"Each of {meta['repeats']} rounds runs every variant once, in turn, after one warm-up each; a cell is the "
+        "median time and, in brackets, the median over rounds of the ratio to `eager auto` in the same round.",
+        "",
+        "```bash",
+        f"python benchmarks/export_latency.py --models {' '.join(r['model'] for r in rows)} --roi {roi} "
+        f"--threads {meta['threads']} --repeats {meta['repeats']} --profile",
+        "python benchmarks/report.py",
+        "```",
+        "",
+    ]
+    body = []
+    for row in rows:
+        cells = []
+        for v in variants:
+            ratio = statistics.median(_round_ratios(row, v))
+            cells.append(f"{row['seconds'][v]:.2f} s ({ratio:.2f}×)")
+        body.append([row["model"], *cells])
+    lines.append(table(["model", *variants], body))
+    lines.append("")
+    for row in rows:
+        errors = row["max_abs_error"]
+        worst = max((v for v in variants if v != "eager auto"), key=lambda v: errors[v])
+        lines.append(f"- {row['model']}: `eager auto` runs {row['conv_path'].split(' -- ')[0]}. Largest deviation "
+                     f"from `eager auto`: {errors[worst]:.1g} ({worst}).")
+        profiled = meta["repeats"] + 1  # the accuracy check plus the timed rounds (a session has no warm-up run)
+        for variant, ops in row.get("ort_op_seconds", {}).items():
+            total = sum(ops.values()) / profiled
+            top = ", ".join(f"`{op}` {sec / profiled:.2f} s" for op, sec in list(ops.items())[:3])
+            lines.append(f"  - {variant}, onnxruntime's profiler, per forward: {total:.2f} s in ops, of which {top}.")
+    return "\n".join(lines)
+
+
+def render_export_layer(ctx: Context) -> str:
+    """One deployed layer, eager vs onnxruntime per engine and ONNX form of the FFT (``export_latency.py --layer``)."""
+    data = ctx.load("export_latency_layer.json")
+    if data is None or "meta" not in data:
+        return "_No `benchmarks/results/export_latency_layer.json` yet: run `benchmarks/export_latency.py --layer`._"
+    meta = data["meta"]
+    forms = {"dft": "ONNX `DFT`", "matmul": "`MatMul`", "-": "–"}
+    rows = []
+    for r in data["layer"]:
+        lengths = r["fft_length_eager_onnx"]
+        rows.append([r["engine"], forms[r["onnx_fft_transforms"]], f"{lengths[0]} / {lengths[1]}" if lengths else "–",
+                     f"{r['eager_s']:.3f} s", f"{r['ort_s']:.3f} s", f"{r['ratio']:.2f}×"])
+    return (f"One deployed layer (12 channels, 32³, kernel 21), measured {meta['date']} on {meta['machine']} "
+            f"(shared; load average {', '.join(f'{v:g}' for v in meta['load_average_at_end'])} at the end), "
+            f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, {meta['threads']} thread(s), medians of "
+            f"{meta['repeats']} rounds, eager and ORT in turns; ORT / eager is the median of per-round ratios "
+            "(`python benchmarks/export_latency.py --layer --threads 1 --repeats 7 --out "
+            "benchmarks/results/export_latency_layer.json`):\n\n"
+            + table(["engine", "FFT transforms in ONNX", "transform length eager / ONNX", "eager", "onnxruntime",
+                     "ORT / eager"], rows))
+
+
 QUOTES: list[Quote] = [
     Quote("README.md", "model-advice", render_readme_advice),
     Quote("docs/guides/choose-a-model.md", "study-results", render_guide_results),
@@ -937,6 +1016,8 @@ QUOTES: list[Quote] = [
           lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).rstrip("\n")),
     Quote("docs/guides/real-scans.md", "brain-mri",
           lambda ctx: _benchmark("brain_mri").markdown_section(ctx.load("brain_mri.json")).rstrip("\n")),
+    Quote("benchmarks/README.md", "export-latency", render_export_latency),
+    Quote("benchmarks/README.md", "export-layer", render_export_layer),
 ]
 
 

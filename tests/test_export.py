@@ -111,14 +111,15 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(tmp_path):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_onnx_export_at_kernel_21_holds_the_fft_engine_as_dft(tmp_path):
+def test_onnx_export_at_kernel_21_holds_the_fft_engine_as_matmul_not_dft(tmp_path):
     import onnx
 
+    # onnxruntime's DFT kernel was 12-20x slower than the same transforms as MatMul (benchmarks/README.md)
     report = _export(tiny(kernel_size=21, deploy=True), "onnx", tmp_path / "k21.onnx", roi=(32, 32, 32))
     assert not report.folded
     assert "fft on 1 of 4 (16x16x16 maps)" in report.conv_path
     ops = {node.op_type for node in onnx.load(tmp_path / "k21.onnx").graph.node}
-    assert "DFT" in ops and "Conv" in ops
+    assert "DFT" not in ops and "MatMul" in ops and "Conv" in ops
 
 
 def test_torchscript_export_takes_any_batch_and_volume_size(tmp_path):

@@ -6,11 +6,12 @@ Every exporter writes its file, loads it back in its own runtime (onnxruntime, `
 
 Which large-kernel conv path a graph holds:
 
-* TorchScript: the native direct conv on the uncropped kernel (a script graph must hold for any size, and a
-  Python ``autograd.Function`` cannot be serialised), so batch and spatial sizes are dynamic.
+* TorchScript: the eager engine restated in TorchScript (:mod:`rep3d.layers.scripted_engine`: the same crop,
+  choice and FFT per call), so batch and spatial sizes are dynamic and outputs equal eager's.
 * exported program / ONNX with static shapes: the engine ``conv_backend`` picks at the export ROI, per layer
-  (``"auto"``: the cost model), the kernel cropped to what meets a map of that size. In ONNX the FFT becomes
-  ``DFT`` ops with power-of-two lengths (:func:`power_of_two_fft_lengths`).
+  (``"auto"``: the cost model), the kernel cropped to what meets a map of that size. In ONNX the FFT engine's
+  transforms become ``MatMul`` ops with the shortest exact lengths (:mod:`rep3d.layers.dft_matmul`): onnxruntime's
+  ``DFT`` kernel was an order of magnitude slower than this on CPU (benchmarks/README.md, "Export").
 * exported program / ONNX with ``dynamic={"batch"}`` or ``{"spatial"}``: the direct engine (its graph does not
   depend on the sizes; dynamic spatial sizes also drop the size-dependent crop). Spatial sizes stay multiples of
   the network's stride (16) and at least two strides.
@@ -37,6 +38,7 @@ from rep3d.errors import Rep3DError, Rep3DValueError
 from rep3d.extras import require
 from rep3d.layers import RepLKConv3d
 from rep3d.layers.depthwise import BACKENDS, cached_backend, useful_kernel_size
+from rep3d.layers.dft_matmul import dft_as_matmul
 from rep3d.models.deploy import is_deployed, reparameterize_model
 from rep3d.outputs import (
     check_file_output,
@@ -190,12 +192,19 @@ def conv_path(model: nn.Module, x: torch.Tensor, dynamic: Collection[str] = ()) 
 
 
 def export_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, dynamic: Collection[str] = (),
-                opset: int = ONNX_OPSET) -> Path:
-    """ONNX via ``torch.onnx.export(dynamo=True)``, weights inside the file; input ``image``, output ``logits``."""
+                opset: int = ONNX_OPSET, fft_transforms: str = "matmul") -> Path:
+    """ONNX via ``torch.onnx.export(dynamo=True)``, weights inside the file; input ``image``, output ``logits``.
+
+    ``fft_transforms``: how the FFT engine's transforms are written: ``"matmul"`` (:mod:`rep3d.layers.dft_matmul`,
+    the fast one in onnxruntime) or ``"dft"`` (ONNX ``DFT`` ops, power-of-two lengths; kept for comparison).
+    """
     if opset < 17:
         raise Rep3DValueError(f"ONNX opset must be >= 17 (DFT and LayerNormalization), got {opset}")
+    if fft_transforms not in ("matmul", "dft"):
+        raise Rep3DValueError(f"fft_transforms must be 'matmul' or 'dft', got {fft_transforms!r}")
     path = Path(path)
-    with power_of_two_fft_lengths():
+    # onnxruntime's DFT kernel is slow, its MatMul is a tuned GEMM (rep3d.layers.dft_matmul)
+    with dft_as_matmul() if fft_transforms == "matmul" else power_of_two_fft_lengths():
         program = torch.onnx.export(
             model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=_dynamic_shapes(model, dynamic),
             input_names=["image"], output_names=["logits"], external_data=False, verbose=False,
@@ -410,7 +419,7 @@ def export_model(
     if fmt == "onnx":
         notes.append(f"ONNX opset {opset}")
         if "fft on" in path_note:
-            notes.append("FFT layers are ONNX DFT ops with power-of-two lengths (onnxruntime's fast DFT case)")
+            notes.append("FFT layers hold their transforms as MatMul ops (onnxruntime's DFT is much slower)")
     return ExportReport(fmt, output, tuple(check.shape), error, span, path_note, dyn, folded, notes)
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from rep3d.errors import Rep3DValueError
 from rep3d.layers.checks import check_float, check_volume, is_exporting, kernel_size_3d
+from rep3d.layers.dft_matmul import dft_as_matmul_active, matmul_dft_conv3d
 from rep3d.layers.fft_conv import fft_depthwise_conv3d, fft_lengths, keep_spectra
 from rep3d.layers.fusion import crop_kernel
 from rep3d.layers.settings import get_engine_settings
@@ -119,7 +120,9 @@ def depthwise_conv3d(
     with _no_autocast(x.device.type):
         if backend == "fft":
             compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-            y = fft_depthwise_conv3d(
+            # dft_as_matmul (ONNX export): the same convolution with MatMul transforms, see rep3d.layers.dft_matmul
+            conv = matmul_dft_conv3d if dft_as_matmul_active() else fft_depthwise_conv3d
+            y = conv(
                 x.to(compute), weight.to(compute), None if bias is None else bias.to(compute)
             )
             return y.to(x.dtype)
