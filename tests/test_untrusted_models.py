@@ -520,3 +520,18 @@ def test_timm_create_model_on_a_folder_loads_only_the_folders_own_weights(tmp_pa
     with pytest.raises(Rep3DError, match="checkpoint_path"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("pretrained_strict", False), ("features_only", True)])
+def test_timm_create_model_refuses_factory_options_a_folder_config_sets(tmp_path, key, value):
+    """timm merges a folder config's model_args into the caller's keyword arguments; a loading option set there
+    (non-strict loading that would leave layers random, a different model) is refused as rep3d.create_model does,
+    while the caller may still pass the same option in code."""
+    import timm
+
+    folder = tiny_folder(tmp_path)
+    edit_config(folder, lambda c: c["model_args"].update({key: value}))
+    with pytest.raises(Rep3DError, match=key):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    clean = tiny_folder(tmp_path, "clean")
+    assert timm.create_model(f"local-dir:{clean}", pretrained=True, **{key: value}) is not None

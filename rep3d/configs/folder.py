@@ -93,6 +93,37 @@ def timm_loaded_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in SOURCE_KEYS or k in own or k == "architecture"}
 
 
+def check_timm_loaded_config(cfg: Mapping[str, Any], cache_dir: str | Path | None = None) -> None:
+    """Refuse timm factory options in the ``model_args`` of the config.json that
+    ``timm.create_model("local-dir:..." / "hf-hub:...")`` read: timm merges them into the caller's keyword arguments,
+    where they can no longer be told apart from the caller's own (``pretrained_strict``, ``features_only``, ...). The
+    file is read again from where timm read it (the folder, or the Hub cache timm just filled)."""
+    from rep3d.configs.model_args import FACTORY_KEYS
+
+    source = cfg.get("source")
+    if source == "local-dir" and cfg.get("file"):
+        path: Path | None = Path(str(cfg["file"])) / "config.json"
+        name = f"local-dir:{cfg['file']}"
+    elif source == "hf-hub" and cfg.get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = str(cfg["hf_hub_id"]).partition("@")
+        cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision or None)
+        path, name = (Path(cached) if isinstance(cached, str) else None), f"hf-hub:{cfg['hf_hub_id']}"
+    else:
+        return
+    if path is None or not path.is_file():
+        raise Rep3DWeightsError(name, str(path or name), "the config.json timm read cannot be found again to check it",
+                                "load the model with rep3d.create_model instead", reason="config")
+    config = load_config_json(path, name, str(path))
+    args = config.get("model_args")
+    refused = sorted(k for k in (args if isinstance(args, dict) else {}) if k in FACTORY_KEYS)
+    if refused:
+        raise Rep3DWeightsError(name, str(path), f"model_args holds {', '.join(map(repr, refused))}: timm factory "
+                                "option(s) that a model folder may not set (they change how weights are loaded or what "
+                                "is built)", FIX, reason="config")
+
+
 def load_config_json(path: str | Path, name: str, where: str) -> dict[str, Any]:
     """Parse a ``config.json`` under the size and depth caps; raise :class:`Rep3DWeightsError` (reason ``config``)."""
     path = Path(path)

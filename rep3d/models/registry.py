@@ -19,7 +19,7 @@ from timm.models import (
 )
 from torch import nn
 
-from rep3d.configs.folder import CheckedCfg, timm_loaded_cfg
+from rep3d.configs.folder import CheckedCfg, check_timm_loaded_config, timm_loaded_cfg
 from rep3d.configs.model_args import check_model_args
 from rep3d.errors import Rep3DValueError
 from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
@@ -124,6 +124,7 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
             "source") in ("hf-hub", "local-dir"):
         # timm.create_model("hf-hub:..." / "local-dir:...") read this from a folder's config.json itself: weights come
         # only from the folder / repository timm named, never from a source the file names
+        check_timm_loaded_config(pretrained_cfg, cache_dir)
         pretrained_cfg = timm_loaded_cfg(pretrained_cfg)
     own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
     if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
