@@ -138,3 +138,19 @@ def test_an_unreadable_mgz_is_refused_by_name(tmp_path):
     (tmp_path / "bad.mgz").write_bytes(b"not an mgz")
     with pytest.raises(inference.InputError, match="bad.mgz: cannot read it as FreeSurfer MGZ"):
         inference.Predictor(threshold_oracle("x"), device="cpu")(tmp_path / "bad.mgz")
+
+
+def test_evaluate_prints_the_synthetic_notice_once_and_records_it(tmp_path, capsys):
+    """`rep3d evaluate` with synthetic weights: one notice line for the run (not a Python warning per case), and the
+    notice in its --json."""
+    from rep3d.data import write_msd_dataset
+
+    write_msd_dataset(tmp_path / "ds", num_train=1, num_test=2, seed=0, shape=(40, 40, 32))
+    code = cli.main(["evaluate", "rep3d_tiny.phantom", "--data", str(tmp_path / "ds"), "--device", "cpu",
+                     "--json", str(tmp_path / "dice.json")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "SYNTHETIC" in line] == [
+        line for line in err.splitlines() if line.startswith("rep3d evaluate: notice:")]
+    assert len([line for line in err.splitlines() if line.startswith("rep3d evaluate: notice:")]) == 1
+    assert "SYNTHETIC" in json.loads((tmp_path / "dice.json").read_text())["notices"]["synthetic_training_data"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+import warnings
 
 # repeated from rep3d.inference.predictor so that --help loads no torch (tests/test_cli_help.py keeps them equal)
 PRECISIONS = ("fp32", "bf16")
@@ -39,16 +41,24 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rep3d.builder import create_model
-    from rep3d.inference import evaluate_dataset
+    from rep3d.inference import SyntheticWeightsWarning, evaluate_dataset
+    from rep3d.inference.predictor import synthetic_notice
     from rep3d.outputs import check_file_output, model_source_files, read_files, write_text_output
 
     if args.json:  # a bad --json path fails now, not after the whole evaluation
         reads = model_source_files(args.model, args.checkpoint) | read_files([args.data])
         check_file_output(args.json, overwrite=args.overwrite, reads=reads, flag="--json")
     model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
+    notice = synthetic_notice(getattr(model, "pretrained_cfg", None) or {})
+    if notice:  # once per run, as rep3d predict does (the Predictor warns on every case)
+        print(f"rep3d evaluate: notice: {notice}", file=sys.stderr)
     start = time.perf_counter()
-    result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap,
-                              precision=args.precision)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=SyntheticWeightsWarning)
+        result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap,
+                                  precision=args.precision)
+    if notice:
+        result["notices"] = {"synthetic_training_data": notice}
     width = max(len(n) for n in result["mean_dice"])
     print(f"{args.model} on {result['num_cases']} {args.split} cases of {args.data} "
           f"({time.perf_counter() - start:.0f} s); Dice on each scan's own grid")
