@@ -5,6 +5,7 @@ trainer -> ``nnUNetPredictor`` -> ``rep3d nnunet-export`` -> ``rep3d predict`` o
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def nnunet_env(tmp_path_factory):
             os.environ[key] = value
 
 
-def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path):
+def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path, monkeypatch, capsys):
     import nibabel as nib
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
@@ -132,6 +133,14 @@ def test_rep3d_trains_predicts_and_exports_inside_nnunet(nnunet_env, tmp_path):
     # 6. rep3d nnunet-export, then rep3d predict on the exported folder: it reads the volume as nnU-Net does
     exported = tmp_path / "exported"
     assert rep3d_main(["nnunet-export", str(fold_dir), "-o", str(exported)]) == 0
+    # a relative or ~ output: the printed path is where the files are (it named the unexpanded argument before)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert rep3d_main(["nnunet-export", str(fold_dir), "-o", "~/exported_home"]) == 0
+    printed = capsys.readouterr().out.split("wrote ", 1)[1].split()[0]
+    assert Path(printed).is_absolute() and Path(printed) == tmp_path / "exported_home"
+    assert (Path(printed) / "config.json").is_file() and not (tmp_path / "~").exists()
     config = json.loads((exported / "config.json").read_text())
     meta = config["rep3d"]["metadata"]
     assert meta["axis_order"] == "zyx" and meta["normalization"][0]["scheme"] == "clip_zscore"
