@@ -207,6 +207,8 @@ def test_torchscript_and_exported_program_run_without_rep3d_installed(tmp_path):
 
 
 def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
+    """The bundle segments as ``rep3d predict`` does, voxel for voxel: the phantom, and a scan whose lung lies below
+    the window's floor at the body's edge (the bundle crops to the same body box, so the lung is not cut away)."""
     import json
 
     import nibabel as nib
@@ -224,6 +226,13 @@ def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
     phantom = make_phantom(0, shape=(40, 36, 30), spacing=(2.0, 2.0, 2.5))
     (tmp_path / "in").mkdir()
     nib.save(nib.Nifti1Image(phantom.image, phantom.affine), tmp_path / "in" / "case.nii.gz")
+    # a lung at -850 HU (below the window, above the body floor) sticking out of the soft tissue along the first axis:
+    # a crop to the voxels above the window's floor would cut it away and call it background
+    lung = np.full((48, 36, 30), -1000.0, dtype=np.float32)
+    lung[4:26, 6:30, 5:25] = -850.0
+    lung[26:44, 6:30, 5:25] = 40.0
+    lung[30:40, 12:24, 10:20] = 160.0
+    nib.save(nib.Nifti1Image(lung, phantom.affine), tmp_path / "in" / "lung.nii.gz")
 
     bundle = tmp_path / "bundle"
     assert main(["export", f"local-dir:{tmp_path / 'run'}", "--format", "monai-bundle", "-o", str(bundle)]) == 0
@@ -237,20 +246,23 @@ def test_monai_bundle_run_by_monai_equals_rep3d_predict(tmp_path, capsys):
     inference = json.loads((bundle / "configs/inference.json").read_text())
     assert inference["inferer"]["roi_size"] == [32, 32, 32]
     assert [t["_target_"] for t in inference["preprocessing"]["transforms"]] == [
-        "LoadImaged", "Orientationd", "Spacingd", "ScaleIntensityRanged"]
+        "LoadImaged", "Orientationd", "Spacingd", "CopyItemsd", "ScaleIntensityRanged"]
 
     run_bundle(run_id="run", config_file=str(bundle / "configs/inference.json"), bundle_root=str(bundle),
                dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "monai"))
     assert torch.is_grad_enabled()  # the bundle switches gradients off only around its own forward passes
     assert main(["predict", f"local-dir:{tmp_path / 'run'}", str(tmp_path / "in"), "-o", str(tmp_path / "rep3d"),
                  "--quiet"]) == 0
-    ours = nib.load(tmp_path / "rep3d" / "case_seg.nii.gz")
-    theirs = nib.load(tmp_path / "monai" / "case_seg.nii.gz")
-    assert theirs.shape == ours.shape == phantom.image.shape
-    np.testing.assert_allclose(theirs.affine, ours.affine, atol=1e-5)
-    label = np.asarray(ours.dataobj)
-    assert len(np.unique(label)) > 1  # a label map with content, not a constant
-    np.testing.assert_array_equal(np.asarray(theirs.dataobj), label)
+    for name, image in (("case", phantom.image), ("lung", lung)):
+        ours = nib.load(tmp_path / "rep3d" / f"{name}_seg.nii.gz")
+        theirs = nib.load(tmp_path / "monai" / f"{name}_seg.nii.gz")
+        assert theirs.shape == ours.shape == image.shape
+        np.testing.assert_allclose(theirs.affine, ours.affine, atol=1e-5)
+        label = np.asarray(ours.dataobj)
+        assert len(np.unique(label)) > 1  # a label map with content, not a constant
+        if name == "lung":  # the premise: rep3d segments inside the lung, so a crop that cut it away would differ
+            assert (label[4:26, 6:30, 5:25] > 0).any()
+        np.testing.assert_array_equal(np.asarray(theirs.dataobj), label, err_msg=name)
 
 
 def test_timm_fx_feature_extractor_matches_the_getter():

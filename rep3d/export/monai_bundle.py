@@ -5,9 +5,10 @@ Layout (MONAI Bundle specification: ``LICENSE``, ``configs/metadata.json`` and `
     LICENSE                  the license of the configs and weights (the model cfg's ``license``)
     configs/metadata.json    MONAI bundle metadata (schema, network_data_format, classes, versions, and the rep3d
                              architecture + arguments that rebuild the network for models/model.pt)
-    configs/inference.json   LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged (from the model cfg);
-                             with a window, the sliding window runs on the body's box and the rest is background
-                             (as rep3d's training crops and its Predictor segments);
+    configs/inference.json   LoadImaged -> Orientationd -> Spacingd -> CopyItemsd (the raw intensities) ->
+                             ScaleIntensityRanged (from the model cfg); with a window, the sliding window runs on the
+                             body's box (raw intensities above body_floor, opened, plus body_margin voxels) and the
+                             rest is background, as rep3d's Predictor segments;
                              SlidingWindowInferer at the model's ROI blending per-window softmax (as rep3d does);
                              Invertd back to the input grid (bilinear on probabilities), argmax, SaveImaged
     models/model.pt          the folded network's state dict (safe to load with ``torch.load(weights_only=True)``)
@@ -60,14 +61,27 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
 
         window = MODALITY_WINDOWS.get(str(cfg.get("modality", "")).upper())
     if window is not None:
+        # the body mask needs the intensities below the window (a lung at -850 HU is anatomy, not air)
+        preprocessing.append({"_target_": "CopyItemsd", "keys": "image", "names": "body_intensities"})
         preprocessing.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(window[0]),
                               "a_max": float(window[1]), "b_min": 0.0, "b_max": 1.0, "clip": True})
-    whole_grid = "tuple(slice(0, n) for n in x.shape[1:])"
-    # The body's box (voxels above the window's floor, rep3d.inference.foreground_box), as training crops and rep3d's
-    # Predictor segments; without a window there is no floor and the whole grid is segmented.
-    foreground_box = (f"$lambda x: tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero((x > 0).any(0), "
-                      f"as_tuple=True)) if bool((x > 0).any()) else {whole_grid}" if window is not None
-                      else f"$lambda x: {whole_grid}")
+    # The body's box as rep3d's Predictor segments (rep3d.inference.preprocess.body_box): raw intensities above
+    # body_floor (a number below), opened by one voxel, plus body_margin voxels; without a window there is no body
+    # rule and the whole grid is segmented. The expressions are fixed code: the model's cfg only gives the numbers.
+    whole_grid = "tuple(slice(0, n) for n in keep.shape)"
+    body_mask = ("$lambda raw: (lambda m: torch.nn.functional.max_pool3d(-torch.nn.functional.max_pool3d(-m, 3, 1, 1), "
+                 "3, 1, 1) if min(m.shape[2:]) >= 3 else m)((torch.as_tensor(raw) > @body_floor).any(0).float()"
+                 "[None, None])[0, 0] > 0")
+    foreground_box = ("$lambda raw: (lambda keep: tuple(slice(max(0, int(i.min()) - @body_margin), min(n, int(i.max()) "
+                      "+ 1 + @body_margin)) for i, n in zip(torch.nonzero(keep, as_tuple=True), keep.shape)) "
+                      f"if bool(keep.any()) else {whole_grid})(@body_mask(raw))" if window is not None
+                      else "$lambda image: tuple(slice(0, n) for n in image.shape[1:])")
+    body_rule: dict[str, Any] = {}
+    if window is not None:
+        from rep3d.inference.preprocess import BODY_MARGIN, body_floor
+
+        body_rule = {"body_floor": float(body_floor(window, cfg.get("modality") or None)),
+                     "body_margin": int(BODY_MARGIN), "body_mask": body_mask}
     return {
         "imports": ["$import glob", "$import os", "$import types", "$import numpy", "$import torch"],
         "bundle_root": ".",
@@ -90,6 +104,7 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False},
         ]},
+        **body_rule,
         "foreground_box": foreground_box,
         # outside the box the probabilities are background with certainty, so that resampling back to the input grid
         # blends exactly as the Predictor does
@@ -100,7 +115,7 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
                    ".to(@device), @network)[0].cpu(), box, image.shape[1:])",
         # one volume at a time, without MONAI's ignite-based engines (ignite is an optional MONAI dependency)
         "predict": "$torch.no_grad()(lambda item: @postprocessing(dict(item, pred=@segment(item['image'], "
-                   "@foreground_box(item['image'])))))",
+                   "@foreground_box(item.get('body_intensities', item['image']))))))",
         # MONAI's inference workflow property: an object with run(), here the plain loop over the dataset
         "evaluator": "$types.SimpleNamespace(run=lambda: [@predict(item) for item in @dataset])",
         "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
