@@ -50,14 +50,13 @@ def run(args: argparse.Namespace) -> int:
         check_file_output(args.json, overwrite=args.overwrite, reads=reads, flag="--json")
     model = create_model(args.model, pretrained=not args.checkpoint, checkpoint_path=args.checkpoint)
     notice = synthetic_notice(getattr(model, "pretrained_cfg", None) or {})
-    if notice:  # once per run, as rep3d predict does (the Predictor warns on every case)
-        print(f"rep3d evaluate: notice: {notice}", file=sys.stderr)
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # said once below, as rep3d predict does (the Predictor warns on every case)
         warnings.filterwarnings("ignore", category=SyntheticWeightsWarning)
         result = evaluate_dataset(model, args.data, args.split, device=args.device, overlap=args.overlap,
                                   precision=args.precision)
-    if notice:
+    if notice:  # after the run: an unreadable dataset stays a one-line error
+        print(f"rep3d evaluate: notice: {notice}", file=sys.stderr)
         result["notices"] = {"synthetic_training_data": notice}
     width = max(len(n) for n in result["mean_dice"])
     print(f"{args.model} on {result['num_cases']} {args.split} cases of {args.data} "
