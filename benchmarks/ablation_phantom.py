@@ -91,10 +91,16 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     return result
 
 
+def claim_path(run_dir: Path) -> Path:
+    """The claim file of ``run_dir``: beside it, never inside, since ``rep3d train`` refuses a folder it did not
+    create and the run folder is the trainer's output."""
+    return run_dir.with_name(run_dir.name + ".claim")
+
+
 def _claim(run_dir: Path) -> bool:
     """Atomically claim ``run_dir`` for this process; a claim whose process is gone is taken over."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    claim = run_dir / "claim"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_path(run_dir)
     for _ in range(2):
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -260,6 +266,7 @@ def main() -> None:
                     print(f"skip {variant} seed {seed}: another invocation is training it")
                     continue
                 result = run_one(variant, seed, args)
+                claim_path(path.parent).unlink(missing_ok=True)
                 result["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                          "cpu": platform.processor() or platform.machine(),
                                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

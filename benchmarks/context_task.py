@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_phantom import _claim, _curves  # noqa: E402  (same claim protocol and metrics.csv reader)
+from ablation_phantom import _claim, _curves, claim_path  # noqa: E402  (same claim protocol and metrics.csv reader)
 
 from rep3d.data.msd import save_nifti  # noqa: E402
 from rep3d.layers.mask import mask_health  # noqa: E402
@@ -297,7 +297,7 @@ def run_study(args: argparse.Namespace) -> None:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1, default=float))
             tmp.replace(path)
-            (path.parent / "claim").unlink(missing_ok=True)
+            claim_path(path.parent).unlink(missing_ok=True)
             print(f"{stage}: {variant} lr {lr:g} seed {seed}: test mean Dice "
                   f"{result.get('test_mean_dice', math.nan):.4f}, best val "
                   f"{result.get('best_val', {}).get('dice', math.nan):.4f}, {result['wall_time_s'] / 60:.1f} min"
