@@ -1028,6 +1028,65 @@ def render_training_time(ctx: Context) -> str:
             f"takes about {300 * per_step / 60:.0f} min at that speed and gives a lower Dice.")
 
 
+def render_mask_forms(ctx: Context) -> str:
+    """The layers guide's table: every mask form and generator output scale at the last recorded step of
+    ``benchmarks/mask_forms.py`` (max / min-max / median over the blocks, as the columns say)."""
+    data = ctx.load("mask_forms_cpu.json")
+    meta, rows = data["meta"], data["rows"]
+    last = max(r["step"] for r in rows)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["step"] == last:
+            groups.setdefault((r["form"], r["output_scale"]), []).append(r)
+    scale_name = {"none": "raw", "fan_in": "× 1/fan_in", "sqrt_fan_in": "× 1/sqrt(fan_in)"}
+    order = {"none": 0, "fan_in": 1, "sqrt_fan_in": 2}
+    out = []
+    for (form, scale), blocks in sorted(groups.items(), key=lambda kv: (order[kv[0][1]], kv[0][0])):
+        centre = [b["ratio_centre"] for b in blocks]
+        bound = "– (no bound)" if form == "additive" else f"{max(b['at_bound'] for b in blocks):.3f}"
+        out.append([form, scale_name[scale], bound, f"{max(b['negative'] for b in blocks):.3f}",
+                    f"{fmt_num(min(centre))} – {fmt_num(max(centre))}",
+                    f"{statistics.median(b['change'] for b in blocks):.1e}",
+                    f"{statistics.median(b['grad'] for b in blocks):.1e}"])
+    head = ["form", "generator output", "at bound (max over blocks)", "M < 0 (max)", "M/P centre (blocks)",
+            "mean ΔM/P per 10 steps (median)", "generator grad (median)"]
+    roi = "×".join(str(n) for n in meta["roi"])
+    scaled = {form: blocks for (form, scale), blocks in groups.items() if scale == "sqrt_fan_in"}
+    moved = max(scaled, key=lambda f: statistics.median(b["change"] for b in scaled[f]))
+    pulled = max(scaled, key=lambda f: statistics.median(b["grad"] for b in scaled[f]))
+    negative = [f for f in scaled if max(b["negative"] for b in scaled[f]) > 0]
+    who = (f"`{moved}` moved the most and had the largest generator gradient" if moved == pulled else
+           f"`{moved}` moved the most and `{pulled}` had the largest generator gradient")
+    sentence = (f"At × 1/sqrt(fan_in), {who} "
+                f"(medians over blocks); " + (f"{', '.join(f'`{f}`' for f in negative)} had negative mask elements."
+                                               if negative else "no form had a negative mask element."))
+    return (f"At step {last} of {meta['steps']} ({roi} crops, {meta['threads']} thread, torch {meta['torch']}; "
+            f"`benchmarks/results/mask_forms_cpu.json`, every step in `mask_forms_cpu.md`):\n\n" + table(head, out)
+            + "\n\n" + sentence)
+
+
+def render_bundled_dice(ctx: Context) -> str:
+    """Held-out Dice of the bundled weights two ways: ``rep3d evaluate`` on each scan's grid (the JSON it wrote) and
+    the float32 training run in model space (the weights' ``config.json``)."""
+    evaluation = ctx.load("bundled_weights_eval.json")
+    metrics = _bundled_weights()["metrics"]
+    classes = list(evaluation["mean_dice"])
+    shown = [c.replace("_", " ") for c in classes]
+    rows = [
+        [f"bundled float16 weights, each scan's own grid (`rep3d evaluate`, {evaluation['num_cases']} cases)",
+         *[f"{evaluation['mean_dice'][c]:.3f}" for c in classes], f"**{evaluation['mean']:.3f}**"],
+        ["float32 training run, model space (`config.json` metrics)",
+         *[f"{metrics['test_dice/' + c]:.3f}" for c in classes], f"{metrics['test_mean_dice']:.3f}"],
+    ]
+    gap = max([abs(evaluation["mean_dice"][c] - metrics["test_dice/" + c]) for c in classes]
+              + [abs(evaluation["mean"] - metrics["test_mean_dice"])])
+    train = _bundled_weights()["training"]
+    return (table([f"held-out Dice ({evaluation['num_cases']} phantoms)", *shown, "mean"], rows) + "\n\n"
+            f"The two rows differ by at most {gap:.4f} per class: float16 storage and segmenting on each scan's own "
+            "grid (the body's bounding box, as in training) cost next to nothing. Best validation mean Dice during "
+            f"training: {metrics['val_mean_dice']:.3f} at step {train['best_step']} of {train['iterations']}.")
+
+
 QUOTES: list[Quote] = [
     Quote("README.md", "model-advice", render_readme_advice),
     Quote("README.md", "bundled-weights", render_bundled_weights),
@@ -1035,6 +1094,8 @@ QUOTES: list[Quote] = [
     Quote("docs/guides/train.md", "training-time", render_training_time),
     Quote("docs/guides/choose-a-model.md", "study-results", render_guide_results),
     Quote("docs/guides/analysis.md", "bundled-masks", render_bundled_masks),
+    Quote("docs/guides/layers.md", "mask-forms", render_mask_forms),
+    Quote("docs/guides/getting-started.md", "bundled-dice", render_bundled_dice),
     Quote("docs/guides/performance.md", "model-forward",
           lambda ctx: _benchmark("performance_doc").render_model_forward(ctx.load("model_forward.json"))),
     Quote("docs/guides/performance.md", "full-scan",
