@@ -14,9 +14,8 @@ process) is left to it, so two invocations with ``--threads 1`` can share a 2-co
     rep3d phantom data/phantom_hard --setting hard --num-train 24 --num-test 8 --shape 64 64 50 \\
         --spacing 3 3 4 --seed 1
     python benchmarks/ablation_phantom.py --data data/phantom_hard --out runs/ablation --threads 2
-    python benchmarks/ablation_phantom.py --out runs/ablation --report \\
-        --json benchmarks/results/ablation_phantom.json --figures benchmarks/results/ablation_phantom
-    python benchmarks/report.py    # RESULTS.md and the figures from the JSON
+    python benchmarks/ablation_phantom.py --out runs/ablation --report --json benchmarks/results/ablation_phantom.json
+    python benchmarks/report.py    # RESULTS.md's tables and figures from the JSON
 
 Synthetic data only (rep3d's phantoms); float32; CPU unless a GPU is visible.
 """
@@ -33,11 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import rep3d
-from rep3d.analysis import effective_receptive_field, msd_crops, save_curves_png
+from rep3d.analysis import effective_receptive_field, msd_crops
 from rep3d.layers.mask import mask_health
 from rep3d.train import build_config
 from rep3d.train.trainer import NonFiniteLossError, train
@@ -55,8 +53,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 LRBM = ("lrbm_additive", "lrbm_softmax", "lrbm_additive_residual")
 ERF_SAMPLES = 4
-MISSED = 0.1
-"""A class whose test Dice stays below this has not been found by the end of the budget (counted per run)."""
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,99 +136,6 @@ def _curves(metrics_csv: Path) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- report
-
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {sd:.3f}"
-
-
-def _smooth(series: list[list[float]], window: int) -> list[float]:
-    y = np.asarray([v for _, v in series], dtype=np.float64)
-    if y.size == 0:
-        return []
-    kernel = np.ones(min(window, y.size)) / min(window, y.size)
-    return list(np.convolve(y, kernel, mode="valid"))
-
-
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """Markdown tables (and PNG curves when ``--figures`` is given) from every ``result.json``."""
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by_variant.setdefault(r["variant"], []).append(r)
-    order = [v for v in VARIANTS if v in by_variant]
-    done = [r for r in results if not r.get("diverged")]
-    classes = list(done[0]["test_dice"]) if done else []
-    lines = [f"Runs: {len(results)} ({', '.join(f'{v} x{len(by_variant[v])}' for v in order)}); "
-             f"diverged: {sum(1 for r in results if r.get('diverged'))}. Test Dice mean ± sd over seeds; `missed`: "
-             f"classes with test Dice < {MISSED} summed over the seeds (a class not yet found by the end of the "
-             "budget).", ""]
-
-    head = (["variant", "seeds", "mean Dice", "missed"] + [c.replace("_", " ") for c in classes]
-            + ["params", "wall (min)"])
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in order:
-        ok = [r for r in by_variant[v] if not r.get("diverged")]
-        missed = sum(d < MISSED for r in ok for d in r["test_dice"].values())
-        cells = [f"`{v}`", f"{len(ok)}/{len(by_variant[v])}", _mean_sd([r["test_mean_dice"] for r in ok]), str(missed)]
-        cells += [_mean_sd([r["test_dice"][c] for r in ok]) for c in classes]
-        cells += [f"{ok[0]['params'] / 1e6:.2f}M" if ok else "–",
-                  f"{np.median([r['wall_time_s'] for r in by_variant[v]]) / 60:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-
-    lines += ["", "Effective receptive field of the logits (centre voxel, 4 seeded crops of the data, mean over "
-              "seeds): `area t` is the fraction of the crop holding the fraction t of the gradient mass (larger = "
-              "wider), `mass r≤R` the fraction of the mass within R voxels of the centre.", ""]
-    erf_cols = [(f"area {t}", "area_ratio", t) for t in (done[0]["erf"]["area_ratio"] if done else {})]
-    erf_cols += [(f"mass r≤{r}", "mass_within", r) for r in (done[0]["erf"]["mass_within"] if done else {})]
-    lines += ["| variant | " + " | ".join(c for c, _, _ in erf_cols) + " |", "|---|" + "---|" * len(erf_cols)]
-    for v in order:
-        ok = [r for r in by_variant[v] if not r.get("diverged")]
-        lines.append(f"| `{v}` | " + " | ".join(
-            f"{np.mean([r['erf'][group][key] for r in ok]):.3f}" if ok else "–" for _, group, key in erf_cols) + " |")
-
-    lines += ["", "Mask health at the end of training (lrbm variants; max over seeds): fraction of kernel elements at "
-              "a bound of the form, and with M < 0, per block.", ""]
-    lines += ["| variant | block | at bound | negative | M/P centre | M/P ring 8 | M/P edge |",
-              "|---|---|---|---|---|---|---|"]
-    for v in order:
-        ok = [r for r in by_variant[v] if not r.get("diverged") and r.get("mask_health")]
-        for block in (ok[0]["mask_health"] if ok else {}):
-            stats = [r["mask_health"][block] for r in ok]
-
-            def worst(key: str, stats: list[dict[str, Any]] = stats) -> str:
-                vals = [s[key] for s in stats if s.get(key) is not None]
-                return f"{max(vals):.3f}" if vals else "–"
-
-            def mean(key: str, stats: list[dict[str, Any]] = stats) -> str:
-                vals = [s[key] for s in stats if s.get(key) is not None]
-                return f"{np.mean(vals):.3f}" if vals else "–"
-
-            short = block.removeprefix("encoder.").removesuffix(".dwconv")
-            lines.append(f"| `{v}` | {short} | {worst('at_bound')} | {worst('negative')} | {mean('ratio_centre')} | "
-                         f"{mean('ratio_ring8')} | {mean('ratio_edge')} |")
-
-    if args.figures and done:
-        prefix = Path(args.figures)
-        steps = max(r["config"]["iterations"] for r in done)
-        val = [(v, np.mean([[d for _, d in r["val_mean_dice"]] for r in by_variant[v] if not r.get("diverged")],
-                           axis=0)) for v in order if any(not r.get("diverged") for r in by_variant[v])]
-        loss = [(v, np.mean([_smooth(r["loss"], 25) for r in by_variant[v] if not r.get("diverged")], axis=0))
-                for v in order if any(not r.get("diverged") for r in by_variant[v])]
-        every = done[0]["config"]["val_every"]
-        save_curves_png(f"{prefix}_dice.png", [("validation mean Dice vs step (mean over seeds; one point every "
-                                                f"{every} steps)", val)], x_first=f"step {every}",
-                        x_last=f"step {steps}",
-                        title="ablation on the hard phantom")
-        save_curves_png(f"{prefix}_loss.png", [("training loss (DiceCE, 25-step moving mean, mean over seeds)", loss)],
-                        x_first="step 25", x_last=f"step {steps}", log=[True], title="ablation on the hard phantom")
-        lines += ["", f"Figures: `{prefix}_dice.png`, `{prefix}_loss.png`."]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="MSD-layout phantom dataset (see the module docstring for the command)")
@@ -248,8 +151,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", action="store_true", help="only aggregate the existing result.json files")
     parser.add_argument("--json", help="write every run's result (a list) to this file")
-    parser.add_argument("--markdown", help="write the report's tables to this file")
-    parser.add_argument("--figures", help="path prefix of the report's PNG curves (PREFIX_dice.png, PREFIX_loss.png)")
     args = parser.parse_args()
 
     if not args.report:
@@ -276,10 +177,9 @@ def main() -> None:
                       + (f", DIVERGED: {result['diverged']}" if result["diverged"] else ""), flush=True)
 
     results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*/seed*/result.json"))]
-    text = report(results, args)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    # tables and figures are benchmarks/report.py's job (one renderer per results file, checked by a test)
+    print(f"{len(results)} runs in {args.out}" + (f"; written to {args.json}, now run python benchmarks/report.py"
+                                                  if args.json else ""))
     if args.json:
         # every series stays in (loss included): benchmarks/report.py redraws the figures from this file alone
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
