@@ -15,7 +15,8 @@ and budget, in three stages, queued in this order:
 1. ``check``: the small-kernel baseline (3³) and the plain 21³ kernel at one learning rate, seed 0 -- does the task
    discriminate (the 3³ model must fail where the 21³ model learns)?
 2. ``sweep``: each variant at every ``--lrs`` value, seed 0; a variant's learning rate is the one with the best
-   validation Dice (the validation split of the training cases, never the test cases).
+   validation Dice (the validation split of the training cases, never the test cases). When the best is at an end
+   of the range, the sweep goes on past that end by half-decade steps (at most :data:`EXTEND` per end).
 3. ``seeds``: every variant at its chosen learning rate for ``--seeds`` (seed 0 is the sweep's run).
 
 Stages 2 and 3 go variant by variant (:data:`PRIORITY`: ``vanilla`` and the paper's ``lrbm_additive`` first), so a
@@ -241,13 +242,41 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*/lr*/seed*/result.json"))]
 
 
+EXTEND = 2
+"""A sweep whose best learning rate is at an end of ``--lrs`` grows by a half-decade step past that end, at most this
+many times per end: the optimum of a variant is then inside the swept range (or the table says it is not)."""
+
+
+def _half_decade(lr: float, up: bool) -> float:
+    k = round(2 * math.log10(lr)) + (1 if up else -1)
+    return float(f"{10 ** (k / 2):.0e}")  # 1e-2 -> 3e-2 -> 1e-1, 3e-4 -> 1e-4
+
+
+def swept_lrs(results: list[dict[str, Any]], variant: str, lrs: list[float]) -> list[float]:
+    """The learning rates of ``variant``'s sweep: ``lrs``, extended past an end while the best run sits at that end."""
+    swept = sorted(lrs)
+    ran = {r["lr"]: r for r in results if r["variant"] == variant and r["seed"] == 0}
+    added = {True: 0, False: 0}
+    while all(lr in ran for lr in swept):
+        score = {lr: (-math.inf if ran[lr].get("diverged") else ran[lr]["best_val"]["dice"]) for lr in swept}
+        best = max(swept, key=lambda lr: (score[lr], -lr))
+        up = best == swept[-1]
+        if best not in (swept[0], swept[-1]) or added[up] == EXTEND or score[best] == -math.inf:
+            break
+        added[up] += 1
+        swept.insert(len(swept) if up else 0, _half_decade(best, up))
+    return swept
+
+
 def chosen_lr(results: list[dict[str, Any]], variant: str, lrs: list[float]) -> float | None:
-    """The sweep's learning rate with the best validation Dice for ``variant`` (seed 0), once all ``lrs`` ran."""
-    sweep = {r["lr"]: r for r in results if r["variant"] == variant and r["seed"] == 0 and r["lr"] in lrs}
-    if len(sweep) < len(lrs):
+    """The swept learning rate (:func:`swept_lrs`) with the best validation Dice for ``variant`` (seed 0), once every
+    one of them ran."""
+    swept = swept_lrs(results, variant, lrs)
+    sweep = {r["lr"]: r for r in results if r["variant"] == variant and r["seed"] == 0 and r["lr"] in swept}
+    if len(sweep) < len(swept):
         return None
     score = {lr: (-math.inf if r.get("diverged") else r["best_val"]["dice"]) for lr, r in sweep.items()}
-    return max(lrs, key=lambda lr: (score[lr], -lr))
+    return max(swept, key=lambda lr: (score[lr], -lr))
 
 
 PRIORITY = ("vanilla", "lrbm_additive", "fixed", "lrbm_softmax", "csla", "uxnet_k7", "small_k3")
@@ -260,7 +289,7 @@ def queue(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[tuple
     learning-rate sweep followed by its seeds at the chosen learning rate (known once its sweep is complete)."""
     items: list[tuple[str, float, int, str]] = [(v, lr, 0, "check") for v, lr in CHECK if v in args.variants]
     for v in sorted(args.variants, key=lambda v: PRIORITY.index(v) if v in PRIORITY else len(PRIORITY)):
-        items += [(v, lr, 0, "sweep") for lr in args.lrs]
+        items += [(v, lr, 0, "sweep") for lr in swept_lrs(results, v, args.lrs)]
         lr = chosen_lr(results, v, args.lrs)
         if lr is not None:
             items += [(v, lr, seed, "seeds") for seed in args.seeds]
@@ -311,7 +340,7 @@ def run_study(args: argparse.Namespace) -> None:
 def aggregate(out: Path, lrs: list[float], seeds: list[int], variants: list[str]) -> dict[str, Any]:
     """Everything the report needs, in one JSON: every run (loss and validation curves kept) and the plan."""
     results = load_results(out)
-    plan = {v: {"chosen_lr": chosen_lr(results, v, lrs)} for v in variants}
+    plan = {v: {"chosen_lr": chosen_lr(results, v, lrs), "swept_lrs": swept_lrs(results, v, lrs)} for v in variants}
     for v in variants:
         lr = plan[v]["chosen_lr"]
         n = sum(1 for r in results if r["variant"] == v and r["lr"] == lr and r["seed"] in seeds) if lr else 0
@@ -319,7 +348,8 @@ def aggregate(out: Path, lrs: list[float], seeds: list[int], variants: list[str]
     data = json.loads((Path(results[0]["config"]["data"]) / "dataset.json").read_text()) if results else {}
     return {
         "study": "context_task", "synthetic": True, "complete": all(p["complete"] for p in plan.values()),
-        "plan": {"variants": variants, "lrs": lrs, "seeds": seeds, "selection": "best validation mean Dice, seed 0",
+        "plan": {"variants": variants, "lrs": sorted({lr for p in plan.values() for lr in p["swept_lrs"]}),
+                 "seeds": seeds, "selection": "best validation mean Dice, seed 0 (sweep extended past an end that won)",
                  "per_variant": plan},
         "dataset": data.get("context_task", {}), "num_train_cases": data.get("numTraining"),
         "num_test_cases": data.get("numTest"), "runs": results,

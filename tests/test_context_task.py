@@ -46,9 +46,10 @@ def test_each_blob_is_labelled_by_its_own_marker_which_is_nearer_than_the_other(
 
 
 def test_the_learning_rate_is_chosen_on_validation_dice_and_its_seeds_follow_its_sweep():
-    args = argparse.Namespace(variants=list(ct.VARIANTS), lrs=[1e-3, 3e-3], seeds=[0, 1, 2],
+    args = argparse.Namespace(variants=list(ct.VARIANTS), lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2],
                               stages=["check", "sweep", "seeds"])
-    runs = [{"variant": "vanilla", "seed": 0, "lr": 1e-3, "best_val": {"dice": 0.7}, "test_mean_dice": 0.1},
+    runs = [{"variant": "vanilla", "seed": 0, "lr": 3e-4, "best_val": {"dice": 0.5}, "test_mean_dice": 0.1},
+            {"variant": "vanilla", "seed": 0, "lr": 1e-3, "best_val": {"dice": 0.7}, "test_mean_dice": 0.1},
             {"variant": "vanilla", "seed": 0, "lr": 3e-3, "best_val": {"dice": 0.6}, "test_mean_dice": 0.9}]
     assert ct.chosen_lr(runs, "vanilla", args.lrs) == 1e-3  # validation decides, never the test Dice
     assert ct.chosen_lr(runs, "lrbm_additive", args.lrs) is None  # its sweep has not run
@@ -56,5 +57,26 @@ def test_the_learning_rate_is_chosen_on_validation_dice_and_its_seeds_follow_its
     assert order[:2] == [("small_k3", 3e-3, 0, "check"), ("vanilla", 3e-3, 0, "check")]
     vanilla = [q for q in order if q[0] == "vanilla"]
     # seed 0 at the chosen rate is the sweep's own run, not trained twice
-    assert [q[3] for q in vanilla] == ["check", "sweep", "seeds", "seeds"]
+    assert [q[3] for q in vanilla] == ["check", "sweep", "sweep", "seeds", "seeds"]
     assert order.index(("vanilla", 1e-3, 2, "seeds")) < order.index(("lrbm_additive", 1e-3, 0, "sweep"))
+
+
+def test_a_sweep_whose_best_rate_is_at_an_end_goes_on_past_that_end():
+    def run(lr, dice, diverged=None):
+        return {"variant": "vanilla", "seed": 0, "lr": lr, "best_val": {"dice": dice}, "diverged": diverged}
+
+    lrs = [1e-3, 3e-3]
+    runs = [run(1e-3, 0.5), run(3e-3, 0.6)]  # best at the top end: not chosen yet, 1e-2 is queued
+    assert ct.swept_lrs(runs, "vanilla", lrs) == [1e-3, 3e-3, 1e-2]
+    assert ct.chosen_lr(runs, "vanilla", lrs) is None
+    assert ("vanilla", 1e-2, 0, "sweep") in ct.queue(
+        argparse.Namespace(variants=["vanilla"], lrs=lrs, seeds=[0, 1], stages=["sweep", "seeds"]), runs)
+    runs.append(run(1e-2, 0.55))  # now inside the range: 3e-3 wins
+    assert ct.chosen_lr(runs, "vanilla", lrs) == 3e-3
+    # a top end that keeps winning stops after EXTEND steps; a diverged extension ends the sweep below it
+    climbing = [run(lr, d) for lr, d in [(1e-3, .1), (3e-3, .2), (1e-2, .3), (3e-2, .4)]]
+    assert ct.swept_lrs(climbing, "vanilla", lrs) == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert ct.chosen_lr(climbing, "vanilla", lrs) == 3e-2
+    assert ct.chosen_lr([run(1e-3, .1), run(3e-3, .2), run(1e-2, 0.0, diverged="nan")], "vanilla", lrs) == 3e-3
+    # the bottom end grows downwards the same way
+    assert ct.swept_lrs([run(1e-3, .9), run(3e-3, .2)], "vanilla", lrs) == [3e-4, 1e-3, 3e-3]
