@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = args.models or models_with_weights()
     previews = Path(args.previews) if args.previews else cache / "previews"
     out_json = Path(args.json)
-    results = json.loads(out_json.read_text()) if out_json.is_file() and not args.fresh else {}
+    # --fresh reruns the selected scans; the other scans' records stay
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
     results.update({
         "what": "rep3d predict on four real whole-body CTs (sonogym-reconstruction-data shards); wall time split, "
                 "peak RSS, windows, foreground box, predicted voxels per class",
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "caveat": "shared 2-core machine with other work running: timings are indicative; the only model with "
                   "weights was trained on SYNTHETIC phantoms, so its labels on these scans are not a segmentation",
         "environment": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                        "threads": args.threads, "device": "cpu", "nice": os.nice(0)},
+                        "device": "cpu"},
         "models": models,
     })
     runs = results.setdefault("runs", {})
@@ -170,7 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             outdir = cache / "predictions" / model / scan_id
             print(f"{key}: rep3d predict ...", flush=True)
-            record = {"scan": scan_id, "model": model, "package": spec["package"], **scan_facts(path),
+            record = {"scan": scan_id, "model": model, "package": spec["package"], "threads": args.threads,
+                      "nice": os.nice(0), "load_average_before": round(os.getloadavg()[0], 2), **scan_facts(path),
                       **run_predict(model, path, outdir, args.threads)}
             seg, side = outdir / "ct_seg.nii.gz", outdir / "ct_seg.json"
             if record["exit_code"] == 0 and side.is_file():
@@ -203,21 +205,21 @@ def markdown_section(results: dict[str, Any]) -> str:
     rows = [r for r in results.get("runs", {}).values()]
     if not rows:
         return "_No real-CT runs recorded yet (python benchmarks/real_scans.py)._\n"
-    env = results.get("environment", {})
     lines = [
         f"`rep3d predict --device cpu` on {len({r['scan'] for r in rows})} of the {len(SCANS)} real whole-body CTs, "
-        f"{env.get('threads', '?')} CPU thread(s) on a "
-        "shared 2-core machine with other work running (indicative). Time in seconds: read, resample (to the model "
-        "grid and back), infer (inside the network), stitch (the sliding window's own work), write.",
+        "on a shared 2-core machine with other work running (indicative; `threads`: the run's CPU threads, `load`: "
+        "the 1-minute load average when it started). Time in seconds: read, resample (to the model grid and back), "
+        "infer (inside the network), stitch (the sliding window's own work), write.",
         "",
-        "| scan | shape (1.5 mm) | model | wall s | read | resample | infer | stitch | write | peak RSS GiB "
-        "| windows | exit |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scan | shape (1.5 mm) | model | threads | load | wall s | read | resample | infer | stitch | write "
+        "| peak RSS GiB | windows | exit |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r.get("timings_s", {})
         cells = [f"{t[k]:.1f}" if k in t else "-" for k in ("read", "resample", "infer", "stitch", "write")]
-        lines.append(f"| {r['scan']} | {'x'.join(map(str, r['shape']))} | {r['model']} | {r['wall_s']:.0f} | "
+        lines.append(f"| {r['scan']} | {'x'.join(map(str, r['shape']))} | {r['model']} | {r.get('threads', '?')} | "
+                     f"{r.get('load_average_before', '?')} | {r['wall_s']:.0f} | "
                      + " | ".join(cells)
                      + f" | {r['peak_rss_gib']:.2f} | {r.get('windows', '-')} | {r['exit_code']} |")
     for r in rows:
@@ -245,7 +247,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each rep3d predict")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     parser.add_argument("--previews", help="folder for the preview PNGs (default: CACHE/previews)")
-    parser.add_argument("--fresh", action="store_true", help="rerun runs that the JSON already has")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun the selected scans' runs that the JSON already has (other scans' records stay)")
     parser.add_argument("--render", action="store_true", help="only print the markdown table from the JSON")
     args = parser.parse_args()
     if args.render:

