@@ -227,9 +227,13 @@ def markdown_section(results: dict[str, Any]) -> str:
         labelled = {k: v for k, v in voxels.items() if k != "background"}
         if labelled:
             top = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sorted(labelled.items(), key=lambda kv: -kv[1])[:4])
+            ood = (r.get("sidecar_other") or {}).get("out_of_distribution") or {}
+            verdict = (f" Out-of-distribution check: `{ood['status']}` ("
+                       + "; ".join(f["message"].split(": ", 1)[-1] for f in ood.get("findings", [])) + ")."
+                       if ood.get("status") else "")
             lines.append(f"\n{r['scan']} / {r['model']}: voxels labelled as organs: {top} (of "
                          f"{sum(voxels.values()) / 1e6:.1f} M); foreground box on the model grid "
-                         f"{r.get('foreground_box')} of {r.get('model_grid_shape')}.")
+                         f"{r.get('foreground_box')} of {r.get('model_grid_shape')}.{verdict}")
     synthetic = sorted({r["model"] for r in rows if r.get("notices", {}).get("synthetic_training_data")})
     if synthetic:
         lines += ["", f"{', '.join(synthetic)}: trained on SYNTHETIC phantoms; `rep3d predict` prints a notice and "

@@ -1102,6 +1102,8 @@ QUOTES: list[Quote] = [
           lambda ctx: _benchmark("performance_doc").render_full_scan(ctx.load("full_scan.json"))),
     Quote("docs/guides/real-scans.md", "real-scans",
           lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).rstrip("\n")),
+    Quote("docs/guides/performance.md", "real-ct",  # the real scans' timings beside the synthetic whole scan
+          lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).split("\n\n")[1]),
     Quote("docs/guides/real-scans.md", "brain-mri",
           lambda ctx: _benchmark("brain_mri").markdown_section(ctx.load("brain_mri.json")).rstrip("\n")),
     Quote("benchmarks/README.md", "export-latency", render_export_latency),
