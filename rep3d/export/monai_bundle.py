@@ -24,12 +24,14 @@ loop above, without MONAI's optional ignite dependency).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from rep3d.export.torchscript import export_torchscript, load_torchscript
 
 BUNDLE_VERSION = "0.1.0"
 METADATA_SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
@@ -229,8 +231,6 @@ def bundle_license(model: nn.Module) -> str:
 def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[int],
                        metadata: Mapping[str, Any] | None = None) -> Path:
     """Write the bundle for a folded, eval-mode CPU ``model`` into ``folder`` (created)."""
-    from rep3d.export import export_torchscript
-
     folder = Path(folder)
     for sub in ("configs", "models", "docs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -242,6 +242,11 @@ def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[in
                                                       + "\n")
     (folder / "docs" / "README.md").write_text(bundle_readme(model, roi))
     return folder
+
+
+def load_monai_bundle(folder: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The bundle's TorchScript network (``models/model.ts``) on CPU, for verification."""
+    return load_torchscript(Path(folder) / "models" / "model.ts")
 
 
 MONAI_SYNTAX = ("$", "@", "%")
