@@ -19,6 +19,7 @@ from rep3d.export.formats import ExportJob, export_format, require_format
 from rep3d.export.onnx import ONNX_OPSET
 from rep3d.export.prepare import DYNAMIC_AXES, example_input, model_roi, parse_dynamic, prepare_model
 from rep3d.export.verify import TOLERANCE, verification_input, verify
+from rep3d.inference.model_cfg import model_config
 from rep3d.outputs import check_file_output, check_folder_output, install_file, install_tree, read_files
 
 
@@ -69,14 +70,14 @@ def export_model(
 
     The file is written to a temporary place and moved to ``output`` only after it verified: an export that fails
     leaves nothing behind. With ``overwrite=True`` an existing ``output`` is replaced only if an earlier rep3d
-    command wrote it (:mod:`rep3d.outputs`); the model's own weights file (``pretrained_cfg["file"]``) and
+    command wrote it (:mod:`rep3d.outputs`); the model's own weights file (``ModelConfig.weights_file``) and
     ``reads`` (e.g. the ``--checkpoint``) are never written over, and a folder is never replaced (a bundle's files
     are written into it one by one; a non-empty folder rep3d did not create is refused).
     """
     spec = export_format(fmt)
     require_format(fmt)
     output = Path(output)
-    cfg_file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    cfg_file = model_config(model).weights_file
     protected = read_files([*reads, cfg_file if isinstance(cfg_file, (str, os.PathLike)) else None])
     if spec.folder:
         check_folder_output(output, overwrite=overwrite, reads=protected)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rep3d.errors import Rep3DValueError
+from rep3d.inference.model_cfg import model_config
 from rep3d.layers import RepLKConv3d
 from rep3d.layers.depthwise import BACKENDS
 from rep3d.models.deploy import is_deployed, reparameterize_model
@@ -41,8 +42,7 @@ def prepare_model(model: nn.Module, backend: str | None = None) -> tuple[nn.Modu
 
 def model_roi(model: nn.Module, roi: Sequence[int] | None = None) -> tuple[int, int, int]:
     """``roi`` or the model cfg's ``roi_size`` (96³ if none), checked against the network's stride."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    roi = tuple(int(r) for r in (roi or cfg.get("roi_size") or FALLBACK_ROI))
+    roi = tuple(int(r) for r in (roi or model_config(model).input.roi_size or FALLBACK_ROI))
     stride = network_stride(model)
     minimum = minimum_roi(model)
     if len(roi) != 3 or any(r < 1 or r % stride for r in roi) or max(roi) < minimum:

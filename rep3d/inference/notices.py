@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rep3d.inference.io import InputError, InputWarning
+from rep3d.inference.model_cfg import ModelConfig, read_config
 
 
 class SyntheticWeightsWarning(UserWarning):
@@ -26,13 +27,16 @@ class NonFiniteInputWarning(InputWarning):
     ``VALUE``."""
 
 
-def synthetic_notice(cfg: Mapping[str, Any]) -> str | None:
-    """The one-line notice for weights whose provenance says synthetic (``cfg['synthetic']``), else ``None``."""
-    if not cfg.get("synthetic"):
+def synthetic_notice(cfg: ModelConfig | Mapping[str, Any]) -> str | None:
+    """The one-line notice for weights whose provenance says synthetic, else ``None``; ``cfg`` is a model's
+    :class:`~rep3d.inference.model_cfg.ModelConfig` or its ``pretrained_cfg``."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = read_config(cfg)
+    if not cfg.provenance.synthetic:
         return None
-    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
-    data = f" ({cfg['dataset']})" if cfg.get("dataset") else ""
-    return (f"{name} was trained on SYNTHETIC data{data}, not on patient scans: its labels on a real scan are a "
+    dataset = cfg.provenance.dataset
+    data = f" ({dataset})" if dataset else ""
+    return (f"{cfg.name} was trained on SYNTHETIC data{data}, not on patient scans: its labels on a real scan are a "
             "pipeline demonstration, not a segmentation")
 
 

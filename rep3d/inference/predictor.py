@@ -26,7 +26,6 @@ from torch import nn
 
 from rep3d.errors import Rep3DValueError
 from rep3d.inference.distribution import (
-    TRAINING_DISTRIBUTION_KEY,
     OutOfDistributionError,
     OutOfDistributionWarning,
     compare,
@@ -34,6 +33,7 @@ from rep3d.inference.distribution import (
     spacing_of,
 )
 from rep3d.inference.io import Prediction, load_volume
+from rep3d.inference.model_cfg import ModelConfig, model_config
 from rep3d.inference.notices import (
     NonFiniteInputWarning,
     SyntheticWeightsWarning,
@@ -101,14 +101,13 @@ class Predictor:
                  **options: Any) -> None:
         config, inputs = split_options(config, inputs, options)
         self.config, self.inputs = config, inputs
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if config.roi_size is AUTO else config.roi_size,
+        self.model_config = cfg = model_config(model)
+        self._set_window(model, cfg.input.roi_size or FALLBACK_ROI if config.roi_size is AUTO else config.roi_size,
                          config.overlap, config.blend, config.sw_batch_size)
         self._set_grid(cfg, inputs.spacing, inputs.orientation, inputs.intensity_window)
-        class_names = cfg.get("class_names") or None if inputs.class_names is AUTO else inputs.class_names
+        class_names = cfg.class_names if inputs.class_names is AUTO else inputs.class_names
         self.class_names = list(class_names) if class_names is not None else None
-        self.in_chans = getattr(model, "in_chans", None) or cfg.get("in_chans")
-        self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
+        self.in_chans, self.num_classes = cfg.in_chans, cfg.num_classes
 
         self.device = resolve_device(config.device)
         if str(config.stitch_device) != "auto":
@@ -118,13 +117,13 @@ class Predictor:
                 raise Rep3DValueError(f"stitch_device: {err} (or 'auto')") from None
         self.stitch_device = config.stitch_device
         self.amp, self.tta, self.progress = bool(config.amp), bool(config.tta), bool(config.progress)
-        self.tta_axes = tta_axes(_model_name(cfg), cfg.get("tta_flip_axes"), config.tta_axes) if self.tta else ()
+        self.tta_axes = tta_axes(cfg.name, cfg.tta_flip_axes, config.tta_axes) if self.tta else ()
         self.nonfinite = nonfinite_policy(inputs.nonfinite)
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if inputs.crop_foreground is AUTO else bool(inputs.crop_foreground))
         self.precision = checked_precision(config.precision, self.amp)
-        self.training_distribution = cfg.get(TRAINING_DISTRIBUTION_KEY) or None
-        self.modality = cfg.get("modality") or None
+        self.training_distribution = cfg.input.training_distribution or None
+        self.modality = cfg.input.modality or None
         self.allow_out_of_distribution = bool(inputs.allow_out_of_distribution)
         self.model = model.to(self.device).eval()
         self.notice = synthetic_notice(cfg)
@@ -202,30 +201,30 @@ class Predictor:
             raise Rep3DValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.overlap, self.blend, self.sw_batch_size = float(overlap), blend, int(sw_batch_size)
 
-    def _set_grid(self, cfg: dict, spacing: Any, orientation: Any, intensity_window: Any) -> None:
+    def _set_grid(self, cfg: ModelConfig, spacing: Any, orientation: Any, intensity_window: Any) -> None:
         # axis_order "zyx": the model's axes are the (oriented) file axes reversed, as nnU-Net reads NIfTI; the cfg's
         # roi_size and spacing are then in the model's axis order
-        self.axis_order = str(cfg.get("axis_order") or "xyz")
+        self.axis_order = str(cfg.axis_order or "xyz")
         if self.axis_order not in ("xyz", "zyx"):
             raise Rep3DValueError(f"pretrained_cfg axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
-        self.spacing = cfg.get("spacing") if spacing is AUTO else spacing
+        self.spacing = cfg.input.spacing if spacing is AUTO else spacing
         if self.spacing is not None:
             self.spacing = triple("spacing", self.spacing, float)
             if spacing is AUTO and self.axis_order == "zyx":
                 self.spacing = self.spacing[::-1]
             if min(self.spacing) <= 0:
                 raise Rep3DValueError(f"spacing must be positive (mm), got {self.spacing}")
-        self.orientation = (cfg.get("orientation") or "RAS") if orientation is AUTO else orientation
+        self.orientation = (cfg.input.orientation or "RAS") if orientation is AUTO else orientation
         if self.orientation == "native":  # keep the file's own voxel axes (nnU-Net's readers do)
             self.orientation = None
         # per-channel normalisation recorded by rep3d nnunet-export; it replaces the intensity window
-        self.normalization = cfg.get("normalization") if intensity_window is AUTO else None
+        self.normalization = cfg.normalization if intensity_window is AUTO else None
         if self.normalization is not None:
             intensity_window = None
-            check_normalization(self.normalization, cfg.get("in_chans"))
+            check_normalization(self.normalization, cfg.in_chans)
         if intensity_window is AUTO:
-            modality = str(cfg.get("modality", "")).upper()
-            intensity_window = cfg.get("intensity_window") or FALLBACK_WINDOWS.get(modality)
+            modality = str(cfg.input.modality or "").upper()
+            intensity_window = cfg.input.intensity_window or FALLBACK_WINDOWS.get(modality)
         if intensity_window is not None:
             lo, hi = map(float, intensity_window)
             if not hi > lo:
@@ -390,7 +389,3 @@ class Predictor:
                 progress=self.progress,
             )
         return out[0].permute(0, 3, 2, 1) if self.axis_order == "zyx" else out[0]
-
-
-def _model_name(cfg: dict) -> str:
-    return (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
