@@ -16,10 +16,11 @@ from rep3d.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
     from rep3d import data, hub, layers, metrics, models
-    from rep3d.builder import create_model, list_models, model_info
+    from rep3d.builder import create_model, model_info
     from rep3d.hub import push_to_hub, save_pretrained
     from rep3d.inference import Predictor
     from rep3d.models import reparameterize_model
+    from rep3d.models.registry import list_models
     from rep3d.official import load_official_checkpoint
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 # public name -> module that defines it, imported on first access
 _LAZY_NAMES = {
     "create_model": "rep3d.builder",
-    "list_models": "rep3d.builder",
+    "list_models": "rep3d.models.registry",  # its one definition; rep3d.builder and rep3d.models do not repeat it
     "model_info": "rep3d.builder",
     "push_to_hub": "rep3d.hub",
     "save_pretrained": "rep3d.hub",

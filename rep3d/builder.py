@@ -30,9 +30,9 @@ from rep3d.hub import CONFIG_NAME, hub_download, load_checkpoint
 from rep3d.hub.download import hub_where, split_hub_id
 from rep3d.hub.weights import read_header_shapes
 from rep3d.models.info import model_info
-from rep3d.models.registry import ARCH_CFGS, check_name, is_model, list_models
+from rep3d.models.registry import ARCH_CFGS, check_name, is_model
 
-__all__ = ["create_model", "create_model_from_folder", "create_model_from_hub", "list_models", "model_info"]
+__all__ = ["create_model", "create_model_from_folder", "create_model_from_hub", "model_info"]
 
 LOCAL_DIR_PREFIX = "local-dir:"
 HF_HUB_PREFIX = "hf-hub:"

@@ -14,10 +14,7 @@ from rep3d.cli import main
 from rep3d.data import MSDLayoutError, write_msd_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-# the maintainers' bundling tool (``python -m rep3d.bundle RUN NAME -o DIR``) is a script, not a library module
-TOOLS = {"bundle.py"}
-LIBRARY = sorted(p for p in (ROOT / "rep3d").rglob("*.py") if "cli" not in p.relative_to(ROOT / "rep3d").parts
-                 and str(p.relative_to(ROOT / "rep3d")) not in TOOLS)
+LIBRARY = sorted(p for p in (ROOT / "rep3d").rglob("*.py") if "cli" not in p.relative_to(ROOT / "rep3d").parts)
 
 
 def test_evaluate_on_a_bad_dataset_prints_one_line_and_fails(tmp_path, capsys):

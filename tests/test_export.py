@@ -122,6 +122,29 @@ def test_onnx_export_at_kernel_21_holds_the_fft_engine_as_matmul_not_dft(tmp_pat
     assert "DFT" not in ops and "MatMul" in ops and "Conv" in ops
 
 
+def test_conv_plan_names_each_engine_as_a_typed_value():
+    from rep3d.export import Engine, conv_plan, example_input, prepare_model
+
+    model, _ = prepare_model(tiny(kernel_size=21), backend=None)
+    plan = conv_plan(model, example_input(model, (32, 32, 32)))
+    assert plan.engines == {Engine.DIRECT, Engine.FFT} and plan.maps[Engine.FFT] == ("16x16x16",)
+    assert conv_plan(model, example_input(model, (32, 32, 32)), dynamic=("batch",)).engines == {Engine.DIRECT}
+
+
+def test_power_of_two_fft_lengths_are_an_engine_setting_and_leave_the_length_function_alone():
+    from rep3d.export import power_of_two_fft_lengths
+    from rep3d.layers import engine_settings, fft_conv, fft_lengths
+
+    assert fft_lengths((16, 16, 16), (21, 21, 21)) == (30, 30, 30)
+    before = fft_conv.fast_fft_length
+    with power_of_two_fft_lengths():
+        assert fft_conv.fast_fft_length is before  # no global function swapped in
+        assert fft_lengths((16, 16, 16), (21, 21, 21)) == (32, 32, 32)
+    with engine_settings(fft_lengths="power-of-two"):
+        assert fft_lengths((7, 9, 30), (13, 13, 13)) == (16, 16, 64)
+    assert fft_lengths((7, 9, 30), (13, 13, 13)) == (16, 16, 36)
+
+
 def test_torchscript_export_takes_any_batch_and_volume_size(tmp_path):
     model = tiny()
     report = _export(model, "torchscript", tmp_path / "tiny.ts", roi=(32, 32, 32))

@@ -11,7 +11,7 @@ import torch
 
 import rep3d
 from rep3d.inference import FALLBACK_ROI, InputError, Predictor, model_grid_affine
-from rep3d.inference.predictor import _lateral_permutation
+from rep3d.inference.options import lateral_permutation
 from tests.standins import RGBOracle, SideOracle, ThresholdOracle, WindowMean
 
 
@@ -172,10 +172,10 @@ def test_flip_tta_runs_every_flip_and_keeps_left_right_classes_apart():
 
 
 def test_lateral_pairs_are_found_by_name():
-    assert _lateral_permutation(["background", "right_kidney", "left_kidney", "liver"]) == [0, 2, 1, 3]
-    assert _lateral_permutation(["bg", "Kidney_L", "Kidney_R"]) == [0, 2, 1]
-    assert _lateral_permutation(["background", "liver", "spleen"]) is None
-    assert _lateral_permutation(None) is None
+    assert lateral_permutation(["background", "right_kidney", "left_kidney", "liver"]) == [0, 2, 1, 3]
+    assert lateral_permutation(["bg", "Kidney_L", "Kidney_R"]) == [0, 2, 1]
+    assert lateral_permutation(["background", "liver", "spleen"]) is None
+    assert lateral_permutation(None) is None
 
 
 def test_defaults_come_from_the_pretrained_cfg_with_documented_fallbacks():
@@ -216,6 +216,25 @@ def test_bad_settings_are_explained():
         Predictor(model, roi_size=16, blend="max")
     with pytest.raises(ValueError, match="hi > lo"):
         Predictor(model, roi_size=16, intensity_window=(10, 0))
+
+
+def test_option_groups_and_keywords_configure_the_same_predictor():
+    from rep3d.inference import InferenceCfg, InputPolicy
+
+    model = ThresholdOracle()
+    model.stride = 16
+    grouped = Predictor(model, InferenceCfg(roi_size=(32, 32, 16), overlap=0.25, blend="constant"),
+                        InputPolicy(spacing=None, orientation="LPS"))
+    keywords = Predictor(model, roi_size=(32, 32, 16), overlap=0.25, blend="constant", spacing=None,
+                         orientation="LPS")
+    for p in (grouped, keywords):
+        assert (p.roi_size, p.overlap, p.blend, p.spacing, p.orientation) == ((32, 32, 16), 0.25, "constant", None,
+                                                                             "LPS")
+    assert grouped.config == keywords.config and grouped.inputs == keywords.inputs
+    # a keyword replaces the field of the group it belongs to
+    assert Predictor(model, InferenceCfg(overlap=0.25), overlap=0.75).overlap == 0.75
+    with pytest.raises(TypeError, match="unexpected keyword argument 'roi'"):
+        Predictor(model, roi=(32, 32, 32))
 
 
 def test_bad_inputs_say_what_was_expected(tmp_path):

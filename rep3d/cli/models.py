@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rep3d.builder import list_models
-    from rep3d.models.table import models_table
+    from rep3d.cli.models_table import models_table
+    from rep3d.models.registry import list_models
 
     if not (args.table or args.json):
         print("\n".join(list_models(args.pattern, pretrained=args.pretrained)))

@@ -21,7 +21,7 @@ from rep3d.errors import Rep3DValueError
 from rep3d.outputs import OutputRefused, check_file_output
 
 if TYPE_CHECKING:
-    from rep3d.inference import Predictor
+    from rep3d.inference import InferenceCfg, Predictor
 
 COMMAND = "rep3d predict"
 # repeated from rep3d.inference.predictor so that --help loads no torch (tests/test_cli_help.py keeps them equal)
@@ -240,8 +240,18 @@ def segment_files(predictor: Predictor, jobs, quiet: bool, preview: bool = False
     return done, errors
 
 
+def inference_config(args: argparse.Namespace) -> InferenceCfg:
+    """The sliding-window options of ``rep3d predict`` (ROI, overlap, devices, precision, TTA) as an
+    :class:`~rep3d.inference.InferenceCfg`; what is not given comes from the model's config."""
+    from rep3d.inference import AUTO, InferenceCfg
+
+    return InferenceCfg(roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
+                        sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device,
+                        amp=args.amp, precision=args.precision, tta=args.tta, progress=not args.quiet)
+
+
 def run(args: argparse.Namespace) -> int:
-    from rep3d.inference import AUTO, Predictor, find_volumes
+    from rep3d.inference import InputPolicy, Predictor, find_volumes
     from rep3d.inference.predictor import resolve_device
 
     outdir = Path(args.output)
@@ -268,13 +278,8 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - report and stop: nothing can run without a model
             _report(args.model, f"cannot build the model: {type(err).__name__}: {err}")
             return 1
-        predictor = Predictor(
-            model, roi_size=tuple(args.roi_size) if args.roi_size else AUTO, overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size, device=args.device, stitch_device=args.stitch_device, amp=args.amp,
-            precision=args.precision,
-            tta=args.tta, progress=not args.quiet, nonfinite=args.nonfinite,
-            allow_out_of_distribution=args.allow_out_of_distribution,
-        )
+        predictor = Predictor(model, inference_config(args), InputPolicy(
+            nonfinite=args.nonfinite, allow_out_of_distribution=args.allow_out_of_distribution))
         if predictor.notice:
             print(f"rep3d predict: notice: {predictor.notice}", file=sys.stderr)
         outdir.mkdir(parents=True, exist_ok=True)

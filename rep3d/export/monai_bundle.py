@@ -24,12 +24,15 @@ loop above, without MONAI's optional ignite dependency).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from rep3d.export.torchscript import export_torchscript, load_torchscript
+from rep3d.inference.model_cfg import ModelConfig, model_config
 
 BUNDLE_VERSION = "0.1.0"
 METADATA_SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
@@ -43,23 +46,23 @@ LICENSE_TEXTS = {
 
 
 def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0.5) -> dict[str, Any]:
-    """``configs/inference.json`` for ``model`` (its ``pretrained_cfg`` gives orientation, spacing and window)."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    """``configs/inference.json`` for ``model`` (its config gives orientation, spacing and window)."""
+    cfg = model_config(model).input
     preprocessing: list[dict[str, Any]] = [
         {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True, "dtype": "$numpy.float32",
          "image_only": True},
     ]
-    orientation = checked_axcodes(cfg.get("orientation") or "RAS")
+    orientation = checked_axcodes(cfg.orientation or "RAS")
     preprocessing.append({"_target_": "Orientationd", "keys": "image", "axcodes": orientation,
                           "labels": [["L", "R"], ["P", "A"], ["I", "S"]]})
-    if cfg.get("spacing"):
-        preprocessing.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in cfg["spacing"]],
+    if cfg.spacing:
+        preprocessing.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in cfg.spacing],
                               "mode": "bilinear", "padding_mode": "border"})
-    window = cfg.get("intensity_window")
+    window = cfg.intensity_window
     if window is None:
         from rep3d.presets import MODALITY_WINDOWS
 
-        window = MODALITY_WINDOWS.get(str(cfg.get("modality", "")).upper())
+        window = MODALITY_WINDOWS.get(str(cfg.modality or "").upper())
     if window is not None:
         # the body mask needs the intensities below the window (a lung at -850 HU is anatomy, not air)
         preprocessing.append({"_target_": "CopyItemsd", "keys": "image", "names": "body_intensities"})
@@ -80,7 +83,7 @@ def inference_config(model: nn.Module, roi: Sequence[int], *, overlap: float = 0
     if window is not None:
         from rep3d.inference.preprocess import BODY_MARGIN, body_floor
 
-        body_rule = {"body_floor": float(body_floor(window, cfg.get("modality") or None)),
+        body_rule = {"body_floor": float(body_floor(window, cfg.modality or None)),
                      "body_margin": int(BODY_MARGIN), "body_mask": body_mask}
     return {
         "imports": ["$import glob", "$import os", "$import types", "$import numpy", "$import torch"],
@@ -130,13 +133,14 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
 
     from rep3d.version import __version__
 
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    num_classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
-    names = list(cfg.get("class_names") or [f"class_{i}" for i in range(num_classes)])
-    synthetic = bool(cfg.get("synthetic"))
-    name = cfg.get("architecture", type(model).__name__) + (f".{cfg['tag']}" if cfg.get("tag") else "")
-    description = cfg.get("description") or f"{name} segmentation network exported by rep3d {__version__}"
-    modality = str(cfg.get("modality", "CT"))
+    cfg = model_config(model)
+    prov, inputs = cfg.provenance, cfg.input
+    num_classes = int(cfg.num_classes or 0)
+    names = list(cfg.class_names or [f"class_{i}" for i in range(num_classes)])
+    synthetic = prov.synthetic
+    name = _bundle_name(model, cfg)
+    description = prov.description or f"{name} segmentation network exported by rep3d {__version__}"
+    modality = str(inputs.modality or "CT")
     meta = {
         "schema": METADATA_SCHEMA,
         "version": BUNDLE_VERSION,
@@ -149,15 +153,15 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
         "task": "3-D segmentation" + (" (SYNTHETIC training data)" if synthetic else ""),
         "description": description,
         "authors": "rep3d",
-        "copyright": f"license: {cfg.get('license', 'unknown')}",
-        "data_source": cfg.get("dataset", "unknown"),
+        "copyright": f"license: {prov.license or 'unknown'}",
+        "data_source": prov.dataset or "unknown",
         "data_type": "nibabel",
-        "image_classes": f"{int(getattr(model, 'in_chans', 1))} channel(s), {cfg.get('modality', 'CT')} intensities",
+        "image_classes": f"{int(getattr(model, 'in_chans', 1))} channel(s), {modality} intensities",
         "label_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
         "pred_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
-        "eval_metrics": dict(cfg.get("metrics") or {}),
+        "eval_metrics": dict(cfg.metrics),
         "intended_use": "research only, not for clinical use" + ("; trained on synthetic phantoms" * synthetic),
-        "references": [f"{cfg.get('paper_name', '')} ({cfg.get('paper_ids', '')})".strip()],
+        "references": [f"{cfg.paper_name} ({cfg.paper_ids})".strip()],
         "network_data_format": {
             "inputs": {"image": {
                 "type": "image", "format": "hounsfield" if modality.upper() == "CT" else "magnitude",
@@ -179,11 +183,11 @@ def bundle_metadata(model: nn.Module, roi: Sequence[int], extra: Mapping[str, An
             }},
         },
         "rep3d": {
-            "roi_size": [int(r) for r in roi], "spacing": _list(cfg.get("spacing")),
-            "orientation": cfg.get("orientation") or "RAS", "intensity_window": _list(cfg.get("intensity_window")),
+            "roi_size": [int(r) for r in roi], "spacing": _list(inputs.spacing),
+            "orientation": inputs.orientation or "RAS", "intensity_window": _list(inputs.intensity_window),
             "synthetic": synthetic,
             # models/model.pt is this network's state dict: rep3d.create_model(architecture, **model_args) rebuilds it
-            "architecture": cfg.get("architecture", type(model).__name__),
+            "architecture": cfg.architecture or type(model).__name__,
             "model_args": _json_safe(getattr(model, "model_args", None) or {}),
         },
     }
@@ -214,10 +218,10 @@ def bundle_readme(model: nn.Module, roi: Sequence[int]) -> str:
 
 
 def bundle_license(model: nn.Module) -> str:
-    """``LICENSE``: the license of the bundle's configs and weights, from the model cfg's ``license`` key."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    key = str(cfg.get("license") or "").strip()
-    name = cfg.get("architecture", type(model).__name__) + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    """``LICENSE``: the license of the bundle's configs and weights, from the model's provenance."""
+    cfg = model_config(model)
+    key = str(cfg.provenance.license or "").strip()
+    name = _bundle_name(model, cfg)
     if not key:
         return (f"{name}: no license was recorded with these weights (the model cfg has no 'license' key).\n"
                 "Ask whoever trained them before redistributing this bundle.\n")
@@ -229,8 +233,6 @@ def bundle_license(model: nn.Module) -> str:
 def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[int],
                        metadata: Mapping[str, Any] | None = None) -> Path:
     """Write the bundle for a folded, eval-mode CPU ``model`` into ``folder`` (created)."""
-    from rep3d.export import export_torchscript
-
     folder = Path(folder)
     for sub in ("configs", "models", "docs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -242,6 +244,11 @@ def write_monai_bundle(model: nn.Module, folder: str | Path, *, roi: Sequence[in
                                                       + "\n")
     (folder / "docs" / "README.md").write_text(bundle_readme(model, roi))
     return folder
+
+
+def load_monai_bundle(folder: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The bundle's TorchScript network (``models/model.ts``) on CPU, for verification."""
+    return load_torchscript(Path(folder) / "models" / "model.ts")
 
 
 MONAI_SYNTAX = ("$", "@", "%")
@@ -274,6 +281,12 @@ def checked_axcodes(code: Any) -> str:
         raise Rep3DValueError(f"MONAI bundle: the model's orientation must be 3 axis codes, one of L/R, P/A and I/S "
                               f"(e.g. 'RAS'), got {code!r}; set model.pretrained_cfg['orientation']")
     return code
+
+
+def _bundle_name(model: nn.Module, cfg: ModelConfig) -> str:
+    """``architecture.tag`` (the class name when no architecture is recorded)."""
+    tag = cfg.provenance.tag
+    return (cfg.architecture or type(model).__name__) + (f".{tag}" if tag else "")
 
 
 def _version(package: str) -> str:

@@ -4,7 +4,8 @@
 - :mod:`rep3d.inference.preprocess`: the one preprocessing function (orientation, spacing, intensity window), shared
   with training.
 - :mod:`rep3d.inference.resample`: model-grid affines, the way back to the input grid.
-- :mod:`rep3d.inference.predictor`: :class:`Predictor`.
+- :mod:`rep3d.inference.predictor`: :class:`Predictor`; its option groups :class:`InferenceCfg` and
+  :class:`InputPolicy` in :mod:`rep3d.inference.options`, its warnings in :mod:`rep3d.inference.notices`.
 - :mod:`rep3d.inference.evaluate`: the one evaluation path (per-class Dice), shared with training validation.
 
 The ``rep3d predict`` / ``rep3d evaluate`` commands live in :mod:`rep3d.cli`.
@@ -23,15 +24,9 @@ from rep3d.inference.io import (
     load_volume,
     output_stem,
 )
-from rep3d.inference.predictor import (
-    AUTO,
-    FALLBACK_ROI,
-    FALLBACK_WINDOWS,
-    NonFiniteInputWarning,
-    Predictor,
-    SyntheticWeightsWarning,
-    synthetic_notice,
-)
+from rep3d.inference.notices import NonFiniteInputWarning, SyntheticWeightsWarning, synthetic_notice
+from rep3d.inference.options import AUTO, FALLBACK_ROI, FALLBACK_WINDOWS, InferenceCfg, InputPolicy
+from rep3d.inference.predictor import Predictor
 from rep3d.inference.preprocess import foreground_box, is_foreground, model_space_transforms, to_model_space
 from rep3d.inference.resample import model_grid_affine, to_input_grid
 
@@ -41,7 +36,9 @@ __all__ = [
     "FALLBACK_WINDOWS",
     "MGH_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "InferenceCfg",
     "InputError",
+    "InputPolicy",
     "OutOfDistributionError",
     "OutOfDistributionWarning",
     "InputWarning",

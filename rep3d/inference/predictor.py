@@ -5,6 +5,9 @@ Pipeline (MONAI): load (:func:`rep3d.inference.io.load_volume`) -> the shared pr
 -> sliding-window inference (a volume smaller than the ROI is padded with 0, the window's lower bound)
 -> optional flip test-time augmentation -> softmax -> back to the input grid (bilinear resampling of the
 probabilities, slab by slab) -> argmax. The label map has exactly the input's shape and affine.
+
+Its options come in two groups (:mod:`rep3d.inference.options`): :class:`InferenceCfg` (how the sliding window runs)
+and :class:`InputPolicy` (what happens to the input); what it warns about is in :mod:`rep3d.inference.notices`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,14 +26,36 @@ from torch import nn
 
 from rep3d.errors import Rep3DValueError
 from rep3d.inference.distribution import (
-    TRAINING_DISTRIBUTION_KEY,
     OutOfDistributionError,
     OutOfDistributionWarning,
     compare,
     scan_statistics,
     spacing_of,
 )
-from rep3d.inference.io import InputError, InputWarning, Prediction, load_volume
+from rep3d.inference.io import Prediction, load_volume
+from rep3d.inference.model_cfg import ModelConfig, model_config
+from rep3d.inference.notices import (
+    NonFiniteInputWarning,
+    SyntheticWeightsWarning,
+    cropped_report,
+    replace_nonfinite,
+    synthetic_notice,
+)
+from rep3d.inference.options import (
+    AUTO,
+    FALLBACK_ROI,
+    FALLBACK_WINDOWS,
+    PRECISIONS,
+    InferenceCfg,
+    InputPolicy,
+    checked_precision,
+    lateral_permutation,
+    nonfinite_policy,
+    resolve_device,
+    split_options,
+    triple,
+    tta_axes,
+)
 from rep3d.inference.preprocess import (
     apply_window,
     body_box,
@@ -41,136 +65,9 @@ from rep3d.inference.preprocess import (
     to_model_space,
 )
 from rep3d.inference.resample import model_grid_affine, to_input_grid
-from rep3d.presets import DEFAULT_ROI, MODALITY_WINDOWS
 
-
-class _Auto:
-    """Sentinel: take the value from ``model.pretrained_cfg`` (or its documented fallback)."""
-
-    def __repr__(self) -> str:
-        return "AUTO"
-
-
-AUTO: Any = _Auto()
-
-FALLBACK_ROI = DEFAULT_ROI
-"""ROI used when neither the argument nor ``model.pretrained_cfg['roi_size']`` gives one (the paper's)."""
-
-FALLBACK_WINDOWS: dict[str, tuple[float, float]] = MODALITY_WINDOWS
-"""Intensity window by ``pretrained_cfg['modality']`` when the cfg has no ``intensity_window`` (the paper's
-recipe: CT [-125, 275], MRI [0, 1000])."""
-
-
-def _lateral_permutation(class_names: Sequence[str] | None) -> list[int] | None:
-    """Channel permutation that swaps left/right classes (``left_kidney`` <-> ``right_kidney``, ``x_L`` <->
-    ``x_R``, ...); ``None`` when there are no such pairs."""
-    if not class_names:
-        return None
-    swap = {"left": "right", "right": "left", "l": "r", "r": "l", "lt": "rt", "rt": "lt"}
-
-    def mirrored(name: str) -> str:
-        parts = re.split(r"([\s_\-.]+)", name)
-        return "".join(_match_case(swap.get(p.lower(), p), p) for p in parts)
-
-    index = {n: k for k, n in enumerate(class_names)}
-    perm = [index.get(mirrored(n), k) for k, n in enumerate(class_names)]
-    return perm if perm != list(range(len(class_names))) else None
-
-
-def _match_case(new: str, old: str) -> str:
-    return new.upper() if old.isupper() else new.title() if old.istitle() else new
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"`` -> cuda if available else cpu; otherwise the device named, refused (with the fix) when
-    torch does not know it or it is not here."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise Rep3DValueError(f"device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from err
-    if device.type not in ("cpu", "cuda"):
-        raise Rep3DValueError(f"device {str(device)!r} is not supported by rep3d inference; use cpu, cuda, cuda:N "
-                              "or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Rep3DValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise Rep3DValueError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA device(s); "
-                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-
-def _cropped_report(raw: torch.Tensor, box: tuple[slice, ...] | None) -> dict[str, Any] | None:
-    """What the body crop left out (segmented as background without running the model): its share of the grid and
-    the largest intensity there (air, if the crop was right); ``None`` when nothing was cropped."""
-    if box is None:
-        return None
-    inside = torch.zeros(raw.shape[1:], dtype=torch.bool)
-    inside[box] = True
-    outside = raw[:, ~inside]
-    return {"box_on_model_grid": [[b.start, b.stop] for b in box], "model_grid_shape": list(raw.shape[1:]),
-            "voxels_outside": int((~inside).sum()), "fraction_outside": float((~inside).float().mean()),
-            "max_intensity_outside": float(outside.max()) if outside.numel() else None}
-
-
-def _tta_axes(cfg: dict, requested: Any) -> tuple[int, ...]:
-    """The flip axes TTA may use: those training recorded in ``cfg['tta_flip_axes']`` (or the requested subset)."""
-    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
-    recorded = cfg.get("tta_flip_axes")
-    if recorded is None:
-        raise Rep3DValueError(
-            f"tta: the config of {name} does not record which flips its training used (pretrained_cfg key "
-            "'tta_flip_axes'), and flip TTA on a model trained without flips lowers Dice (anatomy is not "
-            "mirror-symmetric); run without --tta, or, if it was trained with flips along axes A, set "
-            "model.pretrained_cfg['tta_flip_axes'] = [A, ...]"
-        )
-    allowed = tuple(int(a) for a in recorded)
-    if not allowed:
-        raise Rep3DValueError(
-            f"tta: {name} was trained without flips (tta_flip_axes: []), so flip TTA would lower its Dice "
-            "(anatomy is not mirror-symmetric); run without --tta (tta=False)"
-        )
-    axes = allowed if requested is AUTO else tuple(int(a) for a in requested)
-    if any(a not in (0, 1, 2) for a in axes):
-        raise Rep3DValueError(f"tta_axes must be spatial axes among 0, 1, 2, got {requested}")
-    if not set(axes) <= set(allowed):
-        raise Rep3DValueError(f"tta_axes {axes}: {name} was trained with flips along axes {allowed} only; flips "
-                              f"along other axes lower its Dice: use a subset of {allowed}")
-    return axes
-
-
-class SyntheticWeightsWarning(UserWarning):
-    """The weights were trained on synthetic data (``pretrained_cfg['synthetic']``): their labels on a real scan are a
-    pipeline demonstration, not a segmentation. :class:`Predictor` emits it on every call."""
-
-
-# shown on every call, not once per call site (Python's default for UserWarning); a user's own filters still win
-warnings.filterwarnings("always", category=SyntheticWeightsWarning, append=True)
-
-
-def synthetic_notice(cfg: dict) -> str | None:
-    """The one-line notice for weights whose provenance says synthetic (``cfg['synthetic']``), else ``None``."""
-    if not cfg.get("synthetic"):
-        return None
-    name = (cfg.get("architecture") or "this model") + (f".{cfg['tag']}" if cfg.get("tag") else "")
-    data = f" ({cfg['dataset']})" if cfg.get("dataset") else ""
-    return (f"{name} was trained on SYNTHETIC data{data}, not on patient scans: its labels on a real scan are a "
-            "pipeline demonstration, not a segmentation")
-
-
-PRECISIONS = ("fp32", "bf16")
-"""Values of ``Predictor(precision=...)`` and ``rep3d predict/evaluate --precision``."""
-
-
-def _precision(value: str, amp: bool) -> str:
-    if value not in PRECISIONS:
-        raise Rep3DValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
-    if amp and value != "fp32":
-        raise Rep3DValueError(f"amp=True (float16 on CUDA, bfloat16 on CPU) and precision={value!r} both choose the "
-                              "autocast dtype; pass only one of them")
-    return value
+__all__ = ["AUTO", "FALLBACK_ROI", "FALLBACK_WINDOWS", "PRECISIONS", "InferenceCfg", "InputPolicy",
+           "NonFiniteInputWarning", "Predictor", "SyntheticWeightsWarning", "resolve_device", "synthetic_notice"]
 
 
 def _is_rep3d_network(model: nn.Module) -> bool:
@@ -180,141 +77,58 @@ def _is_rep3d_network(model: nn.Module) -> bool:
     return isinstance(model, Rep3D)
 
 
-class NonFiniteInputWarning(InputWarning):
-    """A :class:`Predictor` with ``nonfinite=VALUE`` replaced NaN / infinite input voxels by ``VALUE``."""
-
-
-def _nonfinite_policy(value: str | float) -> str | float:
-    if isinstance(value, str) and value == "error":
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise Rep3DValueError(f"nonfinite must be 'error' or a finite number to put in place of NaN / inf voxels, "
-                              f"got {value!r}")
-    return number
-
-
-def _triple(name: str, value: Any, kind: type) -> tuple:
-    vals = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,) * 3
-    if len(vals) != 3:
-        raise Rep3DValueError(f"{name} must have 3 values (one per spatial axis), got {value!r}")
-    try:
-        return tuple(kind(v) for v in vals)
-    except (TypeError, ValueError) as err:
-        raise Rep3DValueError(f"{name} must be 3 numbers, got {value!r}") from err
-
-
-
 class Predictor:
     """Sliding-window segmentation of whole volumes by a model ``[B, C, D, H, W] -> [B, K, D, H, W]``.
 
-    Every ``AUTO`` argument comes from ``model.pretrained_cfg`` (rep3d keys) and otherwise falls back to:
+    Every ``AUTO`` option comes from ``model.pretrained_cfg`` (rep3d keys) and otherwise falls back to:
     ``roi_size`` -> :data:`rep3d.presets.DEFAULT_ROI` (96³); ``spacing`` -> ``None`` (keep the input's spacing);
     ``orientation`` -> ``"RAS"``; ``intensity_window`` -> by ``modality`` (:data:`FALLBACK_WINDOWS`), else ``None``
     (intensities used as they are); ``class_names`` -> ``None``. Pass ``None`` explicitly to switch a step off.
 
     Args:
-        model: the network; moved to ``device`` and put in eval mode.
-        roi_size: window size ``(D, H, W)`` in voxels of the resampled grid; must be divisible by the
-            network's stride (``model.stride`` when it is an int).
-        overlap: fraction of overlap between neighbouring windows, in ``[0, 1)``.
-        blend: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
-        sw_batch_size: windows per forward pass.
-        device: where the model runs (``"cuda"`` if available, else ``"cpu"``).
-        stitch_device: where windows are accumulated: ``"auto"`` (the model's device unless the full-volume
-            buffers would take more than a third of its free memory, then ``"cpu"``), or a device.
-        amp: autocast (float16 on CUDA, bfloat16 on CPU); probabilities are accumulated in float32.
-        precision: ``"fp32"`` (default) or ``"bf16"``: bfloat16 autocast on any device (convolutions in bfloat16,
-            activations stored in bfloat16; the FFT engine's transforms and the softmax stay float32). Faster on CPUs
-            with AVX-512 BF16 or AMX (``benchmarks/model_forward.py``); a test checks that it moves the phantom
-            Dice by at most 0.002. Not together with ``amp``.
-        channels_last: run a copy of the model prepared by :func:`rep3d.models.optimize_for_inference`
-            (``channels_last_3d`` layout, format-keeping instance norms: the same function, faster on CPU).
-            ``AUTO``: on for rep3d's own networks on CPU.
-        tta: average the softmax over all flips of ``tta_axes`` (2^len(tta_axes) forward passes per window).
-            Only flips the weights were trained to be invariant to are used: training records the flip axes of its
-            augmentation in ``pretrained_cfg['tta_flip_axes']`` (``[]``: trained without flips). TTA is refused
-            for a model trained without flips (flipping a model that never saw mirrored anatomy lowers Dice) and
-            for a model whose cfg does not record it. Flips along the left-right axis swap the channels of
-            left/right class pairs found in ``class_names`` (``left_kidney`` <-> ``right_kidney``).
-        tta_axes: spatial axes (0, 1, 2 of the oriented grid) flipped by ``tta``; ``AUTO``: all the recorded ones,
-            otherwise a subset of them.
-        spacing: target voxel size (mm) along the oriented axes, or ``None``.
-        orientation: axis codes (``"RAS"``) or ``None``.
-        intensity_window: ``(lo, hi)`` mapped linearly to ``[0, 1]`` with clipping, or ``None``.
-        class_names: names of the output channels (index = label value).
-        progress: tqdm bar over the windows of each volume.
-        crop_foreground: segment only the box around the foreground (:func:`rep3d.inference.foreground_box`: voxels
-            above the intensity window's floor, the body of a CT), as training crops each volume; every voxel
-            outside it is background. ``AUTO``: on when an intensity window is applied (rep3d-trained models), off
-            for nnU-Net normalisations and raw intensities.
-        nonfinite: what to do with NaN / infinite input voxels, which the FFT engine would spread over whole
-            feature maps (an all-background result): ``"error"`` (default) refuses the volume with
-            :class:`~rep3d.inference.InputError`; a finite number replaces them with that value (in the input's
-            units, before the intensity window) and warns with :class:`NonFiniteInputWarning`. A volume with no
-            finite voxel is always refused.
-        allow_out_of_distribution: segment an input that is far outside the model's recorded training distribution
-            (``pretrained_cfg['training_distribution']``: an all-air scan, MR through a CT model, a much coarser
-            spacing, ...) with an :class:`OutOfDistributionWarning` instead of refusing it with
-            :class:`OutOfDistributionError`. Either way the comparison is in the prediction's ``report``.
+        model: the network; moved to the device and put in eval mode.
+        config: how the sliding window runs (:class:`InferenceCfg`: ``roi_size``, ``overlap``, ``blend``,
+            ``sw_batch_size``, ``device``, ``stitch_device``, ``amp``, ``precision``, ``channels_last``, ``tta``,
+            ``tta_axes``, ``progress``).
+        inputs: what happens to the input (:class:`InputPolicy`: ``spacing``, ``orientation``,
+            ``intensity_window``, ``class_names``, ``crop_foreground``, ``nonfinite``,
+            ``allow_out_of_distribution``).
+        **options: any of those fields by name (``Predictor(model, roi_size=(64, 64, 64), tta=True)``); they
+            replace the matching field of ``config`` / ``inputs``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        roi_size: Sequence[int] | int = AUTO,
-        overlap: float = 0.5,
-        blend: str = "gaussian",
-        sw_batch_size: int = 1,
-        device: str | torch.device | None = None,
-        stitch_device: str | torch.device = "auto",
-        amp: bool = False,
-        precision: str = "fp32",
-        channels_last: bool = AUTO,
-        tta: bool = False,
-        tta_axes: Sequence[int] = AUTO,
-        spacing: Sequence[float] | None = AUTO,
-        orientation: str | None = AUTO,
-        intensity_window: tuple[float, float] | None = AUTO,
-        class_names: Sequence[str] | None = AUTO,
-        progress: bool = False,
-        crop_foreground: bool = AUTO,
-        nonfinite: str | float = "error",
-        allow_out_of_distribution: bool = False,
-    ) -> None:
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        self._set_window(model, cfg.get("roi_size") or FALLBACK_ROI if roi_size is AUTO else roi_size,
-                         overlap, blend, sw_batch_size)
-        self._set_grid(cfg, spacing, orientation, intensity_window)
-        if class_names is AUTO:
-            class_names = cfg.get("class_names") or None
+    def __init__(self, model: nn.Module, config: InferenceCfg | None = None, inputs: InputPolicy | None = None,
+                 **options: Any) -> None:
+        config, inputs = split_options(config, inputs, options)
+        self.config, self.inputs = config, inputs
+        self.model_config = cfg = model_config(model)
+        self._set_window(model, cfg.input.roi_size or FALLBACK_ROI if config.roi_size is AUTO else config.roi_size,
+                         config.overlap, config.blend, config.sw_batch_size)
+        self._set_grid(cfg, inputs.spacing, inputs.orientation, inputs.intensity_window)
+        class_names = cfg.class_names if inputs.class_names is AUTO else inputs.class_names
         self.class_names = list(class_names) if class_names is not None else None
-        self.in_chans = getattr(model, "in_chans", None) or cfg.get("in_chans")
-        self.num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
+        self.in_chans, self.num_classes = cfg.in_chans, cfg.num_classes
 
-        self.device = resolve_device(device)
-        if str(stitch_device) != "auto":
+        self.device = resolve_device(config.device)
+        if str(config.stitch_device) != "auto":
             try:
-                resolve_device(stitch_device)
+                resolve_device(config.stitch_device)
             except Rep3DValueError as err:
                 raise Rep3DValueError(f"stitch_device: {err} (or 'auto')") from None
-        self.stitch_device = stitch_device
-        self.amp, self.tta, self.progress = bool(amp), bool(tta), bool(progress)
-        self.tta_axes = _tta_axes(cfg, tta_axes) if self.tta else ()
-        self.nonfinite = _nonfinite_policy(nonfinite)
+        self.stitch_device = config.stitch_device
+        self.amp, self.tta, self.progress = bool(config.amp), bool(config.tta), bool(config.progress)
+        self.tta_axes = tta_axes(cfg.name, cfg.tta_flip_axes, config.tta_axes) if self.tta else ()
+        self.nonfinite = nonfinite_policy(inputs.nonfinite)
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
-                                if crop_foreground is AUTO else bool(crop_foreground))
-        self.precision = _precision(precision, self.amp)
-        self.training_distribution = cfg.get(TRAINING_DISTRIBUTION_KEY) or None
-        self.modality = cfg.get("modality") or None
-        self.allow_out_of_distribution = bool(allow_out_of_distribution)
+                                if inputs.crop_foreground is AUTO else bool(inputs.crop_foreground))
+        self.precision = checked_precision(config.precision, self.amp)
+        self.training_distribution = cfg.input.training_distribution or None
+        self.modality = cfg.input.modality or None
+        self.allow_out_of_distribution = bool(inputs.allow_out_of_distribution)
         self.model = model.to(self.device).eval()
         self.notice = synthetic_notice(cfg)
         self._profile: dict[str, Any] = {}
+        channels_last = config.channels_last
         if channels_last is AUTO:
             channels_last = self.device.type == "cpu" and _is_rep3d_network(model)
         self.channels_last = bool(channels_last)
@@ -366,7 +180,7 @@ class Predictor:
         return record
 
     def _set_window(self, model: nn.Module, roi_size: Any, overlap: float, blend: str, sw_batch_size: int) -> None:
-        self.roi_size = _triple("roi_size", roi_size, int)
+        self.roi_size = triple("roi_size", roi_size, int)
         stride = getattr(model, "stride", None)
         self.size_divisor = stride if isinstance(stride, int) and stride > 0 else 1
         # a rep3d network's deepest stage must hold more than one voxel: its largest input axis reaches two strides
@@ -387,30 +201,30 @@ class Predictor:
             raise Rep3DValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.overlap, self.blend, self.sw_batch_size = float(overlap), blend, int(sw_batch_size)
 
-    def _set_grid(self, cfg: dict, spacing: Any, orientation: Any, intensity_window: Any) -> None:
+    def _set_grid(self, cfg: ModelConfig, spacing: Any, orientation: Any, intensity_window: Any) -> None:
         # axis_order "zyx": the model's axes are the (oriented) file axes reversed, as nnU-Net reads NIfTI; the cfg's
         # roi_size and spacing are then in the model's axis order
-        self.axis_order = str(cfg.get("axis_order") or "xyz")
+        self.axis_order = str(cfg.axis_order or "xyz")
         if self.axis_order not in ("xyz", "zyx"):
             raise Rep3DValueError(f"pretrained_cfg axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
-        self.spacing = cfg.get("spacing") if spacing is AUTO else spacing
+        self.spacing = cfg.input.spacing if spacing is AUTO else spacing
         if self.spacing is not None:
-            self.spacing = _triple("spacing", self.spacing, float)
+            self.spacing = triple("spacing", self.spacing, float)
             if spacing is AUTO and self.axis_order == "zyx":
                 self.spacing = self.spacing[::-1]
             if min(self.spacing) <= 0:
                 raise Rep3DValueError(f"spacing must be positive (mm), got {self.spacing}")
-        self.orientation = (cfg.get("orientation") or "RAS") if orientation is AUTO else orientation
+        self.orientation = (cfg.input.orientation or "RAS") if orientation is AUTO else orientation
         if self.orientation == "native":  # keep the file's own voxel axes (nnU-Net's readers do)
             self.orientation = None
         # per-channel normalisation recorded by rep3d nnunet-export; it replaces the intensity window
-        self.normalization = cfg.get("normalization") if intensity_window is AUTO else None
+        self.normalization = cfg.normalization if intensity_window is AUTO else None
         if self.normalization is not None:
             intensity_window = None
-            check_normalization(self.normalization, cfg.get("in_chans"))
+            check_normalization(self.normalization, cfg.in_chans)
         if intensity_window is AUTO:
-            modality = str(cfg.get("modality", "")).upper()
-            intensity_window = cfg.get("intensity_window") or FALLBACK_WINDOWS.get(modality)
+            modality = str(cfg.input.modality or "").upper()
+            intensity_window = cfg.input.intensity_window or FALLBACK_WINDOWS.get(modality)
         if intensity_window is not None:
             lo, hi = map(float, intensity_window)
             if not hi > lo:
@@ -450,7 +264,7 @@ class Predictor:
             data, affine, self.in_chans,
             lambda: model_grid_affine(self.orientation or "RAS", self.spacing or (1.0, 1.0, 1.0)),
         )
-        image = self._replace_nonfinite(image, source or "input array")
+        image = replace_nonfinite(image, self.nonfinite, source or "input array")
         in_affine = image.affine.detach().cpu().numpy().astype(np.float64)
         checked = self.check_distribution(image.as_tensor(), in_affine, source or "input array")
         in_shape = tuple(int(s) for s in image.shape[1:])
@@ -463,7 +277,7 @@ class Predictor:
         x = apply_window(raw, self.intensity_window) if self.intensity_window is not None else raw
         box = body_box(raw, body_floor(self.intensity_window, self.modality)) \
             if self.crop_foreground and self.intensity_window is not None else None
-        cropped = _cropped_report(raw, box)
+        cropped = cropped_report(raw, box)
         timings["resample"] = time.perf_counter() - start
         profile["input_shape"], profile["model_grid_shape"] = list(in_shape), [int(n) for n in x.shape[1:]]
         start = time.perf_counter()
@@ -482,23 +296,6 @@ class Predictor:
         notices = {"synthetic_training_data": self.notice} if self.notice else {}
         return Prediction(label, in_affine, prob_out, header, self.class_names, source, notices=notices,
                           profile=profile, report={"out_of_distribution": checked, "cropped_away": cropped})
-
-    def _replace_nonfinite(self, image, what: str):
-        """Apply the ``nonfinite`` policy to ``image [C, X, Y, Z]`` (see the class docstring)."""
-        finite = torch.isfinite(image)
-        if bool(finite.all()):
-            return image
-        bad, total = int((~finite).sum()), finite.numel()
-        how = ("replace them with a stated value: rep3d predict --nonfinite replace:VALUE, "
-               "Predictor(nonfinite=VALUE) (e.g. -1024, air in CT HU)")
-        if bad == total:
-            raise InputError(f"{what}: all {total} voxels are NaN or infinite; there is nothing to segment")
-        if self.nonfinite == "error":
-            raise InputError(f"{what}: {bad} of {total} voxels are NaN or infinite, which would corrupt the whole "
-                             f"segmentation; fix the scan, or {how}")
-        warnings.warn(f"{what}: replaced {bad} of {total} NaN / infinite voxels with {self.nonfinite:g}",
-                      NonFiniteInputWarning, stacklevel=3)
-        return torch.where(finite, image, torch.as_tensor(self.nonfinite, dtype=image.dtype))
 
     def _stitch_device_for(self, spatial: Sequence[int]) -> torch.device:
         if str(self.stitch_device) != "auto":
@@ -521,7 +318,7 @@ class Predictor:
         perm, lr_axis = None, None
         if self.tta and self.orientation is not None:
             lr_axis = next((i for i, c in enumerate(self.orientation.upper()) if c in "LR"), None)
-            perm = _lateral_permutation(self.class_names)
+            perm = lateral_permutation(self.class_names)
         use_amp = (self.amp or self.precision == "bf16") and self.device.type in ("cuda", "cpu")
         amp_dtype = torch.float16 if self.device.type == "cuda" and self.precision != "bf16" else torch.bfloat16
         if self.channels_last:

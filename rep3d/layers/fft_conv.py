@@ -49,8 +49,10 @@ def fast_fft_length(n: int) -> int:
 def fft_lengths(spatial: Sequence[int], kernel_size: Sequence[int]) -> tuple[int, int, int]:
     """Transform length per axis for an exact "same" conv of an ``S``-sized map with a (cropped) ``K`` kernel.
 
-    The smallest even 5-smooth length ``>= S + K//2`` (the exactness bound derived in the module docstring).
+    The smallest even 5-smooth length ``>= S + K//2`` (the exactness bound derived in the module docstring), or the
+    smallest power of two ``>= S + K//2`` under ``engine_settings(fft_lengths="power-of-two")``.
     """
+    power_of_two = get_engine_settings().fft_lengths == "power-of-two"
     out = []
     for s, k in zip(spatial, kernel_size, strict=True):
         if k > 2 * s - 1:
@@ -59,7 +61,8 @@ def fft_lengths(spatial: Sequence[int], kernel_size: Sequence[int]) -> tuple[int
             )
         # even: MKL's odd-length transforms (15, 27, 45, 75) ran 1.05-1.2x slower end to end than the next
         # even 5-smooth size (16, 30, 48, 80), see benchmarks/README.md
-        out.append(2 * fast_fft_length(-(-(s + k // 2) // 2)))
+        half = -(-(s + k // 2) // 2)
+        out.append(2 * ((1 << max(0, (half - 1).bit_length())) if power_of_two else fast_fft_length(half)))
     return tuple(out)  # type: ignore[return-value]
 
 

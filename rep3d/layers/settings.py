@@ -18,9 +18,12 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 from rep3d.errors import Rep3DTypeError, Rep3DValueError
 
+FFTLengths = Literal["5-smooth", "power-of-two"]
+FFT_LENGTHS: tuple[FFTLengths, ...] = ("5-smooth", "power-of-two")
 _DEFAULT_CHUNK_BYTES = MappingProxyType({"cpu": 16 * 2**20, "cuda": 512 * 2**20})
 
 
@@ -40,14 +43,21 @@ class EngineSettings:
         save_spectra_bytes: the size limit of ``save_spectra=None``.
         grad_w_slab_voxels: the direct engine sums its kernel gradient over depth slabs of at most this many
             voxels per map, which keeps the float32 error of the 10^5-term sums at the forward's level.
+        fft_lengths: how the FFT engine rounds its transform lengths up from the exactness bound: ``"5-smooth"``
+            (the sizes PyTorch's FFT runs fastest) or ``"power-of-two"`` (what onnxruntime's ``DFT`` kernel runs
+            without Bluestein's algorithm; :func:`rep3d.export.export_onnx` with ``fft_transforms="dft"``). Both
+            are exact.
     """
 
     chunk_bytes: Mapping[str, int] = field(default_factory=lambda: _DEFAULT_CHUNK_BYTES)
     save_spectra: bool | None = None
     save_spectra_bytes: int = 64 * 2**20
     grad_w_slab_voxels: int = 2**14
+    fft_lengths: FFTLengths = "5-smooth"
 
     def __post_init__(self) -> None:
+        if self.fft_lengths not in FFT_LENGTHS:
+            raise Rep3DValueError(f"fft_lengths must be one of {FFT_LENGTHS}, got {self.fft_lengths!r}")
         if self.save_spectra not in (None, True, False):
             raise Rep3DTypeError(f"save_spectra must be None, True or False, got {self.save_spectra!r}")
         for name in ("save_spectra_bytes", "grad_w_slab_voxels"):
@@ -85,6 +95,7 @@ def engine_settings(
     save_spectra: bool | None | object = ...,
     save_spectra_bytes: int | None = None,
     grad_w_slab_voxels: int | None = None,
+    fft_lengths: FFTLengths | None = None,
 ) -> Iterator[EngineSettings]:
     """Change engine settings inside a ``with`` block; the previous ones come back on exit (also on error).
 
@@ -110,6 +121,8 @@ def engine_settings(
         changes["save_spectra_bytes"] = save_spectra_bytes
     if grad_w_slab_voxels is not None:
         changes["grad_w_slab_voxels"] = grad_w_slab_voxels
+    if fft_lengths is not None:
+        changes["fft_lengths"] = fft_lengths
     new = dataclasses.replace(previous, **changes)
     _current = new
     try:

@@ -9,7 +9,7 @@ from rep3d.models import zoo  # noqa: F401  (registers the names)
 from rep3d.models.blocks import RepLKBlock3d, UnetrDecoder3d, UXBlock3d
 from rep3d.models.deploy import count_macs, is_deployed, optimize_for_inference, reparameterize_model
 from rep3d.models.info import model_info
-from rep3d.models.registry import is_model, list_models
+from rep3d.models.registry import is_model
 from rep3d.models.rep3d_net import Rep3D, Rep3DEncoder, UXNet3D
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "count_macs",
     "is_deployed",
     "is_model",
-    "list_models",
     "mask_health",
     "mask_health_scalars",
     "model_info",

@@ -62,7 +62,7 @@ def _cfg(num_classes: int = 16, roi_size: tuple[int, int, int] = DEFAULT_ROI, pa
 # Weights trained by rep3d on its SYNTHETIC phantoms (rep3d/weights/rep3d_tiny_phantom.md has the card):
 #   rep3d phantom data/phantom --num-train 40 --num-test 10 --seed 0
 #   rep3d train --data data/phantom --out runs/tiny_phantom --recipe phantom
-#   python -m rep3d.bundle runs/tiny_phantom rep3d_tiny_phantom -o rep3d/weights
+#   python -m rep3d.cli.bundle runs/tiny_phantom rep3d_tiny_phantom -o rep3d/weights
 PHANTOM_WEIGHTS = _cfg(
     num_classes=len(PHANTOM.class_names), **PHANTOM.model_cfg(), dataset="rep3d-phantom", synthetic=True,
     description="SYNTHETIC: trained on rep3d's CT-like phantoms, not on patient scans; a pipeline demonstration.",

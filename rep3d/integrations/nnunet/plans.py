@@ -37,7 +37,7 @@ def rep3d_configuration(plans: dict[str, Any], *, model: str = "rep3d_tiny", ker
     Raises :class:`Rep3DDataError` when ``plans`` has no ``parent`` (3d_fullres) configuration and
     :class:`Rep3DValueError` for an unknown model or a bad batch size.
     """
-    from rep3d.builder import list_models
+    from rep3d.models.registry import list_models
 
     configurations = plans.get("configurations") or {}
     if parent not in configurations:
