@@ -245,7 +245,7 @@ def test_rep3d_base_blocks_compute_the_official_block_function():
     assert len(blocks) == 8
     with torch.no_grad():
         for i, block in enumerate(blocks):
-            assert block.dwconv.kernel_size == (21, 21, 21) and block.dwconv.modulation_mode == "lrbm"
+            assert block.dwconv.kernel_size == (21, 21, 21) and block.dwconv.modulation_kind == "lrbm"
             x = torch.randn(1, block.dwconv.channels, 4, 5, 3)
             torch.testing.assert_close(block(x), _official_block(x, block.dwconv), rtol=1e-5, atol=1e-5,
                                        msg=f"block {i}")

@@ -18,6 +18,7 @@ from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
 from rep3d.layers.depthwise import Backend
 from rep3d.models.blocks import Downsample3d, RepLKBlock3d, Stem3d, UnetrDecoder3d, UXBlock3d
+from rep3d.models.checkpoint_filter import checkpoint_filter_fn
 
 BLOCKS = {"replk": RepLKBlock3d, "ux": UXBlock3d}
 
@@ -198,6 +199,15 @@ class Rep3D(nn.Module):
 
     fixed_block: str | None = None
     """The block kind a subclass always uses (it then takes no ``block`` argument); ``None``: ``block`` chooses."""
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    """Adapts a checkpoint to a model of this family (input channels, head, train / deploy form); the hub's loaders
+    call it (see :mod:`rep3d.models.checkpoint_filter`)."""
+
+    @staticmethod
+    def log_name(module_name: str) -> str:
+        """The short name of a module in metrics logs: ``encoder.stages.0.0.dwconv`` -> ``stages.0.0``."""
+        return module_name.removeprefix("encoder.").removesuffix(".dwconv")
 
     def __init__(
         self,
