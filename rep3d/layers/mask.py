@@ -35,8 +35,10 @@ class MaskCfg:
         form: how the generator output turns the prior into the mask (table in :class:`ModulatedKernelParam`).
         beta: sharpness of the distance prior ``P = beta / (d + beta)`` (not BatchNorm's shift).
         learnable_beta: learn ``beta`` too (log-parameterised, stays positive).
-        generator_hidden_channels, generator_kernel_size, generator_depth, generator_output_scale: the generator
-            net :class:`MaskGenerator` (``hidden_channels``, ``kernel_size``, ``depth``, ``output_scale``).
+        generator_hidden_channels: the generator net's (:class:`MaskGenerator`) ``hidden_channels``.
+        generator_kernel_size: its ``kernel_size``.
+        generator_depth: its ``depth`` (number of convs).
+        generator_output_scale: its ``output_scale``.
     """
 
     form: MaskForm = DEFAULT_MASK_FORM

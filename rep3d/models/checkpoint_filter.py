@@ -52,7 +52,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
             that must match the model (``checkpoint_path``): only the form is converted.
         classifier: the head's module path (the cfg's ``classifier``); default ``decoder.out.conv.conv``.
         metadata: the weight file's metadata (``rep3d_form`` says the form when present).
-        name, where: the model / tag and the source, for messages.
+        name: the model / tag, for messages.
+        where: the source, for messages.
 
     Returns the tensors to load. Raises :class:`~rep3d.errors.Rep3DWeightsError` (``reason="form"``) for deployed
     weights and a train-form model.
