@@ -93,18 +93,23 @@ def train_to_deploy(state: Mapping[str, torch.Tensor], model: nn.Module, name: s
                     where: str = "weights") -> dict[str, torch.Tensor]:
     """Train-form ``state`` -> the deployed ``model``'s tensors: each large-kernel conv's train-form tensors are folded
     by that conv (:meth:`~rep3d.layers.RepLKConv3d.fold_state`); every other tensor is kept as it is."""
-    out = dict(state)
+    folded: dict[str, dict[str, torch.Tensor]] = {}
     for prefix, conv in _convs(model):
-        own = {k[len(prefix) + 1:]: out.pop(k) for k in list(out) if k.startswith(prefix + ".")}
-        if not own or set(own) <= {"weight", "bias"}:
-            out.update({f"{prefix}.{k}": v for k, v in own.items()})
+        own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        if set(own) <= {"weight", "bias"}:
             continue
         try:
-            folded = conv.fold_state(own, prefix)
+            folded[prefix] = conv.fold_state(own, prefix)
         except Rep3DError as err:
             raise Rep3DWeightsError(name, where, str(err), "load the weights into the model variant they were "
                                     "trained as (same modulation, small branch and norm)", reason="form") from err
-        out.update({f"{prefix}.{k}": v for k, v in folded.items()})
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():  # the checkpoint's order, each folded conv where its tensors were
+        prefix = next((p for p in folded if key.startswith(p + ".")), None)
+        if prefix is None:
+            out[key] = value
+        elif f"{prefix}.weight" not in out:
+            out.update({f"{prefix}.{k}": v for k, v in folded[prefix].items()})
     return out
 
 
