@@ -16,8 +16,6 @@ The hub reads and verifies bytes (:mod:`rep3d.hub.weights`); everything that kno
   refuses).
 """
 
-from __future__ import annotations
-
 import math
 import warnings
 from collections.abc import Mapping
