@@ -212,7 +212,7 @@ def _default_architecture(family: str, args: dict[str, Any]) -> str:
 
 def _check_unmodulated(model: nn.Module, architecture: str, family: str, name: str, where: str) -> None:
     convs = [m for m in model.modules() if isinstance(m, RepLKConv3d)]
-    if any(m.modulation_mode is not None or m.small_kernel is not None for m in convs):
+    if any(m.modulation_kind is not None or m.small_kernel is not None for m in convs):
         plain = "uxnet3d_base" if family == "uxnet_3d" else re.sub(r"(_fixed|_csla|_vanilla)?$", "_vanilla",
                                                                    architecture, count=1)
         raise Rep3DWeightsError(

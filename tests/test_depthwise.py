@@ -299,24 +299,59 @@ def test_auto_picks_fft_for_large_maps_with_large_kernels(requires_grad):
         assert _pick(shape, 21, requires_grad) == "fft"
 
 
-def _cuda_rule_pick(shape, k, requires_grad, dtype=torch.float32):
-    # the documented CUDA rule, written out: FFT iff weight * FFT flops < direct flops
-    kernel = useful_kernel_size((k,) * 3, shape[2:])
-    flops = depthwise.flop_estimates(shape, kernel, requires_grad)
-    weight = depthwise.CUDA_RULE["fft_flop_weight"][(requires_grad, depthwise.dtype_class(dtype))]
-    return "fft" if weight * flops["fft"] < flops["direct"] else "direct"
+def _direct_flops(shape, kernel, requires_grad):
+    # written out from the documented formula, not through flop_estimates: 2 flops per multiply-add, 3 convs in
+    # training (forward, grad_x, grad_w)
+    batch, channels, *spatial = shape
+    return 2 * batch * channels * math.prod(spatial) * math.prod(kernel) * (3 if requires_grad else 1)
+
+
+def test_flop_estimates_direct_count_matches_the_closed_form():
+    for shape in [(1, 48, 6, 6, 6), (2, 384, 12, 12, 12), (2, 8, 12, 10, 7)]:
+        for kernel in [(3, 3, 3), (11, 11, 11), (7, 5, 3)]:
+            for grad in (False, True):
+                assert depthwise.flop_estimates(shape, kernel, grad)["direct"] == _direct_flops(shape, kernel, grad)
+
+
+def test_flop_estimates_fft_count_matches_the_closed_form_in_inference():
+    # forward: 2B + 1 real transforms of N = L^3 points at 2.5 N log2 N flops, plus 6 flops per complex product
+    for shape, kernel in [((1, 48, 24, 24, 24), (21, 21, 21)), ((2, 8, 12, 10, 7), (7, 5, 3))]:
+        batch, channels = shape[:2]
+        points = math.prod(fft_lengths(shape[2:], kernel))
+        want = 2.5 * channels * (2 * batch + 1) * points * math.log2(points) + 6 * channels * batch * points / 2
+        assert depthwise.flop_estimates(shape, kernel, False)["fft"] == pytest.approx(want, rel=1e-12)
+
+
+CUDA_GRID = [((b, c, s, s, s), k) for b in (1, 2) for c in (48, 384) for s in (4, 6, 8, 12, 16, 24, 48)
+             for k in (3, 7, 11, 21)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_cuda_choice_follows_the_cuda_rule_not_the_cpu_model(requires_grad, dtype):
-    shapes = [(b, c, s, s, s) for b in (1, 2) for c in (48, 384) for s in (4, 6, 8, 12, 16, 24, 48)]
-    kernels = (3, 7, 11, 21)
-    cuda = {(sh, k): _pick(sh, k, requires_grad, "cuda", dtype) for sh in shapes for k in kernels}
-    for (sh, k), pick in cuda.items():
-        assert pick == _cuda_rule_pick(sh, k, requires_grad, dtype)
-    cpu = {(sh, k): _pick(sh, k, requires_grad, "cpu", dtype) for sh in shapes for k in kernels}
-    assert cpu != cuda  # the device type is honoured: the two rules differ somewhere on this grid
+def test_cuda_choice_is_fft_exactly_when_weighted_fft_flops_are_below_direct_flops(requires_grad, dtype, monkeypatch):
+    key = (requires_grad, {torch.float32: "float32", torch.bfloat16: "half", torch.float64: "float64"}[dtype])
+    weights = dict(depthwise.CUDA_RULE["fft_flop_weight"])
+    for (shape, k) in CUDA_GRID:
+        kernel = useful_kernel_size((k,) * 3, shape[2:])
+        ratio = _direct_flops(shape, kernel, requires_grad) / depthwise.flop_estimates(shape, kernel, requires_grad)[
+            "fft"]
+        assert _pick(shape, k, requires_grad, "cuda", dtype) == ("fft" if weights[key] < ratio else "direct")
+        # the rule reads the weight of this (gradients, dtype) and no other: move it across the ratio, and only it
+        others = {kk: (1e-9 if weights[key] >= ratio else 1e9) for kk in weights if kk != key}
+        monkeypatch.setitem(depthwise.CUDA_RULE, "fft_flop_weight", {**others, key: ratio * 0.99})
+        assert _pick(shape, k, requires_grad, "cuda", dtype) == "fft"
+        monkeypatch.setitem(depthwise.CUDA_RULE, "fft_flop_weight", {**others, key: ratio * 1.01})
+        assert _pick(shape, k, requires_grad, "cuda", dtype) == "direct"
+        monkeypatch.setitem(depthwise.CUDA_RULE, "fft_flop_weight", weights)
+
+
+def test_cpu_and_cuda_follow_different_rules():
+    # the device type decides, both ways: a 12^3 map with a 21^3 kernel is direct on the CPU model and FFT under
+    # the CUDA rule (flops x 8); a 48^3 map with a 7^3 kernel the reverse
+    assert (_pick((2, 48, 12, 12, 12), 21, False, "cpu"), _pick((2, 48, 12, 12, 12), 21, False, "cuda")) == (
+        "direct", "fft")
+    assert (_pick((2, 48, 48, 48, 48), 7, False, "cpu"), _pick((2, 48, 48, 48, 48), 7, False, "cuda")) == (
+        "fft", "direct")
 
 
 def test_cuda_rule_shape_large_maps_fft_tiny_maps_and_small_kernels_direct():

@@ -323,8 +323,14 @@ def test_modulated_kernel_rejects_wrong_weights():
         mod(torch.randn(4, 1, 3, 3, 3))
     with pytest.raises(Rep3DTypeError, match="floating-point weight"):
         mod(torch.ones(4, 1, 5, 5, 5, dtype=torch.int64))
-    with pytest.raises(Rep3DValueError, match="mode"):
+    with pytest.raises(Rep3DValueError, match="modulation must be 'lrbm' or 'fixed', got 'learned'"):
         ModulatedKernelParam(5, "learned")
+
+
+def test_modulated_kernel_old_mode_keyword_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="modulation="):
+        mod = ModulatedKernelParam(5, mode="fixed")
+    assert mod.modulation == "fixed" and mod.generator is None
 
 
 # --- RepLKConv3d: upstream bug 3 (weight reassigned inside forward) ----------------------------------------------

@@ -245,7 +245,7 @@ def test_rep3d_base_blocks_compute_the_official_block_function():
     assert len(blocks) == 8
     with torch.no_grad():
         for i, block in enumerate(blocks):
-            assert block.dwconv.kernel_size == (21, 21, 21) and block.dwconv.modulation_mode == "lrbm"
+            assert block.dwconv.kernel_size == (21, 21, 21) and block.dwconv.modulation_kind == "lrbm"
             x = torch.randn(1, block.dwconv.channels, 4, 5, 3)
             torch.testing.assert_close(block(x), _official_block(x, block.dwconv), rtol=1e-5, atol=1e-5,
                                        msg=f"block {i}")
@@ -264,7 +264,24 @@ def test_block_residual_adds_the_shortcut_as_an_option():
         torch.testing.assert_close(residual.encoder.stages[0][0](x), x + want)
     with pytest.raises(ValueError, match="block_residual=True"):
         rep3d.create_model("rep3d_tiny", kernel_size=5, drop_path_rate=0.1)
-    assert rep3d.create_model("rep3d_tiny", kernel_size=5, block_residual=True, drop_path_rate=0.1) is not None
+
+
+def test_drop_path_with_block_residual_drops_whole_residual_branches_at_linearly_decaying_rates():
+    from timm.layers import DropPath
+
+    torch.manual_seed(0)
+    model = rep3d.create_model("rep3d_tiny", kernel_size=5, block_residual=True, drop_path_rate=0.6)
+    blocks = [block for stage in model.encoder.stages for block in stage]
+    rates = [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0 for b in blocks]
+    assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])  # timm's stochastic-depth rule: 0 to the rate, linearly
+    last = blocks[-1].train()
+    x = torch.randn(64, last.dwconv.channels, 2, 2, 2)
+    with torch.no_grad():
+        y = last(x)
+    dropped = [bool(torch.equal(y[i], x[i])) for i in range(len(x))]  # a dropped sample keeps only the shortcut
+    assert 10 < sum(dropped) < 54  # about 60 % of 64 samples; kept ones add a non-zero branch
+    with torch.no_grad():
+        torch.testing.assert_close(last.eval()(x), x + last.act(last.dwconv(x)))  # no drop in eval
 
 
 @pytest.mark.parametrize("name", ["rep3d_tiny", "rep3d_base"])

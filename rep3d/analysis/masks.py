@@ -122,7 +122,7 @@ def mask_report(model: nn.Module, input_size: tuple[int, int, int] | None = None
         mask = module.mask()[0, 0].double().cpu().numpy()
         prior = module.prior_volume()[0, 0].double().cpu().numpy()
         report[name.removesuffix(".modulation")] = {
-            "mode": module.mode,
+            "mode": module.modulation,
             "mask_form": module.mask_form if module.generator is not None else None,
             "kernel_size": list(module.kernel_size),
             "mask": mask,

@@ -20,9 +20,6 @@ from rep3d.hub.download import (
 )
 from rep3d.hub.publish import model_card, model_config, push_to_hub, save_pretrained
 from rep3d.hub.weights import (
-    INPUT_CONV_KEYS,
-    adapt_input_channels,
-    adapt_state_dict,
     load_checkpoint,
     load_pretrained,
     read_weights,
@@ -33,12 +30,9 @@ __all__ = [
     "BUNDLED_PREFIX",
     "CONFIG_NAME",
     "DEFAULT_FILENAME",
-    "INPUT_CONV_KEYS",
     "WEIGHTS_DIR_ENV",
     "Rep3DWeightsError",
     "WeightsSource",
-    "adapt_input_channels",
-    "adapt_state_dict",
     "bundled_weights_dir",
     "check_weights_available",
     "hub_download",

@@ -1,11 +1,12 @@
 """Reusable building blocks: drop them into any 3-D network."""
 
-from rep3d.layers.conv import RepLKConv3d, is_deployed
+from rep3d.layers.conv import BatchNormCfg, RepLKConv3d, is_deployed
 from rep3d.layers.depthwise import choose_backend, depthwise_conv3d, useful_kernel_size
 from rep3d.layers.fft_conv import fast_fft_length, fft_lengths
 from rep3d.layers.fusion import crop_kernel, fold_batchnorm, pad_kernel
 from rep3d.layers.mask import (
     MASK_FORMS,
+    MaskCfg,
     MaskGenerator,
     ModulatedKernelParam,
     distance_prior,
@@ -18,9 +19,11 @@ from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
 __all__ = [
     "MASK_FORMS",
+    "BatchNormCfg",
     "EngineSettings",
     "InstanceNorm3dKeepFormat",
     "LayerNorm3d",
+    "MaskCfg",
     "MaskGenerator",
     "ModulatedKernelParam",
     "RepLKConv3d",

@@ -1,24 +1,23 @@
 """RepLKConv3d: a large depthwise 3-D conv with train-time structure that folds into one conv for deployment."""
 
-import inspect
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers.checks import check_volume, is_exporting, kernel_size_3d
 from rep3d.layers.depthwise import BACKENDS, Backend, depthwise_conv3d, direct_depthwise_conv3d
-from rep3d.layers.fusion import fold_batchnorm, pad_kernel
-from rep3d.layers.mask import DEFAULT_MASK_FORM, MaskForm, ModulatedKernelParam, OutputScale
+from rep3d.layers.fusion import centre_pad, fold_batchnorm, pad_kernel
+from rep3d.layers.mask import MaskCfg, ModulatedKernelParam
 from rep3d.layers.scripted_engine import scripted_depthwise_conv3d
 
 Modulation = Literal["lrbm", "fixed"] | None
-
+"""The kernel modulation of a layer: see :data:`rep3d.layers.mask.Modulation`, or ``None`` for none."""
 
 
 def engine_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
@@ -36,6 +35,41 @@ def engine_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 torch.fx.wrap("engine_conv3d")
 
 
+@dataclass(frozen=True)
+class BatchNormCfg:
+    """The BatchNorms of :class:`RepLKConv3d`'s branches (``nn.BatchNorm3d`` ``eps`` and ``momentum``)."""
+
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    OPTION_NAMES = ("bn_eps", "bn_momentum")
+    """Their flat keyword names in model arguments and in :class:`RepLKConv3d`."""
+
+    def options(self) -> dict[str, float]:
+        return {"bn_eps": self.eps, "bn_momentum": self.momentum}
+
+
+def split_conv_options(options: Mapping[str, Any], mask: MaskCfg | None = None, batchnorm: BatchNormCfg | None = None,
+                       who: str = "RepLKConv3d") -> tuple[MaskCfg, BatchNormCfg]:
+    """Flat keyword options (``mask_form``, ``beta``, ``generator_*``, ``bn_eps``, ``bn_momentum``) -> the two configs.
+
+    Refuses a name that is neither, and flat options given together with the config they belong to.
+    """
+    mask_options = {k: v for k, v in options.items() if k in MaskCfg.OPTION_NAMES}
+    bn_options = {k: v for k, v in options.items() if k in BatchNormCfg.OPTION_NAMES}
+    unknown = sorted(set(options) - set(mask_options) - set(bn_options))
+    if unknown:
+        raise Rep3DTypeError(f"{who} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    for cfg, flat, name in ((mask, mask_options, "mask"), (batchnorm, bn_options, "batchnorm")):
+        if cfg is not None and flat:
+            raise Rep3DTypeError(f"{who}: pass either {name}=... or {', '.join(sorted(flat))}, not both")
+    if mask is None:
+        mask = MaskCfg.from_options(mask_options, who)
+    if batchnorm is None:
+        batchnorm = BatchNormCfg(eps=bn_options.get("bn_eps", 1e-5), momentum=bn_options.get("bn_momentum", 0.1))
+    return mask, batchnorm
+
+
 class RepLKConv3d(nn.Module):
     """Depthwise large-kernel 3-D conv, stride 1, "same" padding: ``[B, C, D, H, W] -> [B, C, D, H, W]``.
 
@@ -43,16 +77,22 @@ class RepLKConv3d(nn.Module):
 
         y = BN(conv(x, W * M)) [+ BN_s(conv(x, W_s))]
 
-    where ``M`` is the receptive-field mask (``modulation="lrbm"`` learnable, ``"fixed"`` the distance prior,
-    ``None`` no mask; ``mask_form`` and the ``generator_*`` knobs shape the learnable one, see
+    where ``M`` is the receptive-field mask (``modulation="lrbm"``: the learnable receptive-field-biased mask,
+    ``"fixed"``: the distance prior, ``None``: no mask; ``mask`` (:class:`~rep3d.layers.MaskCfg`) shapes it, see
     :class:`~rep3d.layers.ModulatedKernelParam`) and the optional ``small_kernel`` branch is the CSLA / RepLKNet
     parallel small conv. With ``norm=False`` there is no BatchNorm and the branches are summed as kernels;
-    ``bias=True`` adds a learnable per-channel bias after everything (as in 3D UX-Net's depthwise conv).
+    ``bias=True`` adds a learnable per-channel bias after everything (as in 3D UX-Net's depthwise conv). The mask
+    settings may also be given as flat keywords (``mask_form=``, ``beta=``, ``generator_depth=``, ...; ``bn_eps=``,
+    ``bn_momentum=`` for ``batchnorm``), the names model arguments use.
 
-    :meth:`reparameterize` folds mask, BatchNorms and small branch into one depthwise conv with bias; the module
-    then holds only ``weight`` ``[C, 1, k, k, k]`` and ``bias`` ``[C]`` and its state_dict loads into a module built
-    with ``deploy=True``.
+    Folding lives in one place: :meth:`fused_kernel` computes the single conv equal to the train form, and
+    :meth:`reparameterize` swaps it in (the module then holds only ``weight`` ``[C, 1, k, k, k]`` and ``bias``
+    ``[C]``, as a module built with ``deploy=True``). A deployed conv keeps its construction settings, so train-form
+    tensors that reach it are folded by :meth:`fold_state` (the same :meth:`fused_kernel`, on a train-form twin).
     """
+
+    # plain-data settings: kept for fold_state and repr, never used by the forward TorchScript compiles
+    __jit_ignored_attributes__ = ["mask_cfg", "batchnorm_cfg"]
 
     def __init__(
         self,
@@ -60,20 +100,14 @@ class RepLKConv3d(nn.Module):
         kernel_size: int | Sequence[int] = 21,
         *,
         modulation: Modulation = "lrbm",
-        small_kernel: int | None = None,
+        small_kernel: int | Sequence[int] | None = None,
         norm: bool = True,
         bias: bool = False,
         conv_backend: Backend = "auto",
         deploy: bool = False,
-        beta: float = 1.0,
-        learnable_beta: bool = False,
-        mask_form: MaskForm = DEFAULT_MASK_FORM,
-        generator_hidden_channels: int = 1,
-        generator_kernel_size: int = 7,
-        generator_depth: int = 2,
-        generator_output_scale: OutputScale = "sqrt_fan_in",
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
+        mask: MaskCfg | None = None,
+        batchnorm: BatchNormCfg | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -82,6 +116,7 @@ class RepLKConv3d(nn.Module):
             raise Rep3DValueError(f"RepLKConv3d: modulation must be 'lrbm', 'fixed' or None, got {modulation!r}")
         if conv_backend not in BACKENDS:
             raise Rep3DValueError(f"RepLKConv3d: conv_backend must be one of {BACKENDS}, got {conv_backend!r}")
+        self.mask_cfg, self.batchnorm_cfg = split_conv_options(options, mask, batchnorm)
         self.channels = channels
         self.kernel_size = kernel_size_3d(kernel_size)
         self.small_kernel = None if small_kernel is None else kernel_size_3d(small_kernel, name="small_kernel")
@@ -89,8 +124,10 @@ class RepLKConv3d(nn.Module):
             raise Rep3DValueError(
                 f"RepLKConv3d: small_kernel {small_kernel} must be smaller than kernel_size {kernel_size} on every axis"
             )
-        self.modulation_mode = modulation
-        self.norm = norm
+        # ``self.modulation`` is the mask module (its name is fixed by the state_dict keys); this is its kind
+        self.modulation_kind = modulation
+        self.has_batchnorm = norm
+        self.has_bias = bias
         self.conv_backend = conv_backend
         self.deploy = deploy
         self.grad_checkpointing = False
@@ -102,17 +139,15 @@ class RepLKConv3d(nn.Module):
             return
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.modulation = (
-            ModulatedKernelParam(self.kernel_size, modulation, beta=beta, learnable_beta=learnable_beta,
-                                 mask_form=mask_form, generator_hidden_channels=generator_hidden_channels,
-                                 generator_kernel_size=generator_kernel_size, generator_depth=generator_depth,
-                                 generator_output_scale=generator_output_scale)
-            if modulation is not None else None
+            ModulatedKernelParam.from_cfg(self.kernel_size, modulation, self.mask_cfg) if modulation is not None
+            else None
         )
-        self.bn = nn.BatchNorm3d(channels, eps=bn_eps, momentum=bn_momentum) if norm else None
+        bn = self.batchnorm_cfg
+        self.bn = nn.BatchNorm3d(channels, eps=bn.eps, momentum=bn.momentum) if norm else None
         if self.small_kernel is not None:
             self.small_weight = nn.Parameter(torch.empty(channels, 1, *self.small_kernel))
             _init_kernel(self.small_weight)
-            self.small_bn = nn.BatchNorm3d(channels, eps=bn_eps, momentum=bn_momentum) if norm else None
+            self.small_bn = nn.BatchNorm3d(channels, eps=bn.eps, momentum=bn.momentum) if norm else None
         else:
             self.register_parameter("small_weight", None)
             self.small_bn = None
@@ -142,7 +177,9 @@ class RepLKConv3d(nn.Module):
         small_weight = self.small_weight
         if self.bn is None:
             if small_weight is not None:
-                weight = weight + _centre_pad(small_weight, self.small_kernel, self.kernel_size)
+                small_kernel = self.small_kernel
+                assert small_kernel is not None
+                weight = weight + centre_pad(small_weight, list(small_kernel), list(self.kernel_size))
             return self._conv(x, weight, self.bias)
         y = self.bn(self._conv(x, weight, None))
         if small_weight is not None and self.small_bn is not None:
@@ -205,30 +242,43 @@ class RepLKConv3d(nn.Module):
         if self.deploy:
             parts.append("deploy=True")
         else:
-            parts += [f"modulation={self.modulation_mode!r}", f"small_kernel={self.small_kernel}", f"norm={self.norm}"]
+            parts += [f"modulation={self.modulation_kind!r}", f"small_kernel={self.small_kernel}",
+                      f"norm={self.has_batchnorm}"]
             if self.bias is not None:
                 parts.append("bias=True")
         if self.conv_backend != "auto":
             parts.append(f"conv_backend={self.conv_backend!r}")
         return ", ".join(parts)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Train-form tensors arriving in a deployed module. A deployed module's ``weight`` / ``bias`` have the names and
-    # shapes of the train form's unmodulated kernel and (UX-Net) bias, so ``load_state_dict(strict=False)`` or MONAI's
-    # ``copy_model_state`` would load an unfolded kernel without its mask, BatchNorm and small branch: a wrong
-    # function, silently. The hooks below fold such tensors on load, or refuse when they cannot be folded.
+    def train_form(self) -> "RepLKConv3d":
+        """A freshly initialised train-form conv with this conv's settings (what ``deploy=False`` builds)."""
+        return RepLKConv3d(self.channels, self.kernel_size, modulation=self.modulation_kind,
+                           small_kernel=self.small_kernel, norm=self.has_batchnorm, bias=self.has_bias,
+                           conv_backend=self.conv_backend, mask=self.mask_cfg, batchnorm=self.batchnorm_cfg)
 
-    def __new__(cls, *args: object, **kwargs: object) -> "RepLKConv3d":
-        # Remember the constructor arguments: a deployed module needs them to rebuild its train form when train-form
-        # tensors arrive (copy / deepcopy / unpickling call __new__ without arguments and restore the attribute).
-        self = super().__new__(cls)
-        if args or kwargs:
-            try:
-                bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
-            except TypeError:  # __init__ reports the bad call itself
-                return self
-            object.__setattr__(self, "_init_args", {k: v for k, v in bound.arguments.items() if k != "self"})
-        return self
+    def fold_state(self, state: Mapping[str, torch.Tensor], name: str = "(root)") -> dict[str, torch.Tensor]:
+        """Train-form tensors of this conv (keys without prefix) -> its folded ``{"weight", "bias"}``.
+
+        The state-dict side of :meth:`reparameterize`: the tensors are loaded into :meth:`train_form` and folded by
+        :meth:`fused_kernel`. Raises :class:`~rep3d.errors.Rep3DValueError` when they belong to another variant.
+        """
+        twin = self.train_form()
+        result = twin.load_state_dict(dict(state), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise Rep3DValueError(
+                f"RepLKConv3d {name}: the train-form tensors do not fit this conv's train form "
+                f"(missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}), so they "
+                "cannot be folded; they belong to another variant (mask / BatchNorm / small branch differ)"
+            )
+        weight, bias = twin.fused_kernel()
+        return {"weight": weight, "bias": bias}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The generic PyTorch idioms. A deployed module's ``weight`` / ``bias`` have the names and shapes of the train
+    # form's unmodulated kernel and (UX-Net) bias, so ``load_state_dict(strict=False)`` or MONAI's
+    # ``copy_model_state`` would load an unfolded kernel without its mask, BatchNorm and small branch: a wrong
+    # function, silently. The hooks below fold such tensors on load (fold_state), or refuse when they cannot be
+    # folded; the reverse (folded weights into a train-form conv) is refused.
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -247,16 +297,17 @@ class RepLKConv3d(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        name = prefix.rstrip(".") or "(root)"
         if self.deploy:
             own = [k for k in state_dict if k.startswith(prefix)]  # a deployed conv has no children
             extras = [k for k in own if k not in (prefix + "weight", prefix + "bias")]
             unfolded = getattr(state_dict.get(prefix + "weight"), "rep3d_unfolded_kernel", False)
             if extras:
-                folded = self._fold_train_form({k[len(prefix):]: state_dict.pop(k) for k in own}, prefix)
+                folded = self.fold_state({k[len(prefix):]: state_dict.pop(k) for k in own}, name)
                 state_dict.update({prefix + k: v for k, v in folded.items()})
             elif unfolded:
                 raise Rep3DValueError(
-                    f"RepLKConv3d {prefix.rstrip('.') or '(root)'}: an unfolded train-form kernel is being loaded into "
+                    f"RepLKConv3d {name}: an unfolded train-form kernel is being loaded into "
                     "a deployed (folded) conv without its mask / BatchNorm / small-branch tensors (e.g. by "
                     "monai.networks.utils.copy_model_state, which keeps only the keys the deployed model has): "
                     "the result would compute a different function. Load the full train-form state_dict (it is "
@@ -268,7 +319,7 @@ class RepLKConv3d(nn.Module):
                 k.startswith((prefix + "bn.", prefix + "modulation.", prefix + "small_weight")) for k in state_dict)
             if folded or deployed_layout:
                 raise Rep3DValueError(
-                    f"RepLKConv3d {prefix.rstrip('.') or '(root)'}: deployed (folded) weights are being loaded into "
+                    f"RepLKConv3d {name}: deployed (folded) weights are being loaded into "
                     "a train-form conv (e.g. load_state_dict(strict=False) or monai.networks.utils.copy_model_state "
                     "from a rep3d.reparameterize_model / deploy=True model): its mask, BatchNorm and small branch "
                     "would be applied on top of the folded kernel, a different function. Load them into a model in "
@@ -276,34 +327,6 @@ class RepLKConv3d(nn.Module):
                 )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-
-    def _fold_train_form(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-        """Train-form tensors of this conv -> its folded ``weight`` / ``bias`` (via a train-form twin)."""
-        name = prefix.rstrip(".") or "(root)"
-        args = getattr(self, "_init_args", None)
-        if args is None:
-            raise Rep3DValueError(f"RepLKConv3d {name}: train-form tensors ({', '.join(sorted(state))}) cannot be "
-                                  "folded into this deployed conv (its construction arguments are unknown); load them "
-                                  "into a train-form model and call rep3d.reparameterize_model")
-        twin = type(self)(**{**args, "deploy": False})
-        result = twin.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise Rep3DValueError(
-                f"RepLKConv3d {name}: the train-form tensors do not fit this conv's train form "
-                f"(missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}), so they "
-                "cannot be folded; they belong to another variant (mask / BatchNorm / small branch differ)"
-            )
-        weight, bias = twin.fused_kernel()
-        return {"weight": weight, "bias": bias}
-
-
-def _centre_pad(weight: torch.Tensor, have: tuple[int, int, int] | None, want: tuple[int, int, int]) -> torch.Tensor:
-    """Zero-pad a ``[C, 1, *have]`` kernel centred to ``want`` (a scriptable :func:`pad_kernel` for known sizes)."""
-    assert have is not None
-    pads: list[int] = []
-    for axis in [2, 1, 0]:
-        pads += [(want[axis] - have[axis]) // 2, (want[axis] - have[axis]) // 2]
-    return F.pad(weight, pads)
 
 
 def _init_kernel(weight: nn.Parameter) -> None:

@@ -14,23 +14,25 @@ def fold_batchnorm(
     bias: torch.Tensor | None,
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm that follows a conv into the conv.
 
-    ``BN(conv(x, W) + b) == conv(x, W') + b'`` with ``W' = W * s``, ``b' = (b - mean) * s + beta`` and
-    ``s = gamma / sqrt(var + eps)``. ``weight`` is ``[C_out, ...]``; returns ``(W', b')``, ``b'`` of shape ``[C_out]``.
+    ``BN(conv(x, W) + b) == conv(x, W') + b'`` with ``W' = W * s``, ``b' = (b - mean) * s + bn_bias`` and
+    ``s = bn_weight / sqrt(var + eps)`` (``bn_weight`` / ``bn_bias`` are BatchNorm's affine scale and shift, often
+    written gamma and beta; rep3d keeps ``beta`` for the mask's distance prior). ``weight`` is ``[C_out, ...]``;
+    returns ``(W', b')``, ``b'`` of shape ``[C_out]``.
     """
     scale = torch.rsqrt(running_var + eps)
-    if gamma is not None:
-        scale = scale * gamma
+    if bn_weight is not None:
+        scale = scale * bn_weight
     if bias is None:
         bias = torch.zeros_like(running_mean)
     new_bias = (bias - running_mean) * scale
-    if beta is not None:
-        new_bias = new_bias + beta
+    if bn_bias is not None:
+        new_bias = new_bias + bn_bias
     return weight * scale.reshape(-1, *([1] * (weight.ndim - 1))), new_bias
 
 
@@ -42,13 +44,28 @@ def pad_kernel(weight: torch.Tensor, kernel_size: int | Sequence[int]) -> torch.
     """
     target = kernel_size_3d(kernel_size)
     have = tuple(weight.shape[-3:])
-    pads: list[int] = []
-    for k_have, k_want in zip(reversed(have), reversed(target), strict=True):
+    for k_have, k_want in zip(have, target, strict=True):
         if k_have > k_want or (k_want - k_have) % 2:
             raise Rep3DValueError(
                 f"cannot centre-pad a kernel of size {have} to {target}: sizes must grow by even amounts")
-        pads += [(k_want - k_have) // 2] * 2
+    return centre_pad(weight, list(have), list(target))
+
+
+def centre_pad(weight: torch.Tensor, have: list[int], want: list[int]) -> torch.Tensor:
+    """Zero-pad the last three axes of ``weight`` from ``have`` to ``want``, centred (unchecked; TorchScript-able).
+
+    The one place kernel padding is computed: :func:`pad_kernel` checks the sizes and calls it, and the train-form
+    forward of :class:`~rep3d.layers.RepLKConv3d` (which TorchScript compiles) calls it directly.
+    """
+    pads: list[int] = []
+    for axis in [2, 1, 0]:  # F.pad lists the last axis first
+        pads += [(want[axis] - have[axis]) // 2, (want[axis] - have[axis]) // 2]
     return F.pad(weight, pads)
+
+
+def same_padding(kernel_size: Sequence[int]) -> list[int]:
+    """The "same" padding of a stride-1 conv with odd ``kernel_size`` (one int per axis): ``k // 2``."""
+    return [k // 2 for k in kernel_size]
 
 
 def crop_kernel(weight: torch.Tensor, kernel_size: Sequence[int]) -> torch.Tensor:

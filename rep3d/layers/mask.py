@@ -2,16 +2,22 @@
 "Mask")."""
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from rep3d.errors import Rep3DValueError
+from rep3d.errors import Rep3DTypeError, Rep3DValueError
 from rep3d.layers.checks import check_float, is_exporting, kernel_size_3d
 
-MaskMode = Literal["lrbm", "fixed"]
+Modulation = Literal["lrbm", "fixed"]
+"""How a kernel is modulated: ``"lrbm"`` the learnable receptive-field-biased mask (the paper's LRBM: a prior that
+decays with distance from the kernel centre, refined by a small learnt generator), ``"fixed"`` the distance prior
+alone. Layers that can also go without a mask take ``None`` as well."""
+MODULATIONS: tuple[str, ...] = ("lrbm", "fixed")
 MaskForm = Literal["additive", "exp", "softmax", "tanh"]
 MASK_FORMS: tuple[str, ...] = ("additive", "exp", "softmax", "tanh")
 OutputScale = Literal["sqrt_fan_in", "fan_in", "none"]
@@ -19,6 +25,47 @@ OUTPUT_SCALES: tuple[str, ...] = ("sqrt_fan_in", "fan_in", "none")
 DEFAULT_MASK_FORM: MaskForm = "additive"
 RING_RADII: tuple[int, ...] = (0, 1, 2, 4, 8)
 """Distances (in kernel elements) of the rings :meth:`ModulatedKernelParam.mask_stats` reports, plus the edge."""
+
+
+@dataclass(frozen=True)
+class MaskCfg:
+    """How the learnable mask (``modulation="lrbm"``) is shaped; ``"fixed"`` reads only ``beta``.
+
+    Attributes:
+        form: how the generator output turns the prior into the mask (table in :class:`ModulatedKernelParam`).
+        beta: sharpness of the distance prior ``P = beta / (d + beta)`` (not BatchNorm's shift).
+        learnable_beta: learn ``beta`` too (log-parameterised, stays positive).
+        generator_hidden_channels: the generator net's (:class:`MaskGenerator`) ``hidden_channels``.
+        generator_kernel_size: its ``kernel_size``.
+        generator_depth: its ``depth`` (number of convs).
+        generator_output_scale: its ``output_scale``.
+    """
+
+    form: MaskForm = DEFAULT_MASK_FORM
+    beta: float = 1.0
+    learnable_beta: bool = False
+    generator_hidden_channels: int = 1
+    generator_kernel_size: int = 7
+    generator_depth: int = 2
+    generator_output_scale: OutputScale = "sqrt_fan_in"
+
+    OPTION_NAMES = ("mask_form", "beta", "learnable_beta", "generator_hidden_channels", "generator_kernel_size",
+                    "generator_depth", "generator_output_scale")
+    """The flat keyword names of these settings in model arguments and layer constructors (``form`` is
+    ``mask_form`` there)."""
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], who: str = "MaskCfg") -> "MaskCfg":
+        """Build from flat keyword options (:data:`OPTION_NAMES`); an unknown name raises ``Rep3DTypeError``."""
+        unknown = sorted(set(options) - set(cls.OPTION_NAMES))
+        if unknown:
+            raise Rep3DTypeError(f"{who} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; the mask "
+                                 f"options are {', '.join(cls.OPTION_NAMES)}")
+        return cls(**{("form" if k == "mask_form" else k): v for k, v in options.items()})
+
+    def options(self) -> dict[str, Any]:
+        """The flat keyword options that rebuild this config (inverse of :meth:`from_options`)."""
+        return {("mask_form" if f.name == "form" else f.name): getattr(self, f.name) for f in fields(self)}
 
 
 def distance_prior(
@@ -137,8 +184,9 @@ class ModulatedKernelParam(nn.Module):
 
         parametrize.register_parametrization(conv, "weight", ModulatedKernelParam(7))
 
-    Modes: ``"fixed"``: ``M = P`` (the distance prior; RepUX-Net style), no parameters. ``"lrbm"``: a mask learnt by
-    the generator ``f`` (:class:`MaskGenerator`) over the prior, in one of four ``mask_form`` s:
+    ``modulation``: ``"fixed"``: ``M = P`` (the distance prior; RepUX-Net style), no parameters. ``"lrbm"`` (learnable
+    receptive-field-biased mask): a mask learnt by the generator ``f`` (:class:`MaskGenerator`) over the prior, in one
+    of four ``mask_form`` s:
 
     ============  ==============================  ==============  ==================================================
     mask_form     M                               sign of W kept  bounds (what ``mask_stats()["at_bound"]`` counts)
@@ -166,7 +214,7 @@ class ModulatedKernelParam(nn.Module):
     def __init__(
         self,
         kernel_size: int | Sequence[int],
-        mode: MaskMode = "lrbm",
+        modulation: Modulation = "lrbm",
         beta: float = 1.0,
         learnable_beta: bool = False,
         *,
@@ -175,16 +223,21 @@ class ModulatedKernelParam(nn.Module):
         generator_kernel_size: int = 7,
         generator_depth: int = 2,
         generator_output_scale: OutputScale = "sqrt_fan_in",
+        mode: Modulation | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("lrbm", "fixed"):
-            raise Rep3DValueError(f"ModulatedKernelParam: mode must be 'lrbm' or 'fixed', got {mode!r}")
+        if mode is not None:  # the name before issue 27; one word for the concept now
+            warnings.warn("ModulatedKernelParam(mode=...) is deprecated: pass modulation=...", DeprecationWarning,
+                          stacklevel=2)
+            modulation = mode
+        if modulation not in MODULATIONS:
+            raise Rep3DValueError(f"ModulatedKernelParam: modulation must be 'lrbm' or 'fixed', got {modulation!r}")
         if mask_form not in MASK_FORMS:
             raise Rep3DValueError(f"ModulatedKernelParam: mask_form must be one of {MASK_FORMS}, got {mask_form!r}")
         if not beta > 0:
             raise Rep3DValueError(f"ModulatedKernelParam: beta must be > 0, got {beta}")
         self.kernel_size = kernel_size_3d(kernel_size)
-        self.mode = mode
+        self.modulation = modulation
         self.mask_form = mask_form
         if learnable_beta:
             # log-parameterised so that beta stays positive under any update
@@ -195,8 +248,16 @@ class ModulatedKernelParam(nn.Module):
         self.beta_init = float(beta)
         self.generator = (
             MaskGenerator(generator_hidden_channels, generator_kernel_size, generator_depth,
-                          output_scale=generator_output_scale) if mode == "lrbm" else None
+                          output_scale=generator_output_scale) if modulation == "lrbm" else None
         )
+
+    @classmethod
+    def from_cfg(cls, kernel_size: int | Sequence[int], modulation: Modulation, cfg: MaskCfg) -> "ModulatedKernelParam":
+        """The modulation ``modulation`` of ``kernel_size`` kernels shaped by ``cfg``."""
+        return cls(kernel_size, modulation, cfg.beta, cfg.learnable_beta, mask_form=cfg.form,
+                   generator_hidden_channels=cfg.generator_hidden_channels,
+                   generator_kernel_size=cfg.generator_kernel_size, generator_depth=cfg.generator_depth,
+                   generator_output_scale=cfg.generator_output_scale)
 
     @property
     def beta(self) -> float:
@@ -265,7 +326,7 @@ class ModulatedKernelParam(nn.Module):
     def extra_repr(self) -> str:
         learn = ", learnable_beta=True" if self.log_beta is not None else ""
         form = f", mask_form={self.mask_form!r}" if self.generator is not None else ""
-        return f"kernel_size={self.kernel_size}, mode={self.mode!r}{form}, beta={self.beta_init}{learn}"
+        return f"kernel_size={self.kernel_size}, modulation={self.modulation!r}{form}, beta={self.beta_init}{learn}"
 
 
 def apply_mask_form(form: str, prior: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -311,9 +372,13 @@ def mask_health(model: nn.Module) -> dict[str, dict[str, float | None]]:
             if isinstance(m, ModulatedKernelParam) and m.generator is not None}
 
 
-def mask_health_scalars(model: nn.Module, prefix: str = "mask/") -> dict[str, float]:
+def mask_health_scalars(model: nn.Module, prefix: str = "mask/",
+                        log_name: Callable[[str], str] | None = None) -> dict[str, float]:
     """:func:`mask_health` flattened for a metrics log: ``{prefix}{module}/{stat}`` floats (``nan`` for ``None``),
     plus ``{prefix}at_bound_max`` and ``{prefix}generator_grad_norm`` (over all masks). Empty without a learnable mask.
+
+    ``{module}`` is ``log_name(module name)``; by default the model's own ``log_name`` method when it has one (a model
+    family knows its layout and can shorten its names), else the module name unchanged.
     """
     health = mask_health(model)
     out: dict[str, float] = {}
@@ -324,8 +389,9 @@ def mask_health_scalars(model: nn.Module, prefix: str = "mask/") -> dict[str, fl
     out[f"{prefix}generator_grad_norm"] = (
         math.sqrt(sum(g * g for g in grads)) if all(g is not None for g in grads) else math.nan
     )
+    log_name = log_name or getattr(model, "log_name", None) or (lambda name: name)
     for name, stats in health.items():
-        short = name.removeprefix("encoder.").removesuffix(".dwconv")
+        short = log_name(name)
         for key, value in stats.items():
             out[f"{prefix}{short}/{key}"] = math.nan if value is None else float(value)
     return out

@@ -1,6 +1,8 @@
 """Network blocks shared by the Rep3D and 3D UX-Net families (blocks reusable, nets thin)."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
@@ -9,9 +11,84 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rep3d.errors import Rep3DValueError
-from rep3d.layers import LayerNorm3d, RepLKConv3d
-from rep3d.layers.conv import Modulation
+from rep3d.layers import BatchNormCfg, LayerNorm3d, MaskCfg, RepLKConv3d
+from rep3d.layers.conv import Modulation, split_conv_options
 from rep3d.layers.depthwise import Backend
+
+BLOCK_KINDS = ("replk", "ux")
+UX_OPTION_NAMES = ("mlp_ratio", "mlp_groups", "layer_scale_init_value")
+
+
+@dataclass(frozen=True)
+class BlockCfg:
+    """Everything an encoder's large-kernel blocks are built with: one object from the model down to the conv.
+
+    Attributes:
+        kind: ``"replk"`` (:class:`RepLKBlock3d`, Rep3D's plain block) or ``"ux"`` (:class:`UXBlock3d`).
+        kernel_size: the large kernel (odd int or triple).
+        modulation: ``"lrbm"`` (learnable receptive-field-biased mask), ``"fixed"`` (distance prior) or ``None``.
+        small_kernel: the parallel CSLA branch (``"replk"`` only), or ``None``.
+        residual: ``"replk"``: add the shortcut (rep3d's deviation, an ablation option; the model argument
+            ``block_residual``); ``"ux"`` blocks always have it.
+        conv_backend: the depthwise engine (``"auto"``, ``"direct"``, ``"fft"``).
+        deploy: build the folded form.
+        mask: the mask's shape (:class:`~rep3d.layers.MaskCfg`).
+        batchnorm: the conv's BatchNorm settings (:class:`~rep3d.layers.BatchNormCfg`, ``"replk"`` only).
+        mlp_ratio: the ``"ux"`` block's MLP expansion.
+        mlp_groups: the ``"ux"`` block's MLP groups (``"depthwise"`` or an int).
+        layer_scale_init_value: the ``"ux"`` block's layer-scale start value (0: none).
+    """
+
+    kind: str = "replk"
+    kernel_size: int | tuple[int, int, int] = 21
+    modulation: Modulation = "lrbm"
+    small_kernel: int | tuple[int, int, int] | None = None
+    residual: bool = False
+    conv_backend: Backend = "auto"
+    deploy: bool = False
+    mask: MaskCfg = field(default_factory=MaskCfg)
+    batchnorm: BatchNormCfg = field(default_factory=BatchNormCfg)
+    mlp_ratio: int = 4
+    mlp_groups: str | int = "depthwise"
+    layer_scale_init_value: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.kind not in BLOCK_KINDS:
+            raise Rep3DValueError(f"BlockCfg: kind must be one of {list(BLOCK_KINDS)}, got {self.kind!r}")
+        if self.kind != "replk" and self.small_kernel is not None:
+            raise Rep3DValueError("small_kernel (CSLA branch) is only defined for block='replk'")
+
+    @classmethod
+    def from_model_args(cls, block: str = "replk", kernel_size: int | tuple[int, int, int] = 21, *,
+                        block_residual: bool | None = None, **options: Any) -> "BlockCfg":
+        """The block config of a model's flat constructor arguments (``block``, ``kernel_size``, ``modulation``,
+        ``small_kernel``, ``conv_backend``, ``deploy``, ``block_residual``, the mask options ``mask_form``, ``beta``,
+        ``generator_*``, ``bn_eps`` / ``bn_momentum``, and the ``"ux"`` block's ``mlp_ratio`` / ``mlp_groups`` /
+        ``layer_scale_init_value``)."""
+        if block not in BLOCK_KINDS:
+            raise Rep3DValueError(f"Rep3DEncoder: block must be one of {sorted(BLOCK_KINDS)}, got {block!r}")
+        if block == "ux" and block_residual is False:
+            raise Rep3DValueError("Rep3DEncoder: block='ux' blocks always have their residual; block_residual=False is "
+                                  "only defined for block='replk'")
+        own = {k: options.pop(k) for k in ("modulation", "small_kernel", "conv_backend", "deploy", *UX_OPTION_NAMES)
+               if k in options}
+        if block != "ux" and any(k in own for k in UX_OPTION_NAMES):
+            raise Rep3DValueError(f"{', '.join(k for k in UX_OPTION_NAMES if k in own)} only apply to block='ux'")
+        mask, batchnorm = split_conv_options(options, who="Rep3DEncoder")
+        return cls(kind=block, kernel_size=kernel_size, residual=bool(block_residual) or block == "ux", mask=mask,
+                   batchnorm=batchnorm, **own)
+
+    def conv(self, channels: int) -> RepLKConv3d:
+        """The block's depthwise large-kernel conv for ``channels`` channels: with BatchNorm in a ``"replk"`` block,
+        without BatchNorm but with a bias in a ``"ux"`` block (3D UX-Net's depthwise conv)."""
+        replk = self.kind == "replk"
+        return RepLKConv3d(channels, self.kernel_size, modulation=self.modulation, small_kernel=self.small_kernel,
+                           norm=replk, bias=not replk, conv_backend=self.conv_backend, deploy=self.deploy,
+                           mask=self.mask, batchnorm=self.batchnorm)
+
+    def block(self, channels: int, drop_path: float = 0.0) -> nn.Module:
+        """One block of this kind for ``channels`` channels."""
+        return (RepLKBlock3d if self.kind == "replk" else UXBlock3d)(channels, self, drop_path=drop_path)
 
 
 class RepLKBlock3d(nn.Module):
@@ -19,34 +96,20 @@ class RepLKBlock3d(nn.Module):
 
     The conv is depthwise (no channel mixing inside a stage, as in the paper's 65.8M-parameter base model) and
     carries its own BatchNorm, so the default block computes ``GELU(BN(conv(x, W * M)))``, the official block
-    function. ``residual=True`` is rep3d's deviation ``x + DropPath(GELU(RepLKConv3d(x)))`` (an ablation option;
+    function. ``cfg.residual=True`` is rep3d's deviation ``x + DropPath(GELU(RepLKConv3d(x)))`` (an ablation option;
     drop-path needs it).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: int = 21,
-        *,
-        modulation: Modulation = "lrbm",
-        small_kernel: int | None = None,
-        drop_path: float = 0.0,
-        residual: bool = False,
-        conv_backend: Backend = "auto",
-        deploy: bool = False,
-        **conv_kwargs,
-    ) -> None:
+    def __init__(self, channels: int, cfg: BlockCfg | None = None, *, drop_path: float = 0.0) -> None:
         super().__init__()
-        if drop_path > 0 and not residual:
+        cfg = cfg or BlockCfg()
+        if drop_path > 0 and not cfg.residual:
             raise Rep3DValueError(
                 f"RepLKBlock3d: drop_path={drop_path} needs residual=True (it drops the residual branch); the paper's "
                 "plain block has none: set drop_path_rate=0, or build with block_residual=True"
             )
-        self.residual = residual
-        self.dwconv = RepLKConv3d(
-            channels, kernel_size, modulation=modulation, small_kernel=small_kernel, norm=True,
-            conv_backend=conv_backend, deploy=deploy, **conv_kwargs,
-        )
+        self.residual = cfg.residual
+        self.dwconv = cfg.conv(channels)
         self.act = nn.GELU()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -60,37 +123,23 @@ class UXBlock3d(nn.Module):
 
         x + DropPath(gamma * pwconv2(GELU(pwconv1(LayerNorm(dwconv(x))))))
 
-    ``pwconv1``/``pwconv2`` are 1x1x1 convs with ``mlp_ratio`` expansion; ``mlp_groups="depthwise"`` uses 3D UX-Net's
-    depthwise-convolution scaling (groups = C, its 53M-parameter configuration), ``1`` a dense MLP. ``modulation``
-    applies the Rep3D mask to the depthwise kernel.
+    ``pwconv1``/``pwconv2`` are 1x1x1 convs with ``cfg.mlp_ratio`` expansion; ``cfg.mlp_groups="depthwise"`` uses 3D
+    UX-Net's depthwise-convolution scaling (groups = C, its 53M-parameter configuration), ``1`` a dense MLP.
+    ``cfg.modulation`` applies the Rep3D mask to the depthwise kernel.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: int = 7,
-        *,
-        modulation: Modulation = None,
-        mlp_ratio: int = 4,
-        mlp_groups: str | int = "depthwise",
-        layer_scale_init_value: float = 1e-6,
-        drop_path: float = 0.0,
-        conv_backend: Backend = "auto",
-        deploy: bool = False,
-        **conv_kwargs,
-    ) -> None:
+    def __init__(self, channels: int, cfg: BlockCfg | None = None, *, drop_path: float = 0.0) -> None:
         super().__init__()
-        groups = channels if mlp_groups == "depthwise" else int(mlp_groups)
-        self.dwconv = RepLKConv3d(
-            channels, kernel_size, modulation=modulation, norm=False, bias=True,
-            conv_backend=conv_backend, deploy=deploy, **conv_kwargs,
-        )
+        cfg = cfg or BlockCfg(kind="ux", kernel_size=7, modulation=None, residual=True)
+        groups = channels if cfg.mlp_groups == "depthwise" else int(cfg.mlp_groups)
+        self.dwconv = cfg.conv(channels)
         self.norm = LayerNorm3d(channels)
-        self.pwconv1 = nn.Conv3d(channels, mlp_ratio * channels, 1, groups=groups)
+        self.pwconv1 = nn.Conv3d(channels, cfg.mlp_ratio * channels, 1, groups=groups)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Conv3d(mlp_ratio * channels, channels, 1, groups=groups)
+        self.pwconv2 = nn.Conv3d(cfg.mlp_ratio * channels, channels, 1, groups=groups)
         self.gamma = (
-            nn.Parameter(torch.full((channels,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
+            nn.Parameter(torch.full((channels,), cfg.layer_scale_init_value)) if cfg.layer_scale_init_value > 0
+            else None
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         for conv in (self.pwconv1, self.pwconv2):

@@ -17,9 +17,8 @@ from rep3d.layers import LayerNorm3d
 from rep3d.layers.checks import check_volume, is_exporting
 from rep3d.layers.conv import Modulation
 from rep3d.layers.depthwise import Backend
-from rep3d.models.blocks import Downsample3d, RepLKBlock3d, Stem3d, UnetrDecoder3d, UXBlock3d
-
-BLOCKS = {"replk": RepLKBlock3d, "ux": UXBlock3d}
+from rep3d.models.blocks import BlockCfg, Downsample3d, RepLKBlock3d, Stem3d, UnetrDecoder3d, UXBlock3d
+from rep3d.models.checkpoint_filter import checkpoint_filter_fn
 
 
 class Rep3DEncoder(nn.Module):
@@ -27,10 +26,11 @@ class Rep3DEncoder(nn.Module):
 
     Stem (conv k7 stride 2 + LayerNorm), stages of large-kernel blocks separated by LayerNorm + conv(k2, stride 2)
     downsamplers; every stage output goes through its own LayerNorm (``norms.i``) to become an encoder feature.
-    ``block="replk"`` gives Rep3D's plain large-kernel blocks ``GELU(BN(conv(x, W * M)))`` (``block_residual=True``
-    adds a residual shortcut, a deviation from the paper), ``block="ux"`` 3D UX-Net's ConvNeXt-style blocks. Other
-    ``block_kwargs`` (``mask_form``, ``generator_hidden_channels``, ``generator_kernel_size``, ``generator_depth``,
-    ``beta``, ...) go to every block's :class:`~rep3d.layers.RepLKConv3d`.
+    The blocks are built from one :class:`~rep3d.models.blocks.BlockCfg`: ``block_cfg``, or the model arguments
+    ``block_options`` (``block="replk"`` Rep3D's plain large-kernel blocks ``GELU(BN(conv(x, W * M)))``,
+    ``block_residual=True`` adds a residual shortcut, a deviation from the paper; ``block="ux"`` 3D UX-Net's
+    ConvNeXt-style blocks; ``modulation``, ``small_kernel``, ``conv_backend``, ``deploy``, the mask options
+    ``mask_form``, ``beta``, ``generator_*``, ...; see :meth:`BlockCfg.from_model_args`).
     """
 
     def __init__(
@@ -38,32 +38,22 @@ class Rep3DEncoder(nn.Module):
         in_chans: int = 1,
         widths: Sequence[int] = (48, 96, 192, 384),
         depths: Sequence[int] = (2, 2, 2, 2),
-        kernel_size: int = 21,
+        kernel_size: int | None = None,
         *,
-        block: str = "replk",
-        modulation: Modulation = "lrbm",
-        small_kernel: int | None = None,
         drop_path_rate: float = 0.0,
-        conv_backend: Backend = "auto",
-        deploy: bool = False,
         stem_kernel_size: int = 7,
-        block_residual: bool | None = None,
-        **block_kwargs,
+        block_cfg: BlockCfg | None = None,
+        **block_options,
     ) -> None:
         super().__init__()
         if len(widths) != 4 or len(depths) != 4:
             raise Rep3DValueError(f"Rep3DEncoder needs 4 stages: got widths={tuple(widths)}, depths={tuple(depths)}")
-        if block not in BLOCKS:
-            raise Rep3DValueError(f"Rep3DEncoder: block must be one of {sorted(BLOCKS)}, got {block!r}")
-        if small_kernel is not None:
-            if block != "replk":
-                raise Rep3DValueError("Rep3DEncoder: small_kernel (CSLA branch) is only defined for block='replk'")
-            block_kwargs["small_kernel"] = small_kernel
-        if block == "replk":
-            block_kwargs["residual"] = bool(block_residual)  # None / False: the paper's plain block
-        elif block_residual is False:
-            raise Rep3DValueError("Rep3DEncoder: block='ux' blocks always have their residual; block_residual=False is "
-                                  "only defined for block='replk'")
+        if block_cfg is None:
+            block_cfg = BlockCfg.from_model_args(kernel_size=21 if kernel_size is None else kernel_size,
+                                                 **block_options)
+        elif block_options or kernel_size not in (None, block_cfg.kernel_size):
+            raise Rep3DValueError("Rep3DEncoder: pass block_cfg or the block options "
+                                  f"({', '.join(sorted(block_options)) or 'kernel_size'}), not both")
         self.in_chans = in_chans
         self.widths = tuple(widths)
         self.depths = tuple(depths)
@@ -74,15 +64,10 @@ class Rep3DEncoder(nn.Module):
         )
         n_blocks = sum(depths)
         rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth decay
-        block_cls = BLOCKS[block]
         self.stages = nn.ModuleList()
         for i, (width, depth) in enumerate(zip(widths, depths)):
             first = sum(depths[:i])
-            self.stages.append(nn.Sequential(*[
-                block_cls(width, kernel_size, modulation=modulation, drop_path=rates[first + j],
-                          conv_backend=conv_backend, deploy=deploy, **block_kwargs)
-                for j in range(depth)
-            ]))
+            self.stages.append(nn.Sequential(*[block_cfg.block(width, rates[first + j]) for j in range(depth)]))
         self.norms = nn.ModuleList([LayerNorm3d(w) for w in widths])
         self.feature_info = [
             dict(num_chs=w, reduction=2 ** (i + 1), module=f"norms.{i}") for i, w in enumerate(widths)
@@ -199,6 +184,15 @@ class Rep3D(nn.Module):
     fixed_block: str | None = None
     """The block kind a subclass always uses (it then takes no ``block`` argument); ``None``: ``block`` chooses."""
 
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    """Adapts a checkpoint to a model of this family (input channels, head, train / deploy form); the hub's loaders
+    call it (see :mod:`rep3d.models.checkpoint_filter`)."""
+
+    @staticmethod
+    def log_name(module_name: str) -> str:
+        """The short name of a module in metrics logs: ``encoder.stages.0.0.dwconv`` -> ``stages.0.0``."""
+        return module_name.removeprefix("encoder.").removesuffix(".dwconv")
+
     def __init__(
         self,
         in_chans: int = 1,
@@ -232,10 +226,11 @@ class Rep3D(nn.Module):
         check_model_args(type(self).__name__, given, block=self.fixed_block)
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.encoder = Rep3DEncoder(
-            in_chans, widths, depths, kernel_size, block=block, modulation=modulation, small_kernel=small_kernel,
-            drop_path_rate=drop_path_rate, conv_backend=conv_backend, deploy=deploy, **block_kwargs,
-        )
+        stem_kernel_size = block_kwargs.pop("stem_kernel_size", 7)
+        block_cfg = BlockCfg.from_model_args(block, kernel_size, modulation=modulation, small_kernel=small_kernel,
+                                             conv_backend=conv_backend, deploy=deploy, **block_kwargs)
+        self.encoder = Rep3DEncoder(in_chans, widths, depths, drop_path_rate=drop_path_rate,
+                                    stem_kernel_size=stem_kernel_size, block_cfg=block_cfg)
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride

@@ -42,7 +42,7 @@ UXNET_PAPER = dict(
     license="apache-2.0",
 )
 # The convs that read the raw input volume (timm's first_conv): the stem and the decoder's input block. rep3d's own
-# loader adapts their 5-D weights when in_chans differs (rep3d.hub.weights.INPUT_CONV_KEYS).
+# loader adapts their 5-D weights when in_chans differs (rep3d.models.checkpoint_filter.INPUT_CONV_KEYS).
 FIRST_CONVS = ("encoder.downsample_layers.0.0", "decoder.encoder1.layer.conv1.conv",
                "decoder.encoder1.layer.conv3.conv")
 # 3-D metadata of the paper's AMOS-CT recipe (rep3d.presets): the defaults a base-size model is trained and run with.
