@@ -27,21 +27,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from rep3d.configs.cfg import MAX_TEXT, InputCfg, LabelCfg, ModelCfg, Provenance, finite, text
+from rep3d.configs.keys import INPUT_KEYS, KEPT_TIMM_KEYS, PROVENANCE_KEYS, SOURCE_KEYS
 from rep3d.errors import Rep3DError, Rep3DWeightsError, printable
 
 MAX_CONFIG_BYTES = 4 * 2**20
 """A config.json larger than 4 MiB is refused before it is parsed (rep3d writes about 5 KiB)."""
 MAX_CONFIG_DEPTH = 32
 """Nesting depth of a config.json (rep3d writes 6 levels)."""
-KEPT_TIMM_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
-                  "license", "description", "paper_name", "paper_ids", "notes")
-"""timm ``pretrained_cfg`` keys read from a folder: descriptions only. A source (``file``, ``url``, ``hf_hub_id``,
-``state_dict``, ...) or ``custom_load`` / ``classifier`` from a folder is ignored."""
-SOURCE_KEYS = frozenset({"file", "url", "hf_hub_id", "hf_hub_filename", "hf_revision", "bundled", "sha256", "source",
-                         "state_dict", "weights_source", "tag", "architecture", "custom_load", "classifier"})
-"""Keys that say where weights are or how to load them: a folder's metadata never sets them."""
-INPUT_KEYS = ("roi_size", "spacing", "intensity_window", "orientation", "modality", "training_distribution")
-PROVENANCE_KEYS = ("synthetic", "dataset", "description", "origin", "license")
 FIX = "re-publish the folder with rep3d.save_pretrained / push_to_hub (or fix its config.json)"
 
 
@@ -72,8 +64,8 @@ class FolderConfig:
             cfg["label_names"] = list(self.labels.names)
         prov = self.provenance
         cfg["synthetic"] = prov.synthetic
-        for key in ("dataset", "description", "origin", "license"):
-            if getattr(prov, key) is not None:
+        for key in PROVENANCE_KEYS:
+            if key != "synthetic" and getattr(prov, key) is not None:
                 cfg[key] = getattr(prov, key)
         return cfg
 
@@ -122,6 +114,11 @@ def check_timm_loaded_config(cfg: Mapping[str, Any], cache_dir: str | Path | Non
         raise Rep3DWeightsError(name, str(path), f"model_args holds {', '.join(map(repr, refused))}: timm factory "
                                 "option(s) that a model folder may not set (they change how weights are loaded or what "
                                 "is built)", FIX, reason="config")
+
+
+def config_architecture(config: Mapping[str, Any]) -> Any:
+    """The ``architecture`` a parsed ``config.json`` names, unchecked (``None`` when absent)."""
+    return config.get("architecture")
 
 
 def load_config_json(path: str | Path, name: str, where: str) -> dict[str, Any]:
