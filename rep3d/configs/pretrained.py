@@ -150,6 +150,12 @@ def factory_cfgs(kwargs: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any]]:
     return kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay") or {}
 
 
+def pop_factory_cfgs(kwargs: dict[str, Any]) -> tuple[Any, Mapping[str, Any] | None]:
+    """Remove timm's ``pretrained_cfg`` and ``pretrained_cfg_overlay`` from ``kwargs`` and return them (``None``
+    where not given): the builder consumes them, the model constructor must not see them."""
+    return kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
+
+
 def model_arg(model: Any, name: str, default: Any = None) -> Any:
     """One constructor argument recorded in ``model.model_args`` (``default`` when the model has none recorded)."""
     args = getattr(model, "model_args", None)

@@ -31,6 +31,7 @@ from rep3d.configs.model_args import check_model_args
 from rep3d.configs.pretrained import (
     PretrainedCfg,
     drop_mismatched_class_names,
+    pop_factory_cfgs,
     select_keys,
     with_values,
     without_keys,
@@ -122,8 +123,7 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
-    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    pretrained_cfg, overlay = pop_factory_cfgs(kwargs)
     if isinstance(pretrained_cfg, dict) and not isinstance(pretrained_cfg, CheckedCfg) and PretrainedCfg.from_dict(
             pretrained_cfg).weights.source in ("hf-hub", "local-dir"):
         # timm.create_model("hf-hub:..." / "local-dir:...") read this from a folder's config.json itself: weights come

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
+from rep3d.configs.pretrained import with_values
 from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
@@ -196,17 +197,20 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(self.class_names), in_chans=dataset.in_chans,
                              **cfg.model_args)
-        model.pretrained_cfg.update(
+        modality = ", ".join(dataset.modality[k] for k in sorted(dataset.modality))
+        model.pretrained_cfg = model.default_cfg = with_values(
+            model.pretrained_cfg,
             roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
-            orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
-            class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            orientation=cfg.orientation, modality=modality, class_names=self.class_names, dataset=dataset.name,
+            synthetic=dataset.synthetic,
             tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
         if self.ctx.is_main and cfg.intensity_window is not None:
             # what rep3d predict compares every input with (rep3d.inference.distribution)
-            model.pretrained_cfg[TRAINING_DISTRIBUTION_KEY] = dataset_distribution(
-                dataset.train, modality=model.pretrained_cfg["modality"] or "?", window=cfg.intensity_window,
-                source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.meta.get("synthetic") else ""))
+            model.pretrained_cfg = model.default_cfg = with_values(model.pretrained_cfg, **{
+                TRAINING_DISTRIBUTION_KEY: dataset_distribution(
+                    dataset.train, modality=modality or "?", window=cfg.intensity_window,
+                    source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.synthetic else ""))})
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
@@ -267,7 +271,7 @@ class Trainer:
         }
         try:
             save_pretrained(target, self.out, metrics=metrics, command=self.command, dataset=dataset.name,
-                            description=dataset.meta.get("description", "") or None, metadata={"training": training},
+                            description=dataset.description, metadata={"training": training},
                             overwrite=True)
         except (OSError, RuntimeError) as err:
             if isinstance(err, DiskFullError) or not is_disk_full(err):
