@@ -28,6 +28,7 @@ from typing import Any
 
 from rep3d.configs.cfg import MAX_TEXT, InputCfg, LabelCfg, ModelCfg, Provenance, finite, text
 from rep3d.configs.keys import INPUT_KEYS, KEPT_TIMM_KEYS, PROVENANCE_KEYS, SOURCE_KEYS
+from rep3d.configs.pretrained import PretrainedCfg
 from rep3d.errors import Rep3DError, Rep3DWeightsError, printable
 
 MAX_CONFIG_BYTES = 4 * 2**20
@@ -68,6 +69,56 @@ class FolderConfig:
             if key != "synthetic" and getattr(prov, key) is not None:
                 cfg[key] = getattr(prov, key)
         return cfg
+
+
+@dataclass(frozen=True)
+class SavedConfig:
+    """A ``config.json`` as :func:`rep3d.save_pretrained` writes it, read without checks (rep3d's own output, read
+    back to write the model card or upload it): the top-level entries, and ``cfg``, the typed view of the saved
+    ``pretrained_cfg`` (timm's keys) overlaid by ``rep3d.metadata`` (the 3-D keys)."""
+
+    architecture: str
+    num_classes: int | None
+    model_args: Mapping[str, Any]
+    form: str
+    version: str | None
+    cfg: PretrainedCfg
+
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any]) -> SavedConfig:
+        section = config.get("rep3d") or {}
+        return cls(architecture=config.get("architecture"), num_classes=config.get("num_classes"),
+                   model_args=config.get("model_args") or {}, form=section.get("form", "train"),
+                   version=section.get("version"),
+                   cfg=PretrainedCfg.from_dict({**(config.get("pretrained_cfg") or {}),
+                                                **(section.get("metadata") or {}),
+                                                "architecture": config.get("architecture")}))
+
+
+def saved_config_json(*, architecture: str, num_classes: int, label_names: list[str] | None,
+                      model_args: Mapping[str, Any], timm_cfg: Mapping[str, Any], version: str, form: str,
+                      weights: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` layout :func:`rep3d.save_pretrained` writes (timm's Hub format plus the ``rep3d``
+    section; see :mod:`rep3d.hub.config`), the inverse of :func:`read_folder_config`."""
+    config: dict[str, Any] = {"architecture": architecture, "num_classes": num_classes}
+    if label_names:
+        config["label_names"] = list(label_names)
+    config["model_args"] = dict(model_args)
+    config["pretrained_cfg"] = dict(timm_cfg)
+    config["rep3d"] = {"version": version, "form": form, "weights": dict(weights), "metadata": dict(metadata)}
+    return config
+
+
+def with_weights_entry(config: Mapping[str, Any], **entry: Any) -> dict[str, Any]:
+    """A new ``config.json`` dict whose ``rep3d.weights`` section has ``entry`` added (e.g. the file's sha256)."""
+    section = dict(config.get("rep3d") or {})
+    section["weights"] = {**(section.get("weights") or {}), **entry}
+    return {**config, "rep3d": section}
+
+
+def has_rep3d_section(config: Any) -> bool:
+    """Whether a parsed ``config.json`` has a ``rep3d`` section (rep3d wrote it)."""
+    return isinstance(config, dict) and isinstance(config.get("rep3d"), dict)
 
 
 class CheckedCfg(dict):

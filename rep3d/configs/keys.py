@@ -45,6 +45,9 @@ KEPT_TIMM_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct",
 ``state_dict``, ...) or ``custom_load`` / ``classifier`` from a folder is ignored."""
 INFO_TIMM_KEYS = ("license", "paper_ids", "paper_name")
 """timm keys ``rep3d.model_info`` shows beside the 3-D metadata."""
+SAVED_TIMM_METADATA = ("license", "description")
+"""Metadata given to ``save_pretrained`` that is saved among timm's keys (``pretrained_cfg``), not in
+``rep3d.metadata``."""
 MODEL_ARG_KEYS = ("in_chans", "num_classes")
 """Constructor arguments a built model exposes as attributes (recorded in ``model.model_args`` from the model)."""
 

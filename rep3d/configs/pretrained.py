@@ -46,7 +46,7 @@ class PretrainedCfg:
     ``normalization``, ``training_distribution``), its outputs (``num_classes``, ``class_names``), test-time
     ``tta_flip_axes``, provenance (``synthetic``, ``dataset``, ``description``, ``origin``, ``license``,
     ``weights_source``, ``paper_name``, ``paper_ids``, ``metrics``, ``command``, ``training``), timm's ``classifier``
-    and the weight ``weights`` (:class:`WeightSource`). ``None``: not recorded."""
+    and ``input_size``, and the weight ``weights`` (:class:`WeightSource`). ``None``: not recorded."""
 
     architecture: str | None = None
     tag: str | None = None
@@ -74,6 +74,7 @@ class PretrainedCfg:
     command: str | None = None
     training: Any = None
     classifier: str | None = None
+    input_size: tuple[int, ...] | None = None
     weights: WeightSource = field(default_factory=WeightSource)
 
     @classmethod
@@ -102,7 +103,7 @@ class PretrainedCfg:
             synthetic=bool(cfg.get("synthetic", False)), dataset=get("dataset"), description=get("description"),
             origin=get("origin"), license=get("license"), weights_source=get("weights_source"),
             paper_name=get("paper_name"), paper_ids=get("paper_ids"), metrics=get("metrics"), command=get("command"),
-            training=get("training"), classifier=get("classifier"),
+            training=get("training"), classifier=get("classifier"), input_size=tup("input_size"),
             weights=WeightSource(source=get("source"), file=get("file"), url=get("url"), bundled=get("bundled"),
                                  hf_hub_id=get("hf_hub_id"), hf_hub_filename=get("hf_hub_filename"),
                                  hf_revision=get("hf_revision"), sha256=get("sha256")),
