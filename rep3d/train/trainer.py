@@ -24,15 +24,16 @@ from rep3d.configs.pretrained import with_values
 from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
-from rep3d.inference import LabelledCase, Predictor, evaluate_cases
 from rep3d.inference.distribution import TRAINING_DISTRIBUTION_KEY, dataset_distribution
 from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
 from rep3d.outputs import record_outputs
 from rep3d.train.checkpoint import (
+    STATE_DIR,
     CheckpointError,
     DiskFullError,
     atomic_save,
+    check_run_folder,
     is_disk_full,
     load_state,
     remove_stale_temp_files,
@@ -41,6 +42,7 @@ from rep3d.train.checkpoint import (
 )
 from rep3d.train.curves import write_run_curves
 from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.progress import ESTIMATE_AFTER_STEPS, format_estimate
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
     DistContext,
@@ -52,37 +54,7 @@ from rep3d.train.runtime import (
     parameter_digest,
     resolve_device,
 )
-
-STATE_DIR = "train_state"
-ESTIMATE_AFTER_STEPS = 5
-"""Steps timed (after the first, which pays one-off costs) before the run prints how long it will take."""
-
-
-def format_duration(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"2.6 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def format_estimate(seconds_per_step: float, step: int, iterations: int, val_every: int,
-                    val_seconds: float | None = None) -> str:
-    """The line ``rep3d train`` prints once it has timed a few steps: speed, the expected time of the rest of the run
-    (``val_seconds``: one validation's time, once known) and how to shorten it with ``--iterations``."""
-    left = max(iterations - step, 0)
-    validations = len(range((step // val_every + 1) * val_every, iterations + 1, val_every)) + \
-        (iterations % val_every != 0)
-    total = left * seconds_per_step + (validations * val_seconds if val_seconds is not None else 0.0)
-    validation = (f" + {validations} validation(s) of {format_duration(val_seconds)}" if val_seconds is not None
-                  else f" + {validations} validation(s), timed at the first one")
-    short = max(iterations // 5, 1)
-    return (f"rep3d train: {seconds_per_step:.2f} s/step ({1 / seconds_per_step:.2f} steps/s); the remaining "
-            f"{left} of {iterations} steps take about {format_duration(total)} "
-            f"({format_duration(left * seconds_per_step)} of steps{validation}); for a shorter run pass "
-            f"--iterations, e.g. --iterations {short} (about {format_duration(short * seconds_per_step)} of steps)")
-
+from rep3d.train.validation import evaluate
 
 RESUME_OVERRIDES = ("iterations", "val_every", "checkpoint_every", "workers", "threads")
 """Settings ``--resume`` may change: when and how the run proceeds, not what it computes per step."""
@@ -94,22 +66,6 @@ class NonFiniteLossError(Rep3DError, RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was written."""
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, volumes: list[dict[str, torch.Tensor]], cfg: TrainConfig, class_names: list[str],
-             device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[float]:
-    """Mean Dice per class (``class_names[1:]``) of sliding-window predictions over volumes already on the model
-    grid (``{"image": [C, *grid], "label": [1, *grid]}``): :func:`rep3d.inference.evaluate_cases` with a
-    :class:`Predictor` that resamples nothing. The model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    predictor = Predictor(model, roi_size=cfg.roi_size, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
-                          device=device, stitch_device=device, amp=autocast_dtype is not None, spacing=None,
-                          orientation=None, intensity_window=None, class_names=class_names)
-    cases = (LabelledCase(f"volume {i}", v["image"], v["label"][0]) for i, v in enumerate(volumes))
-    result = evaluate_cases(predictor, cases, class_names)
-    model.train(was_training)
-    return list(result["mean_dice"].values())
 
 
 class Trainer:
@@ -433,15 +389,6 @@ class Trainer:
         self.publish(best_model, self._wall(), test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
                 "num_test": len(test_volumes)}
-
-
-def check_run_folder(out: Path) -> None:
-    """Refuse a new run's ``--out`` that is a non-empty folder rep3d did not write (its files are never replaced)."""
-    from rep3d.hub.publish import saved_by_rep3d
-    from rep3d.outputs import check_folder_output
-
-    check_folder_output(out, overwrite=True, flag="--out",
-                        also_ours=lambda folder: saved_by_rep3d(folder) or (folder / STATE_DIR).is_dir())
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None,
