@@ -98,3 +98,43 @@ def test_the_scan_sees_each_kind_of_string_key_read(tmp_path):
                       "    e = rows['spacing']\n"  # not named as a config
                       "    return a, b, c, d, e\n")
     assert [line for line, _ in config_reads(module)] == [2, 3, 4, 5]
+
+
+def test_typed_view_reads_what_the_dict_readers_read():
+    from rep3d.configs.pretrained import PretrainedCfg
+
+    cfg = PretrainedCfg.from_dict({
+        "architecture": "rep3d_tiny", "tag": "phantom", "label_names": ["bg", "liver"], "spacing": [2.0, 2.0, 2.5],
+        "tta_flip_axes": [], "synthetic": True, "source": "hf-hub", "hf_hub_id": "org/name", "modality": "",
+    })
+    assert cfg.name == "rep3d_tiny.phantom" and cfg.class_names == ("bg", "liver") and cfg.spacing == (2.0, 2.0, 2.5)
+    assert cfg.tta_flip_axes == () and cfg.synthetic is True and cfg.modality is None  # [] is "trained without flips"
+    assert cfg.weights.names_weights and cfg.weights.source == "hf-hub" and cfg.weights.hf_hub_id == "org/name"
+    empty = PretrainedCfg.from_dict(None)
+    assert empty.name == "this model" and empty.tta_flip_axes is None and not empty.weights.names_weights
+
+
+def test_cfg_changes_make_new_dicts():
+    from rep3d.configs.pretrained import drop_mismatched_class_names, with_values, without_keys
+
+    cfg = {"num_classes": 2, "class_names": ["a", "b", "c"], "label_names": ["a", "b"]}
+    before = {k: list(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    assert with_values(cfg, num_classes=3)["num_classes"] == 3 and without_keys(cfg, ["class_names"]) != cfg
+    assert drop_mismatched_class_names(cfg, 2) == {"num_classes": 2, "label_names": ["a", "b"]}
+    assert cfg == before
+
+
+def test_building_a_model_leaves_the_registered_cfgs_as_they_were():
+    import copy
+
+    import torch
+
+    from rep3d.builder import create_model
+    from rep3d.models.registry import ARCH_CFGS, VOLUME_METADATA, resolve_cfg
+
+    registered = copy.deepcopy((ARCH_CFGS, VOLUME_METADATA))
+    resolve_cfg("rep3d_tiny.phantom", overlay={"file": "x.safetensors", "spacing": (1.0, 1.0, 1.0)})
+    with torch.device("meta"):
+        model = create_model("rep3d_tiny.phantom", num_classes=3)
+    assert "class_names" not in model.pretrained_cfg  # 9 phantom names do not describe a 3-class head
+    assert registered == (ARCH_CFGS, VOLUME_METADATA)
