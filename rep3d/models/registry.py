@@ -157,7 +157,7 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     if not features_only:
         return model
     feature_model = wrap_features(model, **feature_cfg)
-    feature_model.pretrained_cfg = feature_model.default_cfg = cfg
+    feature_model.pretrained_cfg = feature_model.default_cfg = model.pretrained_cfg  # as loading left it
     feature_model.in_chans = model.in_chans
     return feature_model
 
