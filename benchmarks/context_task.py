@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_phantom import _claim, _curves, claim_path  # noqa: E402  (same claim protocol and metrics.csv reader)
 
-from rep3d.data.msd import save_nifti  # noqa: E402
+from rep3d.data.nifti import save_nifti  # noqa: E402
 from rep3d.layers.mask import mask_health  # noqa: E402
 from rep3d.train import build_config  # noqa: E402
 from rep3d.train.trainer import NonFiniteLossError, train  # noqa: E402

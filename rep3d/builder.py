@@ -24,7 +24,8 @@ import timm
 import torch
 from torch import nn
 
-from rep3d.configs.folder import SOURCE_KEYS, CheckedCfg, FolderConfig, load_config_json, read_folder_config
+from rep3d.configs.folder import CheckedCfg, FolderConfig, config_architecture, load_config_json, read_folder_config
+from rep3d.configs.keys import SOURCE_KEYS
 from rep3d.errors import Rep3DWeightsError, printable
 from rep3d.hub import CONFIG_NAME, hub_download, load_checkpoint
 from rep3d.hub.download import hub_where, split_hub_id
@@ -129,7 +130,7 @@ def _inside(folder: Path, filename: str, name: str) -> Path:
 
 def _read_folder_config(path: Path, name: str, where: str, source: str, fix: str) -> FolderConfig:
     config = load_config_json(path, name, where)
-    arch = config.get("architecture")
+    arch = config_architecture(config)
     if not isinstance(arch, str) or not is_model(arch):
         raise Rep3DWeightsError(name, where, f"config.json names architecture {printable(repr(arch))[:100]}, which "
                                 "is not a rep3d model", fix, reason="config")

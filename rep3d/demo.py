@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rep3d.builder import create_model
+from rep3d.configs.pretrained import PretrainedCfg
 from rep3d.data import make_phantom, save_nifti, save_overlay_png
 from rep3d.data.phantom import case_seed
 from rep3d.errors import Rep3DValueError
@@ -59,8 +60,8 @@ def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL,
                               f"{len(PHANTOM_CLASSES)} ({', '.join(PHANTOM_CLASSES[1:])}): use --model {DEMO_MODEL}")
     out.mkdir(parents=True, exist_ok=True)
     phantom = make_phantom(case_seed(seed, "demo", 0))
-    cfg = model.pretrained_cfg
-    names = list(cfg.get("class_names") or [f"class_{i}" for i in range(model.num_classes)])
+    cfg = PretrainedCfg.of(model)
+    names = list(cfg.class_names or [f"class_{i}" for i in range(model.num_classes)])
     if on_model is not None:
         on_model(model, phantom)
     prediction = Predictor(model, device=device)(phantom.image[None], affine=phantom.affine)
@@ -73,7 +74,7 @@ def run_demo(out: str | Path, *, seed: int = 2026, model_name: str = DEMO_MODEL,
     write_output(out / DEMO_FILES[1], lambda tmp: save_nifti(tmp, phantom.label, phantom.affine), overwrite=True,
                  command=command)
     prediction.save(out / DEMO_FILES[2], overwrite=True, command=command)
-    window = tuple(cfg.get("intensity_window") or PAPER_CT.intensity_window)
+    window = tuple(cfg.intensity_window or PAPER_CT.intensity_window)
     write_output(out / DEMO_FILES[3], lambda tmp: save_overlay_png(
         tmp, phantom.image, phantom.label, prediction.label, window, spacing=np.abs(np.diag(phantom.affine)[:3]),
         class_names=names, title=f"SYNTHETIC phantom - {model_name} - mean Dice {mean_dice(dice):.3f}"),

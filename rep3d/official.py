@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from rep3d.builder import create_model
+from rep3d.configs.pretrained import select_keys, with_values
 from rep3d.errors import Rep3DValueError, Rep3DWeightsError
 from rep3d.hub.weights import load_exact, read_weights, sha256_file
 from rep3d.layers import RepLKConv3d
@@ -200,12 +201,16 @@ def infer_model_args(state: dict[str, torch.Tensor], family: str, name: str = "o
     return args
 
 
+SIZE_ARGS = ("widths", "depths", "hidden_size")
+"""The constructor arguments that tell a registered Rep3D size apart."""
+
+
 def _default_architecture(family: str, args: dict[str, Any]) -> str:
     if family == "uxnet_3d":
         return "uxnet3d_base"
+    inferred = select_keys(args, SIZE_ARGS)
     for size, spec in SIZES.items():
-        if (list(spec["widths"]), list(spec["depths"]), spec["hidden_size"]) == (
-                args["widths"], args["depths"], args["hidden_size"]):
+        if {k: list(v) if isinstance(v, tuple) else v for k, v in select_keys(spec, SIZE_ARGS).items()} == inferred:
             return f"rep3d_{size}_vanilla"
     return "rep3d_base_vanilla"  # any size: widths / depths / hidden_size are passed explicitly
 
@@ -292,7 +297,8 @@ def load_official_checkpoint(
     load_exact(model, mapped_state, strict=strict, name=name, where=where, metadata={})
     if form == "deploy":
         model = reparameterize_model(model)
-    model.pretrained_cfg["origin"] = f"official {FAMILIES[family]} checkpoint {path.name}"
+    model.pretrained_cfg = model.default_cfg = with_values(
+        model.pretrained_cfg, origin=f"official {FAMILIES[family]} checkpoint {path.name}")
     if report:
         logger.info("%s", result)
     return model, result

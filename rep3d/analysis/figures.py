@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rep3d.analysis.erf import ERFResult
+from rep3d.data.figures import orthogonal_slices
 
 PAD, TITLE_H = 6, 14
 LINE_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -23,8 +24,9 @@ def heat_rgb(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _slices(vol: np.ndarray, centre: Sequence[float]) -> list[tuple[str, np.ndarray]]:
-    i, j, k = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, vol.shape))
-    return [(f"axis0={i}", vol[i]), (f"axis1={j}", vol[:, j]), (f"axis2={k}", vol[:, :, k])]
+    """The orthogonal planes through the voxel nearest ``centre``, titled by axis and index."""
+    index = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, vol.shape)]
+    return [(f"axis{a}={i}", plane) for a, (i, plane) in enumerate(zip(index, orthogonal_slices(vol, index)))]
 
 
 def _paste_panel(canvas, draw, rgb: np.ndarray, x: int, y: int, side: int, title: str) -> None:

@@ -32,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rep3d.analysis import mask_report, save_masks_png
+    from rep3d.configs.pretrained import PretrainedCfg
 
     png, js = output_paths(args.output, "masks")
     check_prefix_outputs(args, png, js)
     model, weights = load_model(args)
-    roi = tuple(args.roi) if args.roi else tuple(model.pretrained_cfg.get("roi_size") or (64, 64, 64))
+    roi = tuple(args.roi) if args.roi else tuple(PretrainedCfg.of(model).roi_size or (64, 64, 64))
     if len(roi) != 3 or any(s < 1 for s in roi):
         raise Rep3DValueError(f"--roi needs 3 positive sizes, got {roi}")
     report = mask_report(model, input_size=roi)

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rep3d.builder import create_model
+    from rep3d.configs.pretrained import PretrainedCfg, model_arg
     from rep3d.errors import Rep3DValueError
     from rep3d.integrations.nnunet.weights import write_nnunet_pretrained
     from rep3d.outputs import check_file_output, install_file, model_source_files, staging_path
@@ -32,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     tmp = staging_path(args.output)
     write_nnunet_pretrained(model, tmp)
     path = install_file(tmp, Path(args.output), overwrite=args.overwrite, command="rep3d nnunet-pretrained")
-    arch = model.pretrained_cfg.get("architecture")
-    kernel = model.model_args.get("kernel_size", 21)
+    arch = PretrainedCfg.of(model).architecture
+    kernel = model_arg(model, "kernel_size", 21)
     print(f"rep3d nnunet-pretrained: wrote {path}\n  the plan must build the same network: rep3d nnunet-plans -d ID "
           f"--model {arch} --kernel-size {kernel}\n  then: nnUNetv2_train ID 3d_fullres_rep3d FOLD -tr "
           f"nnUNetTrainerRep3D -pretrained_weights {path}")

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rep3d.data.figures import save_overlay_png
-    from rep3d.data.msd import check_phantom_request, write_msd_dataset
     from rep3d.data.phantom import DEFAULT_WINDOW, case_seed, make_phantom
+    from rep3d.data.phantom_dataset import check_phantom_request, write_msd_dataset
     from rep3d.outputs import check_file_output, write_output
     from rep3d.presets import PHANTOM_CLASSES
 

@@ -129,7 +129,7 @@ def resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any], cfg: TrainConfig) -> str:
     """What ``rep3d train`` prints at the end: best validation Dice and its step, test Dice per class (when the
     dataset has a labelled test split), wall time, the model folder and the commands to run next."""
-    from rep3d.train.trainer import format_duration
+    from rep3d.train.progress import format_duration
 
     out, best = summary.get("model_dir", cfg.out), summary["best"]
     model = f"local-dir:{out}"

@@ -27,21 +27,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from rep3d.configs.cfg import MAX_TEXT, InputCfg, LabelCfg, ModelCfg, Provenance, finite, text
+from rep3d.configs.keys import INPUT_KEYS, KEPT_TIMM_KEYS, PROVENANCE_KEYS, SOURCE_KEYS
+from rep3d.configs.pretrained import PretrainedCfg
 from rep3d.errors import Rep3DError, Rep3DWeightsError, printable
 
 MAX_CONFIG_BYTES = 4 * 2**20
 """A config.json larger than 4 MiB is refused before it is parsed (rep3d writes about 5 KiB)."""
 MAX_CONFIG_DEPTH = 32
 """Nesting depth of a config.json (rep3d writes 6 levels)."""
-KEPT_TIMM_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
-                  "license", "description", "paper_name", "paper_ids", "notes")
-"""timm ``pretrained_cfg`` keys read from a folder: descriptions only. A source (``file``, ``url``, ``hf_hub_id``,
-``state_dict``, ...) or ``custom_load`` / ``classifier`` from a folder is ignored."""
-SOURCE_KEYS = frozenset({"file", "url", "hf_hub_id", "hf_hub_filename", "hf_revision", "bundled", "sha256", "source",
-                         "state_dict", "weights_source", "tag", "architecture", "custom_load", "classifier"})
-"""Keys that say where weights are or how to load them: a folder's metadata never sets them."""
-INPUT_KEYS = ("roi_size", "spacing", "intensity_window", "orientation", "modality", "training_distribution")
-PROVENANCE_KEYS = ("synthetic", "dataset", "description", "origin", "license")
 FIX = "re-publish the folder with rep3d.save_pretrained / push_to_hub (or fix its config.json)"
 
 
@@ -72,10 +65,60 @@ class FolderConfig:
             cfg["label_names"] = list(self.labels.names)
         prov = self.provenance
         cfg["synthetic"] = prov.synthetic
-        for key in ("dataset", "description", "origin", "license"):
-            if getattr(prov, key) is not None:
+        for key in PROVENANCE_KEYS:
+            if key != "synthetic" and getattr(prov, key) is not None:
                 cfg[key] = getattr(prov, key)
         return cfg
+
+
+@dataclass(frozen=True)
+class SavedConfig:
+    """A ``config.json`` as :func:`rep3d.save_pretrained` writes it, read without checks (rep3d's own output, read
+    back to write the model card or upload it): the top-level entries, and ``cfg``, the typed view of the saved
+    ``pretrained_cfg`` (timm's keys) overlaid by ``rep3d.metadata`` (the 3-D keys)."""
+
+    architecture: str
+    num_classes: int | None
+    model_args: Mapping[str, Any]
+    form: str
+    version: str | None
+    cfg: PretrainedCfg
+
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any]) -> SavedConfig:
+        section = config.get("rep3d") or {}
+        return cls(architecture=config.get("architecture"), num_classes=config.get("num_classes"),
+                   model_args=config.get("model_args") or {}, form=section.get("form", "train"),
+                   version=section.get("version"),
+                   cfg=PretrainedCfg.from_dict({**(config.get("pretrained_cfg") or {}),
+                                                **(section.get("metadata") or {}),
+                                                "architecture": config.get("architecture")}))
+
+
+def saved_config_json(*, architecture: str, num_classes: int, label_names: list[str] | None,
+                      model_args: Mapping[str, Any], timm_cfg: Mapping[str, Any], version: str, form: str,
+                      weights: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` layout :func:`rep3d.save_pretrained` writes (timm's Hub format plus the ``rep3d``
+    section; see :mod:`rep3d.hub.config`), the inverse of :func:`read_folder_config`."""
+    config: dict[str, Any] = {"architecture": architecture, "num_classes": num_classes}
+    if label_names:
+        config["label_names"] = list(label_names)
+    config["model_args"] = dict(model_args)
+    config["pretrained_cfg"] = dict(timm_cfg)
+    config["rep3d"] = {"version": version, "form": form, "weights": dict(weights), "metadata": dict(metadata)}
+    return config
+
+
+def with_weights_entry(config: Mapping[str, Any], **entry: Any) -> dict[str, Any]:
+    """A new ``config.json`` dict whose ``rep3d.weights`` section has ``entry`` added (e.g. the file's sha256)."""
+    section = dict(config.get("rep3d") or {})
+    section["weights"] = {**(section.get("weights") or {}), **entry}
+    return {**config, "rep3d": section}
+
+
+def has_rep3d_section(config: Any) -> bool:
+    """Whether a parsed ``config.json`` has a ``rep3d`` section (rep3d wrote it)."""
+    return isinstance(config, dict) and isinstance(config.get("rep3d"), dict)
 
 
 class CheckedCfg(dict):
@@ -122,6 +165,11 @@ def check_timm_loaded_config(cfg: Mapping[str, Any], cache_dir: str | Path | Non
         raise Rep3DWeightsError(name, str(path), f"model_args holds {', '.join(map(repr, refused))}: timm factory "
                                 "option(s) that a model folder may not set (they change how weights are loaded or what "
                                 "is built)", FIX, reason="config")
+
+
+def config_architecture(config: Mapping[str, Any]) -> Any:
+    """The ``architecture`` a parsed ``config.json`` names, unchecked (``None`` when absent)."""
+    return config.get("architecture")
 
 
 def load_config_json(path: str | Path, name: str, where: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Data: the synthetic phantom generator, MSD-layout datasets (write / read), and overlay figures."""
 
 from rep3d.data.figures import save_overlay_png
-from rep3d.data.msd import MSDDataset, MSDLayoutError, load_msd_dataset, save_nifti, write_msd_dataset
+from rep3d.data.msd import MSDDataset, MSDLayoutError, load_msd_dataset
+from rep3d.data.nifti import save_nifti
 from rep3d.data.phantom import (
     DEFAULT_SPACING,
     DEFAULT_WINDOW,
@@ -14,6 +15,7 @@ from rep3d.data.phantom import (
     make_phantom,
     spacing_for_shape,
 )
+from rep3d.data.phantom_dataset import write_msd_dataset
 
 __all__ = [
     "DEFAULT_SPACING",

@@ -54,13 +54,19 @@ def _as_volume(name: str, x, ndim: int = 3) -> np.ndarray:
     return x
 
 
-def _panels(vol: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
-    """Axial, coronal, sagittal 2-D slices of ``vol[X, Y, Z]`` as display arrays [rows, cols]."""
+def orthogonal_slices(vol: np.ndarray, centre: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three planes of ``vol[X, Y, Z, ...]`` through voxel ``centre = (i, j, k)``, in array order (views, no
+    copy): ``vol[i]`` ``[Y, Z]``, ``vol[:, j]`` ``[X, Z]`` and ``vol[:, :, k]`` ``[X, Y]``."""
     i, j, k = centre
-    axial = vol[::-1, ::-1, k].T  # rows: anterior->posterior, cols: right->left
-    coronal = vol[::-1, j, ::-1].T  # rows: superior->inferior, cols: right->left
-    sagittal = vol[i, ::-1, ::-1].T  # rows: superior->inferior, cols: anterior->posterior
-    return [axial, coronal, sagittal]
+    return vol[i], vol[:, j], vol[:, :, k]
+
+
+def _panels(vol: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
+    """Axial, coronal, sagittal 2-D slices of ``vol[X, Y, Z]`` (RAS+) as display arrays [rows, cols]."""
+    sagittal, coronal, axial = orthogonal_slices(vol, centre)
+    return [axial[::-1, ::-1].T,  # rows: anterior->posterior, cols: right->left
+            coronal[::-1, ::-1].T,  # rows: superior->inferior, cols: right->left
+            sagittal[::-1, ::-1].T]  # rows: superior->inferior, cols: anterior->posterior
 
 
 def _panel_sizes(shape: Sequence[int], spacing: Sequence[float], scale: float) -> list[tuple[int, int]]:

@@ -1,4 +1,5 @@
-"""Medical Segmentation Decathlon (MSD) layout: write synthetic phantom datasets, read any MSD dataset.
+"""Medical Segmentation Decathlon (MSD) layout: read any MSD dataset (rep3d's phantom datasets are written by
+:mod:`rep3d.data.phantom_dataset`).
 
 Layout::
 
@@ -14,187 +15,23 @@ ignore and ``monai.data.load_decathlon_datalist(..., data_list_key="test_labeled
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rep3d.data.nifti import header_affine
-from rep3d.data.phantom import (
-    DEFAULT_SHAPE,
-    DEFAULT_SPACING,
-    DEFAULT_WINDOW,
-    PHANTOM_HU,
-    PhantomSetting,
-    case_seed,
-    get_phantom_setting,
-    make_phantom,
-)
+from rep3d.data.nifti import NIFTI_SUFFIXES, header_affine, read_nifti_header
 from rep3d.errors import Rep3DDataError, Rep3DValueError
-from rep3d.outputs import check_folder_output, make_folder, write_output, write_text_output
-from rep3d.presets import PHANTOM_CLASSES
 
 MSD_REQUIRED_KEYS = ("labels", "modality", "training")
 TEST_LABELED_KEY = "test_labeled"
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class MSDLayoutError(Rep3DDataError):
     """A dataset folder or its ``dataset.json`` breaks the MSD layout; the message says what to fix."""
-
-
-def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array [X, Y, Z]`` with ``affine`` as qform and sform (code 1); ``.nii`` or ``.nii.gz``."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, str(path))
-
-
-def _phantom_meta(training: list, test: list, test_labeled: list, seed: int, shape: Sequence[int],
-                  spacing: Sequence[float], setting: PhantomSetting) -> dict[str, Any]:
-    """``dataset.json`` of a phantom dataset: MSD keys plus the labelled test list and the generator settings."""
-    return {
-        "name": "rep3d-phantom",
-        "description": "SYNTHETIC CT-like abdominal phantoms (rep3d.data.make_phantom"
-                       + ("" if setting.name == "default" else f", setting {setting.name!r}") + "); no patient data",
-        "reference": "rep3d (synthetic)",
-        "licence": "CC0-1.0 (synthetic data)",
-        "release": "1.0",
-        "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": {str(k): name for k, name in enumerate(PHANTOM_CLASSES)},
-        "numTraining": len(training),
-        "numTest": len(test),
-        "training": training,
-        "test": test,
-        TEST_LABELED_KEY: test_labeled,
-        "synthetic": True,
-        "phantom": {
-            "generator": "rep3d.data.make_phantom",
-            "seed": int(seed),
-            "shape": [int(s) for s in shape],
-            "spacing": [float(s) for s in spacing],
-            "orientation": "RAS",
-            "setting": dataclasses.asdict(setting),
-            "hu_means": PHANTOM_HU,
-            "intensity_window": list(DEFAULT_WINDOW),
-        },
-    }
-
-
-def write_msd_dataset(
-    outdir: str | Path,
-    *,
-    num_train: int,
-    num_test: int,
-    seed: int = 0,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    spacing: Sequence[float] = DEFAULT_SPACING,
-    overwrite: bool = False,
-    progress: bool = False,
-    setting: str | PhantomSetting = "default",
-) -> Path:
-    """Generate ``num_train`` + ``num_test`` synthetic phantoms (:func:`rep3d.data.make_phantom`) into
-    ``outdir`` in MSD layout, with labels for the test cases too. Images are stored as int16 HU (rounded),
-    labels as uint8.
-
-    Case ``i`` of a split always gets the same phantom for a given ``seed`` (see
-    :func:`rep3d.data.phantom.case_seed`), whatever ``num_train`` / ``num_test`` are. ``setting`` (a
-    :data:`rep3d.data.phantom.PHANTOM_SETTINGS` name) sets contrast and noise; it is recorded in ``dataset.json``.
-
-    Raises:
-        FileExistsError: ``outdir`` already holds a ``dataset.json`` and ``overwrite`` is false.
-        ValueError: negative or zero case counts.
-    """
-    if num_train < 0 or num_test < 0 or num_train + num_test == 0:
-        raise Rep3DValueError(
-            f"need num_train >= 0, num_test >= 0 and at least one case, got {num_train} and {num_test}"
-        )
-    setting = get_phantom_setting(setting)
-    check_phantom_request(seed, shape, spacing, num_train + num_test)
-    root = Path(outdir)
-    names = [f"{d}/phantom_{i:03d}.nii.gz" for i in range(num_train) for d in ("imagesTr", "labelsTr")]
-    names += [f"{d}/phantom_{num_train + i:03d}.nii.gz" for i in range(num_test) for d in ("imagesTs", "labelsTs")]
-    if (root / "dataset.json").exists() and not overwrite:
-        raise FileExistsError(
-            f"{root / 'dataset.json'} already exists; pass --overwrite (overwrite=True) to replace it"
-        )
-    # only rep3d's own earlier phantoms are replaced; a folder of other files is refused before any work
-    check_folder_output(root, overwrite=overwrite, names=[*names, "dataset.json"], flag="OUTDIR",
-                        also_ours=_written_phantom_dataset)
-    dirs = {d: make_folder(root / d) for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
-    command = "rep3d phantom"
-
-    def save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-        write_output(path, lambda tmp: save_nifti(tmp, array, affine), overwrite=overwrite, command=command, root=root)
-
-    cases = [("train", i, f"phantom_{i:03d}") for i in range(num_train)]
-    cases += [("test", i, f"phantom_{num_train + i:03d}") for i in range(num_test)]
-    iterator: Any = cases
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(cases, desc="phantoms", unit="case")
-    training, test, test_labeled = [], [], []
-    for split, index, name in iterator:
-        case = make_phantom(case_seed(seed, split, index), shape, spacing, setting=setting)
-        image = np.clip(np.rint(case.image), -32768, 32767).astype(np.int16)
-        img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-        save(dirs[img_dir] / f"{name}.nii.gz", image, case.affine)
-        save(dirs[lab_dir] / f"{name}.nii.gz", case.label, case.affine)
-        pair = {"image": f"./{img_dir}/{name}.nii.gz", "label": f"./{lab_dir}/{name}.nii.gz"}
-        if split == "train":
-            training.append(pair)
-        else:
-            test.append(pair["image"])
-            test_labeled.append(pair)
-
-    meta = _phantom_meta(training, test, test_labeled, seed, shape, spacing, setting)
-    write_text_output(root / "dataset.json", json.dumps(meta, indent=2) + "\n", overwrite=overwrite, command=command,
-                      root=root)
-    return root
-
-
-MAX_PHANTOM_BYTES = 8 * 2**30
-"""Largest memory one phantom may need (image, label and working arrays); larger shapes are refused up front."""
-
-
-def check_phantom_request(seed: int, shape: Sequence[int], spacing: Sequence[float], cases: int) -> None:
-    """Refuse a negative seed, a non-positive shape / spacing, or a shape whose phantom would not fit in memory."""
-    if int(seed) < 0:
-        raise Rep3DValueError(f"seed must be >= 0 (numpy seeds are non-negative), got {seed}")
-    if len(shape) != 3 or any(int(s) < 16 for s in shape):
-        raise Rep3DValueError(f"shape must be three sizes of at least 16 voxels, got {list(shape)}")
-    if len(spacing) != 3 or any(not float(s) > 0 for s in spacing):
-        raise Rep3DValueError(f"spacing must be three positive sizes in mm, got {list(spacing)}")
-    voxels = int(np.prod([int(s) for s in shape], dtype=np.int64))
-    need = voxels * PHANTOM_BYTES_PER_VOXEL
-    if need > MAX_PHANTOM_BYTES:
-        raise Rep3DValueError(f"shape {list(shape)} ({voxels:,} voxels) would need about {need / 2**30:,.0f} GiB of "
-                              f"memory per phantom (limit {MAX_PHANTOM_BYTES / 2**30:.0f} GiB); use a smaller shape, "
-                              "e.g. the default --shape 96 96 96")
-
-
-PHANTOM_BYTES_PER_VOXEL = 40
-"""Peak bytes per voxel while one phantom is generated (float64 image and coordinate grids, label, noise)."""
-
-
-def _written_phantom_dataset(folder: Path) -> bool:
-    """A dataset folder an older rep3d phantom wrote (its ``dataset.json`` says synthetic phantom)."""
-    try:
-        meta = json.loads((Path(folder) / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and bool(meta.get("synthetic")) and "phantom" in json.dumps(meta).lower()
 
 
 @dataclass
@@ -211,6 +48,10 @@ class MSDDataset:
     test: list[dict[str, str]]
     test_labeled: list[dict[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    """The parsed ``dataset.json`` (MSD's format: ``name``, ``labels``, ``modality``, ``training``, ...)."""
+    synthetic: bool = False
+    """``dataset.json`` says the cases are synthetic (rep3d's phantom writes ``"synthetic": true``)."""
+    description: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -250,7 +91,7 @@ def _int_keyed(table: Any, key: str, json_path: Path) -> dict[int, str]:
     return out
 
 
-def _read_meta(root: Path, json_path: Path) -> dict[str, Any]:
+def _read_dataset_json(root: Path, json_path: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise MSDLayoutError(
             f"dataset folder {root} does not exist (generate one with `rep3d phantom {root}`)"
@@ -260,20 +101,20 @@ def _read_meta(root: Path, json_path: Path) -> dict[str, Any]:
             f"{root} has no dataset.json; an MSD dataset needs dataset.json, imagesTr/, labelsTr/"
         )
     try:
-        meta = json.loads(json_path.read_text())
+        dataset_json = json.loads(json_path.read_text())
     except json.JSONDecodeError as err:
         raise MSDLayoutError(f"{json_path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise MSDLayoutError(f"{json_path} must hold a JSON object, got {type(meta).__name__}")
-    missing = [k for k in MSD_REQUIRED_KEYS if k not in meta]
+    if not isinstance(dataset_json, dict):
+        raise MSDLayoutError(f"{json_path} must hold a JSON object, got {type(dataset_json).__name__}")
+    missing = [k for k in MSD_REQUIRED_KEYS if k not in dataset_json]
     if missing:
         raise MSDLayoutError(f"{json_path} lacks required MSD key(s) {missing}")
-    return meta
+    return dataset_json
 
 
-def _file_lists(root: Path, json_path: Path, meta: dict[str, Any]) -> tuple[list, list, list]:
+def _file_lists(root: Path, json_path: Path, dataset_json: dict[str, Any]) -> tuple[list, list, list]:
     """``(training pairs, test images, labelled test pairs)`` with absolute paths."""
-    training = meta["training"]
+    training = dataset_json["training"]
     if not isinstance(training, list) or not training:
         raise MSDLayoutError(
             f"{json_path}: 'training' must be a non-empty list of {{'image', 'label'}} entries"
@@ -288,16 +129,16 @@ def _file_lists(root: Path, json_path: Path, meta: dict[str, Any]) -> tuple[list
         pairs.append(
             {"image": _resolve(root, entry["image"], where), "label": _resolve(root, entry["label"], where)}
         )
-    if "numTraining" in meta and meta["numTraining"] != len(pairs):
+    if "numTraining" in dataset_json and dataset_json["numTraining"] != len(pairs):
         raise MSDLayoutError(
-            f"{json_path}: numTraining is {meta['numTraining']} but 'training' lists {len(pairs)}"
+            f"{json_path}: numTraining is {dataset_json['numTraining']} but 'training' lists {len(pairs)}"
         )
     test = []
-    for n, entry in enumerate(meta.get("test", []) or []):
+    for n, entry in enumerate(dataset_json.get("test", []) or []):
         image = entry.get("image") if isinstance(entry, dict) else entry
         test.append({"image": _resolve(root, image, f"{json_path}: test[{n}]")})
     test_labeled = []
-    for n, entry in enumerate(meta.get(TEST_LABELED_KEY, []) or []):
+    for n, entry in enumerate(dataset_json.get(TEST_LABELED_KEY, []) or []):
         where = f"{json_path}: {TEST_LABELED_KEY}[{n}]"
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise MSDLayoutError(f"{where} must be {{'image': ..., 'label': ...}}, got {entry!r}")
@@ -340,14 +181,12 @@ def check_label_values(label: Any, num_classes: int, where: str) -> None:
 
 def _check_pair_headers(pairs: list[dict[str, str]]) -> None:
     """Each label must lie on its image's voxel grid: same spatial shape, same affine (headers only, no voxels)."""
-    import nibabel as nib
-
     for pair in pairs:
         image, label = pair["image"], pair["label"]
         if not (image.endswith(NIFTI_SUFFIXES) and label.endswith(NIFTI_SUFFIXES)):
             continue
         try:
-            img_hdr, lab_hdr = nib.load(image).header, nib.load(label).header
+            img_hdr, lab_hdr = read_nifti_header(image), read_nifti_header(label)
         except Exception as err:  # noqa: BLE001 - whatever nibabel says, the file is not a readable NIfTI
             raise Rep3DDataError(f"{image} / {label}: cannot read the NIfTI headers ({type(err).__name__}: {err})"
                                  ) from err
@@ -410,10 +249,10 @@ def load_msd_dataset(
     """
     root = Path(root).expanduser()
     json_path = root / "dataset.json"
-    meta = _read_meta(root, json_path)
-    labels = _int_keyed(meta["labels"], "labels", json_path)
-    modality = _int_keyed(meta["modality"], "modality", json_path)
-    pairs, test, test_labeled = _file_lists(root, json_path, meta)
+    dataset_json = _read_dataset_json(root, json_path)
+    labels = _int_keyed(dataset_json["labels"], "labels", json_path)
+    modality = _int_keyed(dataset_json["modality"], "modality", json_path)
+    pairs, test, test_labeled = _file_lists(root, json_path, dataset_json)
     if check_files:
         listed = [p for d in pairs + test + test_labeled for p in d.values()]
         absent = sorted({p for p in listed if not Path(p).is_file()})
@@ -424,12 +263,14 @@ def load_msd_dataset(
     val_idx = _validation_indices(len(pairs), val_fraction, num_val, seed)
     return MSDDataset(
         root=root.resolve(),
-        name=str(meta.get("name", root.name)),
+        name=str(dataset_json.get("name", root.name)),
         labels=labels,
         modality=modality,
         train=[p for i, p in enumerate(pairs) if i not in val_idx],
         val=[p for i, p in enumerate(pairs) if i in val_idx],
         test=test,
         test_labeled=test_labeled,
-        meta=meta,
+        meta=dataset_json,
+        synthetic=bool(dataset_json.get("synthetic", False)),
+        description=str(dataset_json.get("description") or "") or None,
     )

@@ -15,6 +15,7 @@ broken headers; rep3d follows nibabel's and ITK's order and refuses what none of
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from monai.data import NibabelReader
 
 from rep3d.errors import Rep3DDataError
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+"""File endings of NIfTI volumes."""
 MM_PER_UNIT = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}
 """Millimetres per NIfTI spatial unit (``unknown`` = code 0 is taken as mm, as ITK and nibabel do)."""
 
@@ -134,3 +137,29 @@ class NiftiReader(NibabelReader):
 
     def _get_affine(self, img):
         return header_affine(img.header, str(img.get_filename() or "NIfTI image"))[0]
+
+
+def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``array [X, Y, Z]`` with ``affine`` as qform and sform (code 1); ``.nii`` or ``.nii.gz``."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def read_nifti_header(path: str | Path) -> Any:
+    """The header of the NIfTI (or other nibabel-readable) file at ``path``, without reading its voxels."""
+    import nibabel as nib
+
+    return nib.load(str(path)).header
+
+
+def read_nifti_array(path: str | Path) -> np.ndarray:
+    """The voxel array of the file at ``path`` as stored (no scaling to float unless the header asks for it), in
+    the file's own voxel order."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rep3d.data.phantom_geometry import BodyFrame, ellipsoid, gaussian_blur, paint, random_modes, random_rotation
 from rep3d.errors import Rep3DValueError
 from rep3d.presets import PHANTOM, PHANTOM_CLASSES
 
@@ -114,119 +115,6 @@ class Phantom(NamedTuple):
     affine: np.ndarray
 
 
-# ----------------------------------------------------------------------------------------------------
-# geometry helpers (all vectorised numpy; float32 grids)
-
-
-def _rotation(rng: np.random.Generator, max_deg: Sequence[float]) -> np.ndarray:
-    """Random rotation R = Rz @ Ry @ Rx with angles uniform in +-max_deg (degrees) about x, y, z."""
-    ax, ay, az = (math.radians(rng.uniform(-m, m)) for m in max_deg)
-    cx, sx, cy, sy, cz, sz = (
-        math.cos(ax),
-        math.sin(ax),
-        math.cos(ay),
-        math.sin(ay),
-        math.cos(az),
-        math.sin(az),
-    )
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _modes(rng: np.random.Generator, count: int, amplitude: float, freq: tuple[float, float]) -> list[tuple]:
-    """``count`` random sinusoidal displacement modes: (wave vector [3], phase, amplitude vector [3])."""
-    out = []
-    for _ in range(count):
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        k = direction * rng.uniform(*freq)
-        out.append((k, rng.uniform(0, 2 * math.pi), rng.normal(size=3) * amplitude / math.sqrt(count)))
-    return out
-
-
-def _warp(v: list[np.ndarray], modes: list[tuple]) -> list[np.ndarray]:
-    """Smooth displacement ``v + sum_m a_m sin(k_m . v + phi_m)`` of coordinates ``v = [vx, vy, vz]``."""
-    out = [c.copy() for c in v]
-    for k, phase, amp in modes:
-        s = np.sin(
-            np.float32(k[0]) * v[0] + np.float32(k[1]) * v[1] + np.float32(k[2]) * v[2] + np.float32(phase)
-        )
-        for axis in range(3):
-            out[axis] += np.float32(amp[axis]) * s
-    return out
-
-
-class _Body:
-    """Normalised body-frame coordinates ``u`` (body half-widths = 1, half FOV in z = 1) on the voxel grid."""
-
-    def __init__(self, shape, affine, centre, theta, half_axes, warp_modes):
-        self.shape = shape
-        self.affine = affine
-        self.centre = np.asarray(centre, dtype=np.float64)
-        self.theta = theta
-        self.half_axes = np.asarray(half_axes, dtype=np.float64)
-        c, s = math.cos(theta), math.sin(theta)
-        self.rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])  # body -> world
-        idx = [np.arange(n, dtype=np.float32) for n in shape]
-        spacing = np.diag(affine)[:3]
-        world = [
-            (idx[a] * np.float32(spacing[a]) + np.float32(affine[a, 3] - self.centre[a])) for a in range(3)
-        ]
-        wx, wy, wz = np.meshgrid(*world, indexing="ij", sparse=True)
-        rt = self.rot.T.astype(np.float32)
-        ux = (rt[0, 0] * wx + rt[0, 1] * wy) / np.float32(self.half_axes[0])
-        uy = (rt[1, 0] * wx + rt[1, 1] * wy) / np.float32(self.half_axes[1])
-        uz = np.broadcast_to(wz / np.float32(self.half_axes[2]), shape)
-        ux, uy = np.broadcast_to(ux, shape), np.broadcast_to(uy, shape)
-        self.u = _warp([ux, uy, np.ascontiguousarray(uz)], warp_modes)
-
-    def box(
-        self, centre_u: Sequence[float], radius_u: float, margin: float = 1.35
-    ) -> tuple[slice, slice, slice]:
-        """Index-space bounding box of a ball of ``radius_u`` (body units) around ``centre_u``."""
-        world = self.centre + self.rot @ (np.asarray(centre_u) * self.half_axes)
-        spacing = np.diag(self.affine)[:3]
-        index = (world - self.affine[:3, 3]) / spacing
-        r_mm = (
-            radius_u * margin * np.array([self.half_axes[:2].max()] * 2 + [self.half_axes[2]])
-            + 0.1 * self.half_axes
-        )
-        r_idx = r_mm / spacing
-        return tuple(
-            slice(
-                int(max(0, math.floor(index[a] - r_idx[a]))),
-                int(min(self.shape[a], math.ceil(index[a] + r_idx[a]) + 1)),
-            )
-            for a in range(3)
-        )
-
-    def sub(self, box) -> list[np.ndarray]:
-        return [c[box] for c in self.u]
-
-
-def _ellipsoid(u, centre, half_axes, rot, modes, exponent: float = 2.0) -> np.ndarray:
-    """Implicit function (< 1 inside) of a deformed (super-)ellipsoid in body units."""
-    d = [u[a] - np.float32(centre[a]) for a in range(3)]
-    rt = rot.T.astype(np.float32)
-    v = [(rt[a, 0] * d[0] + rt[a, 1] * d[1] + rt[a, 2] * d[2]) / np.float32(half_axes[a]) for a in range(3)]
-    v = _warp(v, modes)
-    if exponent == 2.0:
-        return v[0] ** 2 + v[1] ** 2 + v[2] ** 2
-    e = np.float32(exponent)
-    return np.abs(v[0]) ** e + np.abs(v[1]) ** e + np.abs(v[2]) ** e
-
-
-def _paint(label, hu, box, inside, value_label, value_hu) -> None:
-    if value_label is not None:
-        label[box][inside] = value_label
-    hu[box][inside] = value_hu
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
 def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     """RAS+ affine ``[4, 4]`` with voxel ``spacing`` (mm) and the volume centre at world (0, 0, 0)."""
     aff = np.diag([*map(float, spacing), 1.0])
@@ -234,27 +122,8 @@ def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray
     return aff
 
 
-def _gaussian_blur(x: np.ndarray, sigma_vox: float) -> np.ndarray:
-    """Separable Gaussian blur (edge-replicated), sigma in voxels; deterministic pure numpy."""
-    if sigma_vox <= 0:
-        return x
-    radius = max(1, int(math.ceil(3 * sigma_vox)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_vox) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
-    for axis in range(x.ndim):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (radius, radius)
-        xp = np.pad(x, pad, mode="edge")
-        out = np.zeros_like(x)
-        n = x.shape[axis]
-        for t, w in enumerate(taps):
-            out += w * np.take(xp, np.arange(t, t + n), axis=axis)
-        x = out
-    return x
-
-
 def _body_and_wall(rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...],
-                   affine: np.ndarray) -> tuple[_Body, np.ndarray, np.ndarray, np.ndarray]:
+                   affine: np.ndarray) -> tuple[BodyFrame, np.ndarray, np.ndarray, np.ndarray]:
     """Random body pose and size with a smooth warp; paints fat, muscle, ribs and spine into air. Returns
     ``(body, abdominal cavity mask, label [X, Y, Z] uint8, hu [X, Y, Z] float32)``."""
     fov_half = np.asarray(shape) * np.asarray(spacing) / 2
@@ -267,7 +136,7 @@ def _body_and_wall(rng: np.random.Generator, shape: tuple[int, ...], spacing: tu
         fov_half[2] * rng.uniform(-0.05, 0.05),
     )
     theta = math.radians(rng.uniform(-8, 8))
-    body = _Body(shape, affine, centre, theta, half_axes, _modes(rng, 4, 0.035, (1.0, 2.5)))
+    body = BodyFrame(shape, affine, centre, theta, half_axes, random_modes(rng, 4, 0.035, (1.0, 2.5)))
     ux, uy, uz = body.u
 
     label = np.zeros(shape, dtype=np.uint8)
@@ -304,7 +173,7 @@ def _body_and_wall(rng: np.random.Generator, shape: tuple[int, ...], spacing: tu
 class _Painter:
     """Paints organs into ``label`` / ``hu`` within the abdominal cavity; every random choice comes from ``rng``."""
 
-    def __init__(self, rng: np.random.Generator, body: _Body, cavity: np.ndarray, label: np.ndarray,
+    def __init__(self, rng: np.random.Generator, body: BodyFrame, cavity: np.ndarray, label: np.ndarray,
                  hu: np.ndarray, setting: PhantomSetting) -> None:
         self.rng, self.body, self.cavity, self.label, self.hu = rng, body, cavity, label, hu
         self.setting = setting
@@ -320,11 +189,11 @@ class _Painter:
         rng = self.rng
         c = np.asarray(centre_u, dtype=np.float64) + rng.uniform(-0.04, 0.04, size=3)
         h = np.asarray(half_u, dtype=np.float64) * rng.uniform(1 - 0.15, 1 + 0.15, size=3)
-        rot, modes = _rotation(rng, max_rot), _modes(rng, 3, warp_amp, (1.0, 3.0))
+        rot, modes = random_rotation(rng, max_rot), random_modes(rng, 3, warp_amp, (1.0, 3.0))
         box = self.body.box(c, float(h.max()))
-        inside = (_ellipsoid(self.body.sub(box), c, h, rot, modes, exponent) < 1.0) & self.cavity[box]
+        inside = (ellipsoid(self.body.sub(box), c, h, rot, modes, exponent) < 1.0) & self.cavity[box]
         lab = PHANTOM_CLASSES.index(name) if name in PHANTOM_CLASSES else None
-        _paint(self.label, self.hu, box, inside, lab, self.organ_hu(name) if value is None else value)
+        paint(self.label, self.hu, box, inside, lab, self.organ_hu(name) if value is None else value)
 
     def organs(self, bowel_loops: int) -> None:
         """Bowel clutter, then the labelled organs in priority order (later overwrite earlier where they touch)."""
@@ -363,7 +232,7 @@ class _Painter:
         fz = (sz - (z0 + az * np.sin(wz * sx))) / (rad * np.float32(1.3 * body.half_axes[1] / body.half_axes[2]))
         ends = np.maximum(0, (x_tail - sx) / rad) ** 2 + np.maximum(0, (sx - x_head) / rad) ** 2
         inside = (fy**2 + fz**2 + ends < 1.0) & self.cavity[box]
-        _paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("pancreas"), self.organ_hu("pancreas"))
+        paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("pancreas"), self.organ_hu("pancreas"))
 
     def aorta(self) -> None:
         rng, body = self.rng, self.body
@@ -378,7 +247,7 @@ class _Painter:
         cy = y0 + rng.uniform(0.01, 0.03) * np.sin(rng.uniform(2, 4) * sz + rng.uniform(0, 6.3))
         cap = np.maximum(0, (z_end - sz) / (r0 * body.half_axes[1] / body.half_axes[2])) ** 2
         inside = (((sx - cx) / rx) ** 2 + ((sy - cy) / r0) ** 2 + cap < 1.0) & self.cavity[box]
-        _paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("aorta"), self.organ_hu("aorta"))
+        paint(self.label, self.hu, box, inside, PHANTOM_CLASSES.index("aorta"), self.organ_hu("aorta"))
 
 
 def spacing_for_shape(shape: Sequence[int]) -> tuple[float, float, float]:
@@ -435,7 +304,7 @@ def make_phantom(
     label, hu = painter.label, painter.hu
 
     # ---- partial-volume blur, then noise
-    image = _gaussian_blur(hu, blur_sigma)
+    image = gaussian_blur(hu, blur_sigma)
     sigma = rng.uniform(*setting.noise_range) if noise_std is None else float(noise_std)
     image += rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
     return Phantom(image.astype(np.float32, copy=False), label, affine)

@@ -12,14 +12,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from timm.models import PretrainedCfg
-
 from rep3d.configs.folder import load_config_json
+from rep3d.configs.keys import TIMM_CFG_KEYS, TUPLE_KEYS
 
 CONFIG_NAME = "config.json"
 DEFAULT_FILENAME = "model.safetensors"
@@ -27,9 +25,8 @@ CARD_NAME = "README.md"
 BUNDLED_PREFIX = "rep3d-bundled:"
 """timm ``file`` value of a tag whose weights ship in ``rep3d/weights/`` (set from its ``bundled`` key): it makes timm
 count the tag as having weights; rep3d resolves it to the installed file."""
-TIMM_CFG_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
-"""Keys timm's ``PretrainedCfg`` knows; every other cfg key is rep3d's 3-D metadata or weight-source bookkeeping."""
-TUPLE_KEYS = ("roi_size", "spacing", "intensity_window")
+__all__ = ["BUNDLED_PREFIX", "CARD_NAME", "CONFIG_NAME", "DEFAULT_FILENAME", "TIMM_CFG_KEYS", "TUPLE_KEYS",
+           "metadata_from_json", "read_config", "split_cfg"]
 
 
 def split_cfg(cfg: Any) -> tuple[Any, dict[str, Any]]:
@@ -49,15 +46,3 @@ def read_config(path: Path, name: str, where: str) -> dict[str, Any]:
     """Parse a ``config.json`` under the size and depth caps of :func:`rep3d.configs.folder.load_config_json`; raise
     :class:`Rep3DWeightsError` (reason ``config``) when it is too large, too deep, not JSON or not a JSON object."""
     return load_config_json(path, name, where)
-
-
-def rep3d_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``rep3d`` section of a config.json (empty when absent or malformed)."""
-    section = config.get("rep3d")
-    return section if isinstance(section, dict) else {}
-
-
-def weights_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config["rep3d"]["weights"]`` (file name, format, sha256), empty when absent."""
-    weights = rep3d_section(config).get("weights")
-    return weights if isinstance(weights, dict) else {}

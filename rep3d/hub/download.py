@@ -19,6 +19,7 @@ import inspect
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from rep3d.configs.pretrained import PretrainedCfg
 from rep3d.errors import Rep3DWeightsError
 from rep3d.hub.config import BUNDLED_PREFIX, DEFAULT_FILENAME
 from rep3d.version import __version__
@@ -88,18 +90,18 @@ def split_hub_id(hub_id: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def weights_name(cfg: dict[str, Any]) -> str:
+def weights_name(cfg: Mapping[str, Any]) -> str:
     """How errors name the weights: ``"arch.tag"``, or ``"hf-hub:org/name@rev"`` for a model built from the Hub."""
-    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
-        hub_id = cfg["hf_hub_id"]
-        revision = cfg.get("hf_revision")
+    typed = PretrainedCfg.from_dict(cfg)
+    source = typed.weights
+    if source.source == "hf-hub" and source.hf_hub_id:
+        hub_id, revision = source.hf_hub_id, source.hf_revision
         return f"hf-hub:{hub_id}" + (f"@{revision}" if revision and "@" not in hub_id else "")
-    arch = cfg.get("architecture") or "model"
-    return f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
+    return (typed.architecture or "model") + (f".{typed.tag}" if typed.tag else "")
 
 
-def has_weight_source(cfg: dict[str, Any]) -> bool:
-    return any(cfg.get(k) for k in ("file", "bundled", "hf_hub_id", "url"))
+def has_weight_source(cfg: Mapping[str, Any]) -> bool:
+    return PretrainedCfg.from_dict(cfg).weights.names_weights
 
 
 def no_weights_error(name: str, tags_with_weights: list[str] | None = None) -> Rep3DWeightsError:
@@ -119,21 +121,22 @@ def no_weights_error(name: str, tags_with_weights: list[str] | None = None) -> R
     )
 
 
-def check_weights_available(cfg: dict[str, Any], tags_with_weights: list[str] | None = None) -> None:
+def check_weights_available(cfg: Mapping[str, Any], tags_with_weights: list[str] | None = None) -> None:
     """Raise :func:`no_weights_error` when ``cfg`` names no weight source at all (no network, no file access)."""
     if not has_weight_source(cfg):
         raise no_weights_error(weights_name(cfg), tags_with_weights)
 
 
-def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
+def resolve_weights(cfg: Mapping[str, Any], *, cache_dir: str | Path | None = None,
                     name: str | None = None) -> WeightsSource:
     """Find the weight file ``cfg`` points at (explicit file, bundled file, Hub download), or raise."""
     name = name or weights_name(cfg)
-    file = cfg.get("file")
+    weights = PretrainedCfg.from_dict(cfg).weights
+    file = weights.file
     if file and not str(file).startswith(BUNDLED_PREFIX):
         path = Path(file).expanduser()
         if path.is_dir():
-            path = path / (cfg.get("hf_hub_filename") or DEFAULT_FILENAME)
+            path = path / (weights.hf_hub_filename or DEFAULT_FILENAME)
         if not path.is_file():
             raise Rep3DWeightsError(
                 name, str(path), "the file does not exist",
@@ -141,8 +144,8 @@ def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
                 "rep3d.save_pretrained)", reason="not_found",
             )
         return WeightsSource("file", path, f"local file {path}")
-    bundled = cfg.get("bundled") or (str(file)[len(BUNDLED_PREFIX):] if file else None)
-    hub_id = cfg.get("hf_hub_id")
+    bundled = weights.bundled or (str(file)[len(BUNDLED_PREFIX):] if file else None)
+    hub_id = weights.hf_hub_id
     if bundled:
         path = bundled_weights_dir() / bundled
         if path.is_file():
@@ -156,13 +159,13 @@ def resolve_weights(cfg: dict[str, Any], *, cache_dir: str | Path | None = None,
         logger.warning("%s: bundled weight file %s is missing; trying the Hub (%s)", name, path, hub_id)
     if hub_id:
         repo_id, revision = split_hub_id(hub_id)
-        revision = cfg.get("hf_revision") or revision or "main"
-        filename = cfg.get("hf_hub_filename") or DEFAULT_FILENAME
+        revision = weights.hf_revision or revision or "main"
+        filename = weights.hf_hub_filename or DEFAULT_FILENAME
         path = Path(hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, name=name))
         return WeightsSource("hub", path, hub_where(repo_id, filename, revision), repo_id, revision)
-    if cfg.get("url"):
+    if weights.url:
         raise Rep3DWeightsError(
-            name, str(cfg["url"]), "rep3d loads weights from a local file, the package or the Hugging Face Hub, "
+            name, str(weights.url), "rep3d loads weights from a local file, the package or the Hugging Face Hub, "
             "not from arbitrary URLs", "download the file and pass pretrained_cfg_overlay=dict(file=PATH)",
             reason="no_weights",
         )

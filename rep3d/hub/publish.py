@@ -23,18 +23,17 @@ from huggingface_hub import HfApi, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
+from rep3d.configs.folder import SavedConfig, has_rep3d_section, saved_config_json, with_weights_entry
+from rep3d.configs.keys import SAVED_SOURCE_KEYS, SAVED_TIMM_METADATA, TIMM_CFG_KEYS, UNSAVED_TIMM_KEYS
+from rep3d.configs.pretrained import PretrainedCfg, select_keys, with_values, without_keys
 from rep3d.errors import Rep3DValueError, printable
-from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME, TIMM_CFG_KEYS
+from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME
 from rep3d.hub.weights import sha256_file
 from rep3d.layers import is_deployed
 from rep3d.outputs import MARKER_NAME, check_folder_output, install_tree, read_files
 from rep3d.version import __version__
 
 __all__ = ["CARD_NAME", "model_card", "model_config", "push_to_hub", "save_pretrained"]
-
-_SOURCE_META = ("bundled", "sha256", "hf_revision", "weights_source")
-_TIMM_DROP = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "label_names",
-              "label_descriptions")
 
 
 def _jsonable(value: Any, key: str) -> Any:
@@ -51,11 +50,14 @@ def _jsonable(value: Any, key: str) -> Any:
     return value
 
 
-def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``config.json`` content for ``model`` (without the weights' sha256, added when the file is written)."""
+def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None, *,
+                 dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The ``config.json`` content for ``model`` (without the weights' sha256, added when the file is written);
+    ``dtype``: the floating-point precision the weights are stored in, when not the model's own."""
     cfg = getattr(model, "pretrained_cfg", None)
     args = getattr(model, "model_args", None)
-    if not isinstance(cfg, dict) or not cfg.get("architecture") or not isinstance(args, dict):
+    typed = PretrainedCfg.from_dict(cfg if isinstance(cfg, dict) else None)
+    if not isinstance(cfg, dict) or not typed.architecture or not isinstance(args, dict):
         raise Rep3DValueError(
             f"save_pretrained needs a model built by rep3d.create_model (with .pretrained_cfg and .model_args); got "
             f"{type(model).__name__}" + (" (a features_only wrapper: save the full model)" if hasattr(model, "model")
@@ -64,37 +66,28 @@ def model_config(model: nn.Module, metadata: Mapping[str, Any] | None = None) ->
     deployed = is_deployed(model)
     model_args = {**args, "in_chans": model.in_chans, "num_classes": model.num_classes}
     if deployed:
-        model_args["deploy"] = True
-    timm_cfg = {k: v for k, v in cfg.items() if k in TIMM_CFG_KEYS and k not in _TIMM_DROP and v is not None}
-    timm_cfg.pop("architecture", None)
-    timm_cfg["num_classes"] = model.num_classes
-    input_size = tuple(timm_cfg.get("input_size") or (model.in_chans, 96, 96))
-    timm_cfg["input_size"] = (model.in_chans, *input_size[1:])
-    meta = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS and k not in _SOURCE_META and v is not None}
-    if cfg.get("tag") and cfg.get("weights_source"):  # a tag names weights: only loaded weights have that origin
-        meta.setdefault("origin", f"{cfg['architecture']}.{cfg['tag']}")
-    for key, value in (metadata or {}).items():
-        if value is None:
-            continue
-        if key in ("license", "description"):  # timm keys
-            timm_cfg[key] = value
-        else:
-            meta[key] = value
-    config: dict[str, Any] = {"architecture": cfg["architecture"], "num_classes": model.num_classes}
-    class_names = meta.get("class_names")
-    if class_names is not None and (not isinstance(class_names, (list, tuple))
-                                    or len(class_names) != model.num_classes):
-        del meta["class_names"]  # names of another head (e.g. a tag's before its head was re-initialised)
-    elif class_names:
-        config["label_names"] = list(class_names)
-    config["model_args"] = model_args
-    config["pretrained_cfg"] = timm_cfg
-    config["rep3d"] = {
-        "version": __version__,
-        "form": "deploy" if deployed else "train",
-        "weights": {"file": DEFAULT_FILENAME, "format": "safetensors"},
-        "metadata": meta,
-    }
+        model_args = with_values(model_args, deploy=True)
+    present = {k: v for k, v in cfg.items() if v is not None}
+    timm_cfg = without_keys(select_keys(present, TIMM_CFG_KEYS), (*UNSAVED_TIMM_KEYS, "architecture"))
+    input_size = tuple(typed.input_size or (model.in_chans, 96, 96))
+    timm_cfg = with_values(timm_cfg, num_classes=model.num_classes, input_size=(model.in_chans, *input_size[1:]))
+    meta = without_keys(present, (*TIMM_CFG_KEYS, *SAVED_SOURCE_KEYS))
+    if typed.tag and typed.weights_source and "origin" not in meta:
+        meta = with_values(meta, origin=typed.name)  # a tag names weights: only loaded weights have that origin
+    given = {k: v for k, v in (metadata or {}).items() if v is not None}
+    timm_cfg = with_values(timm_cfg, **select_keys(given, SAVED_TIMM_METADATA))
+    meta = with_values(meta, **without_keys(given, SAVED_TIMM_METADATA))
+    class_names = PretrainedCfg.from_dict(select_keys(meta, ["class_names"])).class_names
+    if class_names is not None and (not isinstance(class_names, tuple) or len(class_names) != model.num_classes):
+        meta = without_keys(meta, ["class_names"])  # names of another head (e.g. a tag's before re-initialisation)
+        class_names = None
+    weights = {"file": DEFAULT_FILENAME, "format": "safetensors"}
+    if dtype is not None:
+        weights["dtype"] = str(dtype).removeprefix("torch.")
+    config = saved_config_json(
+        architecture=typed.architecture, num_classes=model.num_classes, label_names=class_names and list(class_names),
+        model_args=model_args, timm_cfg=timm_cfg, version=__version__, form="deploy" if deployed else "train",
+        weights=weights, metadata=meta)
     return {key: _jsonable(value, key) for key, value in config.items()}
 
 
@@ -130,21 +123,20 @@ def save_pretrained(
     check_saved_folder(directory, overwrite=overwrite, reads=read_files(reads), flag="save_pretrained:")
     extra = {**(metadata or {}), "metrics": dict(metrics) if metrics else None, "command": command,
              "dataset": dataset, "description": description, "license": license}
-    config = model_config(model, extra)
-    form = config["rep3d"]["form"]
+    config = model_config(model, extra, dtype=dtype)
+    saved = SavedConfig.from_json(config)
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in model.state_dict().items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        config["rep3d"]["weights"]["dtype"] = str(dtype).removeprefix("torch.")
-    file_meta = {"format": "pt", "rep3d_architecture": config["architecture"], "rep3d_form": form,
+    file_meta = {"format": "pt", "rep3d_architecture": saved.architecture, "rep3d_form": saved.form,
                  "rep3d_version": __version__}
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
     try:
         save_file(tensors, str(staging / DEFAULT_FILENAME), metadata=file_meta)
-        config["rep3d"]["weights"]["sha256"] = sha256_file(staging / DEFAULT_FILENAME)
+        config = with_weights_entry(config, sha256=sha256_file(staging / DEFAULT_FILENAME))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id))
         # file by file (each with the umask's mode): a folder is never replaced, other files in it are kept
@@ -161,7 +153,7 @@ def saved_by_rep3d(folder: Path) -> bool:
         config = json.loads((Path(folder) / CONFIG_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and isinstance(config.get("rep3d"), dict)
+    return has_rep3d_section(config)
 
 
 def check_saved_folder(directory: str | Path, *, overwrite: bool, reads: set[Path] = frozenset(),
@@ -195,11 +187,11 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="rep3d-push-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model", repo_id=repo_id, **save_kwargs)
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        form = json.loads((folder / CONFIG_NAME).read_text())["rep3d"]["form"]
+        form = SavedConfig.from_json(json.loads((folder / CONFIG_NAME).read_text())).form
         (folder / MARKER_NAME).unlink(missing_ok=True)  # a local bookkeeping file, not part of the model
         return api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision, create_pr=create_pr,
-            commit_message=commit_message or f"Upload {model.pretrained_cfg['architecture']} ({form} form) with rep3d",
+            commit_message=commit_message or f"Upload {PretrainedCfg.of(model).architecture} ({form} form) with rep3d",
         )
 
 
@@ -268,74 +260,75 @@ def _fenced(value: Any) -> str:
 
 def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None = None) -> str:
     """A Hub model card (YAML metadata + Markdown) for the folder :func:`save_pretrained` writes."""
-    meta = config["rep3d"]["metadata"]
-    arch, form = config["architecture"], config["rep3d"]["form"]
-    synthetic = bool(meta.get("synthetic"))
+    saved = SavedConfig.from_json(config)
+    meta, arch, form = saved.cfg, saved.architecture, saved.form
+    synthetic = meta.synthetic
     # the YAML header takes identifiers only: a license or dataset with other characters stays in the text, escaped
-    license_id = config["pretrained_cfg"].get("license") or "other"
+    license_id = meta.license or "other"
     license_id = license_id if re.fullmatch(r"[\w.+-]{1,64}", str(license_id)) else "other"
     tags = ["rep3d", "image-segmentation", "medical-imaging", "3d", "volumetric", "large-kernel-convolution"]
     if synthetic:
         tags.append("synthetic-data")
     card_data = ModelCardData(
         license=license_id, library_name="rep3d", pipeline_tag="image-segmentation", tags=tags,
-        datasets=[meta["dataset"]] if re.fullmatch(r"[\w./-]{1,128}", str(meta.get("dataset", ""))) else None,
-        metrics=["dice"] if meta.get("metrics") else None,
+        datasets=[meta.dataset] if re.fullmatch(r"[\w./-]{1,128}", str(meta.dataset or "")) else None,
+        metrics=["dice"] if meta.metrics else None,
     )
-    title = _md(repo_id or meta.get("origin") or arch)
+    title = _md(repo_id or meta.origin or arch)
     params = sum(p.numel() for p in model.parameters())
     lines = [f"---\n{card_data.to_yaml()}\n---", "", f"# {title}", ""]
     if synthetic:
         lines += ["> **Synthetic.** These weights were trained on synthetic phantom data, not on patient scans: "
                   "they demonstrate the pipeline and are not a clinical model.", ""]
-    lines += [_md(config["pretrained_cfg"].get("description"), newlines=True) or (
+    lines += [_md(meta.description, newlines=True) or (
         f"`{arch}` from [rep3d](https://arxiv.org/abs/2505.19603): a 3-D segmentation network with large "
         "re-parameterized depthwise kernels and a UNETR-style decoder."), ""]
     lines += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{arch}` |",
               f"| form | {'deploy (mask, BatchNorm and branches folded into one conv per block)' if form == 'deploy' else 'train (re-parameterizable; fold with `rep3d.reparameterize_model`)'} |",  # noqa: E501
               f"| parameters | {params:,} |", f"| input channels | {model.in_chans} |",
-              f"| classes | {model.num_classes} |", f"| model args | `{json.dumps(config['model_args'])}` |", ""]
-    names = meta.get("class_names")
+              f"| classes | {model.num_classes} |", f"| model args | `{json.dumps(dict(saved.model_args))}` |", ""]
+    names = meta.class_names
     if names:
         lines += ["## Classes", "", "| index | name |", "|---|---|"]
         lines += [f"| {i} | {_md(n)} |" for i, n in enumerate(names)] + [""]
-    window = meta.get("intensity_window")
+    window = meta.intensity_window
     lines += ["## Input the weights expect", "", "| | |", "|---|---|",
-              f"| ROI (sliding-window patch) | {_fmt_triplet(meta.get('roi_size'))} |",
-              f"| spacing | {_fmt_triplet(meta.get('spacing'), ' mm')} |",
-              f"| orientation | {_md(meta.get('orientation', 'unknown'))} |",
-              f"| modality | {_md(meta.get('modality', 'unknown'))} |",
+              f"| ROI (sliding-window patch) | {_fmt_triplet(meta.roi_size)} |",
+              f"| spacing | {_fmt_triplet(meta.spacing, ' mm')} |",
+              f"| orientation | {_md(meta.orientation or 'unknown')} |",
+              f"| modality | {_md(meta.modality or 'unknown')} |",
               f"| intensity window | {f'[{window[0]:g}, {window[1]:g}] → [0, 1]' if window else 'unknown'} |",
-              f"| test-time flips (TTA) | {_tta_row(meta.get('tta_flip_axes'))} |"]
-    if meta.get("normalization"):  # replaces the window (models trained by nnU-Net)
-        lines[-2] = f"| normalisation per channel | `{json.dumps(meta['normalization'])}` |"
-    if meta.get("axis_order"):
-        lines += [f"| axis order of the network's input | {meta['axis_order']} (roi and spacing in this order"
-                  + ("; the file's voxel axes reversed, as nnU-Net reads NIfTI)" if meta["axis_order"] == "zyx"
+              f"| test-time flips (TTA) | {_tta_row(meta.tta_flip_axes)} |"]
+    if meta.normalization:  # replaces the window (models trained by nnU-Net)
+        lines[-2] = f"| normalisation per channel | `{json.dumps(meta.normalization)}` |"
+    if meta.axis_order:
+        lines += [f"| axis order of the network's input | {meta.axis_order} (roi and spacing in this order"
+                  + ("; the file's voxel axes reversed, as nnU-Net reads NIfTI)" if meta.axis_order == "zyx"
                      else ")") + " |"]
     lines += [""]
-    lines += _distribution_lines(meta.get("training_distribution"))
+    lines += _distribution_lines(meta.training_distribution)
     lines += ["## Evaluation", ""]
-    metrics = meta.get("metrics")
+    metrics = meta.metrics
     if metrics:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {_md(k)} | {v:.4f} |" if isinstance(v, float) else f"| {_md(k)} | {_md(v)} |"
                   for k, v in metrics.items()]
-        lines += [""] + ([f"Data: {_md(meta['dataset'])}" + (" (synthetic)" if synthetic else ""), ""]
-                         if meta.get("dataset") else [])
-        if meta.get("command"):
-            lines += ["Produced by:", "", "```bash", _fenced(meta["command"]), "```", ""]
+        lines += [""] + ([f"Data: {_md(meta.dataset)}" + (" (synthetic)" if synthetic else ""), ""]
+                         if meta.dataset else [])
+        if meta.command:
+            lines += ["Produced by:", "", "```bash", _fenced(meta.command), "```", ""]
         else:
             lines += ["The command that produced these numbers was not recorded.", ""]
     else:
         lines += ["No evaluation results are recorded for these weights.", ""]
-    training = meta.get("training")
+    training = meta.training
     if isinstance(training, Mapping):
+        run_config = training.get("config")  # rep3d.train's TrainConfig.to_dict(), not a model config
         lines += ["## Training", "", "| | |", "|---|---|"]
         lines += [f"| {_md(str(k).replace('_', ' '))} | {_md(v)} |" for k, v in training.items() if k != "config"]
-        if training.get("config"):
+        if run_config:
             lines += ["", "<details><summary>full training configuration</summary>", "", "```json",
-                      _fenced(json.dumps(training["config"], indent=2)), "```", "", "</details>"]
+                      _fenced(json.dumps(run_config, indent=2)), "```", "", "</details>"]
         lines += [""]
     ref = f"hf-hub:{repo_id}" if repo_id else "hf-hub:ORG/NAME"
     lines += ["## Usage", "", "```python", "import rep3d", "",
@@ -343,9 +336,10 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
               "# input: [B, in_chans, D, H, W], each spatial size a multiple of 16; output: logits per class", "```",
               ""]
     lines += ["## Paper and license", ""]
-    paper = meta.get("paper_name") or model.pretrained_cfg.get("paper_name")
-    paper_ids = model.pretrained_cfg.get("paper_ids")
+    model_cfg = PretrainedCfg.of(model)
+    paper = meta.paper_name or model_cfg.paper_name
+    paper_ids = model_cfg.paper_ids
     if paper:
         lines += [f"- {_md(paper)}" + (f" ({_md(paper_ids)})" if paper_ids else "")]
-    lines += [f"- license of these weights: {_md(license_id)}", f"- saved with rep3d {config['rep3d']['version']}", ""]
+    lines += [f"- license of these weights: {_md(license_id)}", f"- saved with rep3d {saved.version}", ""]
     return "\n".join(lines)

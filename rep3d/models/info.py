@@ -6,6 +6,8 @@ import timm
 import torch
 from timm.models import split_model_name_tag
 
+from rep3d.configs.keys import INFO_TIMM_KEYS
+from rep3d.configs.pretrained import PretrainedCfg, select_keys
 from rep3d.models.deploy import count_macs, reparameterize_model
 from rep3d.models.registry import check_name, list_models, volume_metadata
 
@@ -16,7 +18,8 @@ def model_info(model_name: str, **kwargs: Any) -> dict[str, Any]:
     with torch.device("meta"):
         model = timm.create_model(model_name, **kwargs)
     cfg = dict(model.pretrained_cfg)
-    roi = tuple(cfg.get("roi_size") or (96, 96, 96))
+    typed = PretrainedCfg.from_dict(cfg)
+    roi = tuple(typed.roi_size or (96, 96, 96))
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, (1, model.in_chans, *roi))
     deployed = reparameterize_model(model, inplace=True)
@@ -29,6 +32,5 @@ def model_info(model_name: str, **kwargs: Any) -> dict[str, Any]:
         "in_chans": model.in_chans,
         "num_classes": model.num_classes,
         "pretrained_tags": [n for n in list_models(split_model_name_tag(model_name)[0], pretrained=True) if "." in n],
-        "metadata": {k: v for k, v in cfg.items() if k in volume_metadata(cfg.get("architecture", ""), None)
-                     or k in ("license", "paper_ids", "paper_name")},
+        "metadata": select_keys(cfg, [*volume_metadata(typed.architecture or "", None), *INFO_TIMM_KEYS]),
     }

@@ -20,10 +20,25 @@ from timm.models import (
 from torch import nn
 
 from rep3d.configs.folder import CheckedCfg, check_timm_loaded_config, timm_loaded_cfg
+from rep3d.configs.keys import (
+    MODEL_ARG_KEYS,
+    SOURCE_BOUND_KEYS,
+    TIMM_CFG_KEYS,
+    WEIGHT_CLAIM_KEYS,
+    WEIGHT_SOURCE_KEYS,
+)
 from rep3d.configs.model_args import check_model_args
+from rep3d.configs.pretrained import (
+    PretrainedCfg,
+    drop_mismatched_class_names,
+    pop_factory_cfgs,
+    select_keys,
+    with_values,
+    without_keys,
+)
 from rep3d.errors import Rep3DValueError
 from rep3d.hub import BUNDLED_PREFIX, check_weights_available, load_pretrained
-from rep3d.hub.config import TIMM_CFG_KEYS, split_cfg
+from rep3d.hub.config import split_cfg
 from rep3d.models.features import wrap_features
 
 _NAMES: set[str] = set()
@@ -34,14 +49,6 @@ class_names, dataset, metrics, synthetic, and the weight-source keys bundled, sh
 ARCH_CFGS: dict[str, dict[str, Any]] = {}
 """timm keys of each untagged ``arch`` cfg: what the bare name means when no weights are loaded (see
 :func:`build_model`)."""
-WEIGHT_CLAIM_KEYS = ("class_names", "label_names", "label_descriptions", "dataset", "synthetic", "metrics",
-                     "description", "origin", "command", "training")
-"""cfg keys that describe trained weights (what they were trained on, how well they do): a model carries them only
-when those weights were loaded into it."""
-
-MODEL_ARG_KEYS = ("in_chans", "num_classes")
-_SOURCE_KEYS = ("file", "url", "hf_hub_id", "bundled")  # an overlay naming one replaces the registered source
-_SOURCE_BOUND_KEYS = ("bundled", "sha256", "hf_revision", "hf_hub_filename")  # describe one registered weight file
 
 __all__ = ["ARCH_CFGS", "BUNDLED_PREFIX", "VOLUME_METADATA", "WEIGHT_CLAIM_KEYS", "build_model", "check_name",
            "default_cfgs", "drop_mismatched_class_names", "is_model", "list_models", "register", "resolve_cfg",
@@ -61,10 +68,11 @@ def default_cfgs(cfgs: dict[str, dict[str, Any]]) -> dict:
     """
     timm_cfgs = {}
     for name, cfg in cfgs.items():
-        timm_cfgs[name] = {k: v for k, v in cfg.items() if k in TIMM_CFG_KEYS}
-        if cfg.get("bundled") and not cfg.get("file"):
-            timm_cfgs[name]["file"] = BUNDLED_PREFIX + cfg["bundled"]
-        VOLUME_METADATA[name.rstrip("*")] = {k: v for k, v in cfg.items() if k not in TIMM_CFG_KEYS}
+        timm_cfgs[name] = select_keys(cfg, TIMM_CFG_KEYS)
+        weights = PretrainedCfg.from_dict(cfg).weights
+        if weights.bundled and not weights.file:
+            timm_cfgs[name] = with_values(timm_cfgs[name], file=BUNDLED_PREFIX + weights.bundled)
+        VOLUME_METADATA[name.rstrip("*")] = without_keys(cfg, TIMM_CFG_KEYS)
         if "." not in name:
             ARCH_CFGS[name.rstrip("*")] = {**timm_cfgs[name], "architecture": name.rstrip("*")}
     return generate_default_cfgs(timm_cfgs)
@@ -89,18 +97,15 @@ def resolve_cfg(variant: str, pretrained_cfg: Any = None, overlay: dict[str, Any
     base, base_extra = split_cfg(pretrained_cfg)
     timm_overlay, overlay_extra = split_cfg(overlay)
     cfg = resolve_pretrained_cfg(variant, base, timm_overlay).to_dict()
-    meta = volume_metadata(variant, cfg.get("tag"))
+    meta = volume_metadata(variant, PretrainedCfg.from_dict(cfg).tag)
     overlay_all = {**(timm_overlay or {}), **overlay_extra}
-    if isinstance(base, dict) or any(overlay_all.get(k) for k in _SOURCE_KEYS):
-        for key in _SOURCE_BOUND_KEYS:
-            meta.pop(key, None)
-    if any(overlay_all.get(k) for k in _SOURCE_KEYS):
-        for key in _SOURCE_KEYS + _SOURCE_BOUND_KEYS:
-            if key not in overlay_all:
-                cfg.pop(key, None)
-                base_extra.pop(key, None)
-    cfg.update({**meta, **base_extra, **overlay_extra})
-    return cfg
+    own_source = PretrainedCfg.from_dict(overlay_all).weights.names_weights
+    if isinstance(base, dict) or own_source:
+        meta = without_keys(meta, SOURCE_BOUND_KEYS)
+    if own_source:
+        replaced = [key for key in WEIGHT_SOURCE_KEYS + SOURCE_BOUND_KEYS if key not in overlay_all]
+        cfg, base_extra = without_keys(cfg, replaced), without_keys(base_extra, replaced)
+    return {**cfg, **meta, **base_extra, **overlay_extra}
 
 
 def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -118,15 +123,14 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     kwargs.pop("pretrained_model_args", None)  # timm's copy of a Hub config's model_args (already in kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
     strict = kwargs.pop("pretrained_strict", True)
-    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    if isinstance(pretrained_cfg, dict) and not isinstance(pretrained_cfg, CheckedCfg) and pretrained_cfg.get(
-            "source") in ("hf-hub", "local-dir"):
+    pretrained_cfg, overlay = pop_factory_cfgs(kwargs)
+    if isinstance(pretrained_cfg, dict) and not isinstance(pretrained_cfg, CheckedCfg) and PretrainedCfg.from_dict(
+            pretrained_cfg).weights.source in ("hf-hub", "local-dir"):
         # timm.create_model("hf-hub:..." / "local-dir:...") read this from a folder's config.json itself: weights come
         # only from the folder / repository timm named, never from a source the file names
         check_timm_loaded_config(pretrained_cfg, cache_dir)
         pretrained_cfg = timm_loaded_cfg(pretrained_cfg)
-    own_source = any((overlay or {}).get(k) for k in _SOURCE_KEYS)
+    own_source = PretrainedCfg.from_dict(overlay).weights.names_weights
     if pretrained_cfg is None and variant in ARCH_CFGS and (not pretrained or own_source):
         # A bare name means the architecture. timm would resolve it to the default tag's cfg (for rep3d_tiny the
         # phantom weights': 9 classes and their names, phantom spacing, "SYNTHETIC"), which describes weights that are
@@ -134,9 +138,8 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
         pretrained_cfg = dict(ARCH_CFGS[variant])
     cfg = resolve_cfg(variant, pretrained_cfg, overlay)
     if not pretrained:  # the weights a cfg describes are not loaded: nothing about them may travel with the model
-        for key in WEIGHT_CLAIM_KEYS:
-            if key not in (overlay or {}):  # ...unless the caller states it for this model
-                cfg.pop(key, None)
+        # ...unless the caller states it for this model
+        cfg = without_keys(cfg, [key for key in WEIGHT_CLAIM_KEYS if key not in (overlay or {})])
     if pretrained:
         check_weights_available(cfg, list_models(pretrained=True))
     # the model's own arguments, checked under the registered name (a typo such as timm's drop_rate names this model
@@ -145,17 +148,16 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     model_args = dict(kwargs)
     timm_cfg, extra = split_cfg(cfg)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=timm_cfg, **kwargs)
-    cfg = model.pretrained_cfg
-    cfg.update(extra)
+    cfg = drop_mismatched_class_names({**model.pretrained_cfg, **extra}, model.num_classes)
+    model.pretrained_cfg = model.default_cfg = cfg  # a new dict: timm's and the registry's stay as they were
     model_args.update({k: getattr(model, k) for k in MODEL_ARG_KEYS})
     model.model_args = model_args
-    drop_mismatched_class_names(cfg, model.num_classes)
     if pretrained:
         load_pretrained(model, cfg, cache_dir=cache_dir, strict=strict)
     if not features_only:
         return model
     feature_model = wrap_features(model, **feature_cfg)
-    feature_model.pretrained_cfg = feature_model.default_cfg = cfg
+    feature_model.pretrained_cfg = feature_model.default_cfg = model.pretrained_cfg  # as loading left it
     feature_model.in_chans = model.in_chans
     return feature_model
 
@@ -171,14 +173,6 @@ def _feature_cfg(variant: str, features_only: bool, kwargs: dict[str, Any]) -> d
         raise Rep3DValueError(f"{variant}: {', '.join(sorted(feature_cfg))} only apply with features_only=True "
                               "(they choose the feature maps and their wrapper); pass features_only=True or drop them")
     return feature_cfg
-
-
-def drop_mismatched_class_names(cfg: dict[str, Any], num_classes: int) -> None:
-    """Remove ``class_names`` / ``label_names`` from ``cfg`` (in place) unless they name ``num_classes`` classes."""
-    for key in ("class_names", "label_names"):
-        names = cfg.get(key)
-        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
-            cfg.pop(key)
 
 
 def is_model(name: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from rep3d.configs.pretrained import PretrainedCfg, factory_cfgs
 from rep3d.layers.mask import DEFAULT_MASK_FORM
 from rep3d.models.registry import build_model, default_cfgs, register, resolve_cfg
 from rep3d.models.rep3d_net import Rep3D, UXNet3D
@@ -113,11 +114,10 @@ def _weights_args(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dic
     """The constructor arguments pinned by the weights being asked for (``WEIGHTS_MODEL_ARGS``): for an explicit tag
     (``"rep3d_tiny.phantom"``), or for the default tag when ``pretrained=True``. Not for a bare architecture name
     without weights, nor where the caller names another weight source."""
-    cfg = kwargs.get("pretrained_cfg")
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if isinstance(cfg, dict) or any(overlay.get(k) for k in ("file", "url", "hf_hub_id", "bundled")):
+    cfg, overlay = factory_cfgs(kwargs)
+    if isinstance(cfg, dict) or PretrainedCfg.from_dict(overlay).weights.names_weights:
         return {}
-    tag = cfg if isinstance(cfg, str) else (resolve_cfg(variant).get("tag") if pretrained else None)
+    tag = cfg if isinstance(cfg, str) else (PretrainedCfg.from_dict(resolve_cfg(variant)).tag if pretrained else None)
     return dict(WEIGHTS_MODEL_ARGS.get(f"{variant}.{tag}", {})) if tag else {}
 
 

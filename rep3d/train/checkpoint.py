@@ -1,4 +1,5 @@
-"""Atomic training-state checkpoints (model, optimizer, scheduler, scaler, RNG, step)."""
+"""Atomic training-state checkpoints (model, optimizer, scheduler, scaler, RNG, step) in a run folder's
+``train_state/``, and the check that a new run may use its ``--out`` folder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 import torch
 
 from rep3d.errors import Rep3DError
+
+STATE_DIR = "train_state"
+"""The folder inside a run's ``--out`` that holds its checkpoints, curves and summary."""
 
 
 class CheckpointError(Rep3DError, RuntimeError):
@@ -122,3 +126,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse a new run's ``--out`` that is a non-empty folder rep3d did not write (its files are never replaced)."""
+    from rep3d.hub.publish import saved_by_rep3d
+    from rep3d.outputs import check_folder_output
+
+    check_folder_output(out, overwrite=True, flag="--out",
+                        also_ours=lambda folder: saved_by_rep3d(folder) or (folder / STATE_DIR).is_dir())

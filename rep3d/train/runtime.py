@@ -9,7 +9,7 @@ import math
 import os
 import platform
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +74,25 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warmup to ``cfg.lr``, then cosine decay to ``cfg.min_lr_ratio * cfg.lr`` at the last step."""
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate factor at ``step`` (0-based) of a ``total``-step run: linear warm-up ``(step + 1) / warmup``
+    over the first ``warmup`` steps, then cosine from 1 down to ``min_ratio``, reached at step ``total``.
 
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(cfg.iterations - cfg.warmup_steps, 1)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    rep3d's trainer and its nnU-Net trainer both use this one schedule. The warm-up is never shortened to fit a run:
+    a run shorter than its warm-up stays in warm-up (its rate ends at ``total / warmup`` of the peak) rather than
+    ending on the peak rate with no decay, and the rate at a step does not depend on how long the run is."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """:func:`warmup_cosine` for ``cfg``: linear warm-up to ``cfg.lr`` over ``cfg.warmup_steps``, then cosine decay
+    to ``cfg.min_lr_ratio * cfg.lr`` at ``cfg.iterations`` (a ``LambdaLR`` factor)."""
+
+    def factor(step: int) -> float:  # a function, not a partial: LambdaLR's state_dict then stores nothing of it
+        return warmup_cosine(step, cfg.iterations, cfg.warmup_steps, cfg.min_lr_ratio)
 
     return factor
 

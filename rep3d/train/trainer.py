@@ -20,18 +20,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from rep3d.builder import create_model
+from rep3d.configs.pretrained import with_values
 from rep3d.data.msd import MSDDataset, load_msd_dataset
 from rep3d.errors import Rep3DDataError, Rep3DError, Rep3DValueError
 from rep3d.hub import save_pretrained
-from rep3d.inference import LabelledCase, Predictor, evaluate_cases
 from rep3d.inference.distribution import TRAINING_DISTRIBUTION_KEY, dataset_distribution
 from rep3d.layers.mask import mask_health_scalars
 from rep3d.metrics import mean_dice
 from rep3d.outputs import record_outputs
 from rep3d.train.checkpoint import (
+    STATE_DIR,
     CheckpointError,
     DiskFullError,
     atomic_save,
+    check_run_folder,
     is_disk_full,
     load_state,
     remove_stale_temp_files,
@@ -40,6 +42,7 @@ from rep3d.train.checkpoint import (
 )
 from rep3d.train.curves import write_run_curves
 from rep3d.train.data import FLIP_AXES, CachedVolumes, StepSampler, preprocessing, train_loader
+from rep3d.train.progress import ESTIMATE_AFTER_STEPS, format_estimate
 from rep3d.train.recipes import TrainConfig
 from rep3d.train.runtime import (
     DistContext,
@@ -51,37 +54,7 @@ from rep3d.train.runtime import (
     parameter_digest,
     resolve_device,
 )
-
-STATE_DIR = "train_state"
-ESTIMATE_AFTER_STEPS = 5
-"""Steps timed (after the first, which pays one-off costs) before the run prints how long it will take."""
-
-
-def format_duration(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"2.6 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def format_estimate(seconds_per_step: float, step: int, iterations: int, val_every: int,
-                    val_seconds: float | None = None) -> str:
-    """The line ``rep3d train`` prints once it has timed a few steps: speed, the expected time of the rest of the run
-    (``val_seconds``: one validation's time, once known) and how to shorten it with ``--iterations``."""
-    left = max(iterations - step, 0)
-    validations = len(range((step // val_every + 1) * val_every, iterations + 1, val_every)) + \
-        (iterations % val_every != 0)
-    total = left * seconds_per_step + (validations * val_seconds if val_seconds is not None else 0.0)
-    validation = (f" + {validations} validation(s) of {format_duration(val_seconds)}" if val_seconds is not None
-                  else f" + {validations} validation(s), timed at the first one")
-    short = max(iterations // 5, 1)
-    return (f"rep3d train: {seconds_per_step:.2f} s/step ({1 / seconds_per_step:.2f} steps/s); the remaining "
-            f"{left} of {iterations} steps take about {format_duration(total)} "
-            f"({format_duration(left * seconds_per_step)} of steps{validation}); for a shorter run pass "
-            f"--iterations, e.g. --iterations {short} (about {format_duration(short * seconds_per_step)} of steps)")
-
+from rep3d.train.validation import evaluate
 
 RESUME_OVERRIDES = ("iterations", "val_every", "checkpoint_every", "workers", "threads")
 """Settings ``--resume`` may change: when and how the run proceeds, not what it computes per step."""
@@ -93,22 +66,6 @@ class NonFiniteLossError(Rep3DError, RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was written."""
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, volumes: list[dict[str, torch.Tensor]], cfg: TrainConfig, class_names: list[str],
-             device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[float]:
-    """Mean Dice per class (``class_names[1:]``) of sliding-window predictions over volumes already on the model
-    grid (``{"image": [C, *grid], "label": [1, *grid]}``): :func:`rep3d.inference.evaluate_cases` with a
-    :class:`Predictor` that resamples nothing. The model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    predictor = Predictor(model, roi_size=cfg.roi_size, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
-                          device=device, stitch_device=device, amp=autocast_dtype is not None, spacing=None,
-                          orientation=None, intensity_window=None, class_names=class_names)
-    cases = (LabelledCase(f"volume {i}", v["image"], v["label"][0]) for i, v in enumerate(volumes))
-    result = evaluate_cases(predictor, cases, class_names)
-    model.train(was_training)
-    return list(result["mean_dice"].values())
 
 
 class Trainer:
@@ -196,17 +153,20 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(self.class_names), in_chans=dataset.in_chans,
                              **cfg.model_args)
-        model.pretrained_cfg.update(
+        modality = ", ".join(dataset.modality[k] for k in sorted(dataset.modality))
+        model.pretrained_cfg = model.default_cfg = with_values(
+            model.pretrained_cfg,
             roi_size=tuple(cfg.roi_size), spacing=tuple(cfg.spacing), intensity_window=tuple(cfg.intensity_window),
-            orientation=cfg.orientation, modality=", ".join(dataset.modality[k] for k in sorted(dataset.modality)),
-            class_names=self.class_names, dataset=dataset.name, synthetic=bool(dataset.meta.get("synthetic", False)),
+            orientation=cfg.orientation, modality=modality, class_names=self.class_names, dataset=dataset.name,
+            synthetic=dataset.synthetic,
             tta_flip_axes=list(FLIP_AXES),  # what the Predictor's TTA may flip: what augmentation flipped
         )
         if self.ctx.is_main and cfg.intensity_window is not None:
             # what rep3d predict compares every input with (rep3d.inference.distribution)
-            model.pretrained_cfg[TRAINING_DISTRIBUTION_KEY] = dataset_distribution(
-                dataset.train, modality=model.pretrained_cfg["modality"] or "?", window=cfg.intensity_window,
-                source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.meta.get("synthetic") else ""))
+            model.pretrained_cfg = model.default_cfg = with_values(model.pretrained_cfg, **{
+                TRAINING_DISTRIBUTION_KEY: dataset_distribution(
+                    dataset.train, modality=modality or "?", window=cfg.intensity_window,
+                    source=f"{dataset.name} training cases" + (" (SYNTHETIC)" if dataset.synthetic else ""))})
         self.memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
         if cfg.grad_checkpointing:
@@ -267,7 +227,7 @@ class Trainer:
         }
         try:
             save_pretrained(target, self.out, metrics=metrics, command=self.command, dataset=dataset.name,
-                            description=dataset.meta.get("description", "") or None, metadata={"training": training},
+                            description=dataset.description, metadata={"training": training},
                             overwrite=True)
         except (OSError, RuntimeError) as err:
             if isinstance(err, DiskFullError) or not is_disk_full(err):
@@ -429,15 +389,6 @@ class Trainer:
         self.publish(best_model, self._wall(), test)
         return {"test_dice": dict(zip(self.class_names[1:], test)), "test_mean_dice": mean_dice(test),
                 "num_test": len(test_volumes)}
-
-
-def check_run_folder(out: Path) -> None:
-    """Refuse a new run's ``--out`` that is a non-empty folder rep3d did not write (its files are never replaced)."""
-    from rep3d.hub.publish import saved_by_rep3d
-    from rep3d.outputs import check_folder_output
-
-    check_folder_output(out, overwrite=True, flag="--out",
-                        also_ours=lambda folder: saved_by_rep3d(folder) or (folder / STATE_DIR).is_dir())
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, command: str | None = None,

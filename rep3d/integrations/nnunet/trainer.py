@@ -10,13 +10,13 @@ checkpoints are nnU-Net's. On CPU the trainers keep ``OMP_NUM_THREADS`` threads 
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 from torch import nn
 
 from rep3d.integrations.nnunet import check_patch_size, require_nnunet
+from rep3d.train.runtime import warmup_cosine
 
 require_nnunet()
 
@@ -34,16 +34,6 @@ def recipe_values() -> dict[str, float]:
     cfg = build_config("paper")
     return dict(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                 min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip)
-
-
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate factor at ``step``: linear warmup to 1 over ``warmup`` steps, cosine to ``min_ratio`` at
-    ``total``."""
-    warmup = min(warmup, max(total - 1, 0))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class _PerIterationLR:

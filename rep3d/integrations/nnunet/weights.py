@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rep3d.configs.pretrained import PretrainedCfg, without_keys
 from rep3d.errors import Rep3DDataError, Rep3DValueError, Rep3DWeightsError
 from rep3d.integrations.nnunet.network import Rep3DnnUNet, split_arch_kwargs
 
@@ -183,6 +184,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, *, checkpoint: str = 
     model = create_model(model_name, in_chans=len(channels), num_classes=num_classes, **model_kwargs)
     model.load_state_dict(state, strict=True)
     norm = normalisation(configuration, plans)
+    trainer_name = ckpt.get("trainer_name") or parts[0]
     meta = {
         "roi_size": [int(s) for s in configuration["patch_size"]],
         "spacing": [float(s) for s in configuration["spacing"]],
@@ -192,17 +194,16 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, *, checkpoint: str = 
         "modality": "+".join(channels),
         "class_names": class_names,
         "synthetic": False,
-        "nnunet": {"trainer": ckpt.get("trainer_name") or parts[0], "plans": plans.get("plans_name"),
+        "nnunet": {"trainer": trainer_name, "plans": plans.get("plans_name"),
                    "configuration": config_name, "fold": fold_dir.name, "checkpoint": checkpoint,
                    "epochs": ckpt.get("current_epoch")},
     }
     if all(n["scheme"] == "clip_zscore" for n in norm) and len({tuple(n["clip"]) for n in norm}) == 1:
         meta["intensity_window"] = list(norm[0]["clip"])
-    model.pretrained_cfg.pop("intensity_window", None)
-    model.pretrained_cfg.update(meta)
+    model.pretrained_cfg = model.default_cfg = {**without_keys(model.pretrained_cfg, ["intensity_window"]), **meta}
     return save_pretrained(
         model, out_dir, overwrite=overwrite, reads=reads, dataset=dataset.get("name") or plans.get("dataset_name"),
-        description=(f"{model_name} trained with nnU-Net v2 ({meta['nnunet']['trainer']}, plans "
+        description=(f"{model_name} trained with nnU-Net v2 ({trainer_name}, plans "
                      f"{plans.get('plans_name')}, configuration {config_name}, {fold_dir.name}). Inputs are read as "
                      "nnU-Net reads them: the file's voxel axes reversed (z, y, x), resampled to the spacing above, "
                      "normalised per channel as recorded in config.json (rep3d.metadata.normalization)."),
@@ -224,7 +225,7 @@ def write_nnunet_pretrained(model: nn.Module, path: str | Path) -> Path:
     state = rep3d_to_nnunet_state({k: v.detach().cpu() for k, v in model.state_dict().items()})
     args = dict(getattr(model, "model_args", {}) or {})
     torch.save({"network_weights": state,
-                "rep3d": {"architecture": model.pretrained_cfg.get("architecture"),
+                "rep3d": {"architecture": PretrainedCfg.of(model).architecture,
                           "model_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}}},
                path)
     return path
