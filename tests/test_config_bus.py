@@ -29,12 +29,7 @@ ALLOWED: dict[str, str] = {
         "nnU-Net's plans.json configuration (nnU-Net's own format, parsed where the plans are read)",
 }
 PENDING_FILES: dict[str, str] = {
-    # PENDING: files that the other parts of issue 27 migrate in parallel, on their own branches. The coordinator
-    # empties this section at merge (an entry whose file no longer reads a config by string key fails the test).
-    "rep3d/export/__init__.py": "issue 27c (export)",
-    "rep3d/export/monai_bundle.py": "issue 27c (export)",
-    "rep3d/inference/predictor.py": "issue 27c (inference)",
-    "rep3d/hub/weights.py": "issue 27b (hub weights / checkpoint filters)",
+    # files whose migration is still pending (none: issue 27's three parts are merged)
 }
 
 

@@ -116,6 +116,12 @@ def with_weights_entry(config: Mapping[str, Any], **entry: Any) -> dict[str, Any
     return {**config, "rep3d": section}
 
 
+def rep3d_section(config: Any) -> dict[str, Any]:
+    """The ``rep3d`` section of a parsed ``config.json`` (``{}`` when there is none or it is not an object)."""
+    section = config.get("rep3d") if isinstance(config, Mapping) else None
+    return section if isinstance(section, dict) else {}
+
+
 def has_rep3d_section(config: Any) -> bool:
     """Whether a parsed ``config.json`` has a ``rep3d`` section (rep3d wrote it)."""
     return isinstance(config, dict) and isinstance(config.get("rep3d"), dict)

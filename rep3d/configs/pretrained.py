@@ -121,6 +121,29 @@ class PretrainedCfg:
         return (self.architecture or "this model") + (f".{self.tag}" if self.tag else "")
 
 
+@dataclass(frozen=True)
+class WeightFileMetadata:
+    """The strings rep3d writes into a safetensors header next to the tensors: the ``architecture`` they were saved
+    from, their ``form`` (``"train"`` / ``"deploy"``) and the rep3d ``version``. A file another tool wrote has none
+    of them (``None``)."""
+
+    architecture: str | None = None
+    form: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_dict(cls, metadata: Mapping[str, str] | None) -> WeightFileMetadata:
+        header = metadata or {}
+        form = header.get("rep3d_form")
+        return cls(architecture=header.get("rep3d_architecture") or None,
+                   form=form if form in ("train", "deploy") else None, version=header.get("rep3d_version") or None)
+
+    def to_dict(self) -> dict[str, str]:
+        """The header entries (safetensors metadata is a flat ``str -> str`` map; ``format`` is PyTorch's)."""
+        return {"format": "pt", "rep3d_architecture": str(self.architecture), "rep3d_form": str(self.form),
+                "rep3d_version": str(self.version)}
+
+
 def with_values(cfg: Mapping[str, Any] | None, **values: Any) -> dict[str, Any]:
     """A new cfg dict: ``cfg`` with ``values`` set (``cfg`` is not changed)."""
     return {**(cfg or {}), **values}

@@ -25,7 +25,7 @@ from torch import nn
 
 from rep3d.configs.folder import SavedConfig, has_rep3d_section, saved_config_json, with_weights_entry
 from rep3d.configs.keys import SAVED_SOURCE_KEYS, SAVED_TIMM_METADATA, TIMM_CFG_KEYS, UNSAVED_TIMM_KEYS
-from rep3d.configs.pretrained import PretrainedCfg, select_keys, with_values, without_keys
+from rep3d.configs.pretrained import PretrainedCfg, WeightFileMetadata, select_keys, with_values, without_keys
 from rep3d.errors import Rep3DValueError, printable
 from rep3d.hub.config import CARD_NAME, CONFIG_NAME, DEFAULT_FILENAME
 from rep3d.hub.weights import sha256_file
@@ -129,8 +129,7 @@ def save_pretrained(
                for k, v in model.state_dict().items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    file_meta = {"format": "pt", "rep3d_architecture": saved.architecture, "rep3d_form": saved.form,
-                 "rep3d_version": __version__}
+    file_meta = WeightFileMetadata(saved.architecture, saved.form, __version__).to_dict()
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rep3d.configs.folder import SOURCE_KEYS, clean_data, load_config_json
+from rep3d.configs.folder import SOURCE_KEYS, clean_data, load_config_json, rep3d_section
+from rep3d.configs.pretrained import PretrainedCfg, WeightFileMetadata, with_values
 from rep3d.errors import Rep3DError, Rep3DWeightsError, printable
 from rep3d.hub.config import CONFIG_NAME, metadata_from_json
 from rep3d.hub.download import WeightsSource, resolve_weights, weights_name
@@ -71,8 +72,8 @@ def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]
     if mismatched or (strict and (missing or unexpected)):
-        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        saved = metadata.get("rep3d_architecture")
+        arch = PretrainedCfg.of(model).architecture or type(model).__name__
+        saved = WeightFileMetadata.from_dict(metadata).architecture
         other = len(missing) + len(unexpected) + len(mismatched) > len(expected) // 2 or (saved and saved != arch)
         what = f"weights saved from {saved!r}" if saved else "a checkpoint of another architecture"
         problem = (f"{what} do not fit {arch!r}: " if other else f"the weights do not fit {arch!r}: ") + _key_report(
@@ -132,10 +133,8 @@ def _sidecar_config(source: WeightsSource) -> dict[str, Any]:
     if source.kind not in ("hub", "bundled") or not path.is_file():
         return {}
     try:  # read as untrusted data: size and depth caps, control characters replaced
-        section = clean_data(load_config_json(path, "config.json", str(path))).get("rep3d", {})
-    except (Rep3DError, AttributeError):
-        return {}
-    if not isinstance(section, dict):
+        section = rep3d_section(clean_data(load_config_json(path, "config.json", str(path))))
+    except Rep3DError:
         return {}
     metadata = section.get("metadata")
     if isinstance(metadata, dict):  # descriptions only: never a weight source
@@ -168,7 +167,8 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
     source = resolve_weights(cfg, cache_dir=cache_dir, name=name)
     sidecar = _sidecar_config(source)
     sidecar_weights = sidecar.get("weights", {}) if isinstance(sidecar.get("weights"), dict) else {}
-    expected_sha = cfg.get("sha256") or sidecar_weights.get("sha256")
+    view = PretrainedCfg.from_dict(cfg)
+    expected_sha = view.weights.sha256 or sidecar_weights.get("sha256")
     try:
         if expected_sha:
             verify_sha256(source.path, expected_sha, name, source.where)
@@ -179,15 +179,15 @@ def load_pretrained(model: nn.Module, cfg: Mapping[str, Any] | None = None, *, c
             raise Rep3DWeightsError(name, err.source, err.problem + " (the file was removed from the cache)", err.fix,
                                     err.reason) from err
         raise
-    state = _apply_filter(model, state, filter_fn, adapt=True, classifier=cfg.get("classifier"), metadata=metadata,
+    state = _apply_filter(model, state, filter_fn, adapt=True, classifier=view.classifier, metadata=metadata,
                           name=name, where=source.where)
     load_exact(model, state, strict=strict, name=name, where=source.where, metadata=metadata)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        for key, value in metadata_from_json(sidecar.get("metadata") or {}).items():
-            # a bundled file's cfg is the registry's; its JSON adds only the recorded training distribution
-            if source.kind == "hub" or key == "training_distribution":
-                model.pretrained_cfg.setdefault(key, value)
-        model.pretrained_cfg["weights_source"] = source.where
+        # a bundled file's cfg is the registry's; its JSON adds only the recorded training distribution. The model
+        # gets a new cfg dict: the one it had may be shared (the registry's default), so it is never updated in place
+        recorded = {key: value for key, value in metadata_from_json(sidecar.get("metadata") or {}).items()
+                    if source.kind == "hub" or key == "training_distribution"}
+        model.pretrained_cfg = with_values({**recorded, **model.pretrained_cfg}, weights_source=source.where)
     return model
 
 

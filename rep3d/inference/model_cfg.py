@@ -3,8 +3,9 @@
 :class:`~rep3d.configs.cfg.Provenance`), plus the inference keys those classes do not hold (``tta_flip_axes``,
 ``axis_order``, ``normalization``) and the descriptive ones a model card or MONAI bundle repeats.
 
-This is the one place in :mod:`rep3d.inference` and :mod:`rep3d.export` that reads the cfg dict by key; the rest
-reads the attributes of :class:`ModelConfig`.
+:class:`~rep3d.configs.pretrained.PretrainedCfg` reads the cfg dict's keys; this module groups what inference and
+export need into the validated classes, and the rest of :mod:`rep3d.inference` and :mod:`rep3d.export` reads the
+attributes of :class:`ModelConfig`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import Any
 from torch import nn
 
 from rep3d.configs.cfg import InputCfg, LabelCfg, Provenance
-
-INPUT_KEYS = ("roi_size", "spacing", "intensity_window", "orientation", "modality", "training_distribution")
-PROVENANCE_KEYS = ("tag", "license", "dataset", "description", "origin")
+from rep3d.configs.pretrained import PretrainedCfg
 
 
 @dataclass(frozen=True)
@@ -77,29 +76,31 @@ def model_config(model: nn.Module) -> ModelConfig:
 def read_config(cfg: Mapping[str, Any], *, in_chans: int | None = None, num_classes: int | None = None
                 ) -> ModelConfig:
     """:class:`ModelConfig` of a cfg mapping; ``in_chans`` / ``num_classes`` (the model's) take precedence over the
-    cfg's. Values are checked by the typed classes (a Rep3DValueError names the bad one)."""
-    cfg = dict(cfg)
-    in_chans = in_chans or cfg.get("in_chans") or None
-    num_classes = num_classes or cfg.get("num_classes") or None
-    inputs = {k: cfg[k] for k in INPUT_KEYS if cfg.get(k) is not None}
-    if isinstance(inputs.get("training_distribution"), Mapping) and not inputs["training_distribution"]:
-        del inputs["training_distribution"]  # {} records nothing
-    provenance = Provenance(source=str(cfg.get("source") or "unknown"), synthetic=bool(cfg.get("synthetic")),
-                            **{k: cfg[k] for k in PROVENANCE_KEYS if cfg.get(k)})
-    names = cfg.get("class_names")
-    flips = cfg.get("tta_flip_axes")
+    cfg's. The keys are read by :class:`~rep3d.configs.pretrained.PretrainedCfg` (the one place that spells them);
+    values are checked by the typed classes (a Rep3DValueError names the bad one)."""
+    view = PretrainedCfg.from_dict(cfg)
+    in_chans = in_chans or view.in_chans or None
+    num_classes = num_classes or view.num_classes or None
+    inputs = {name: value for name, value in (
+        ("roi_size", view.roi_size), ("spacing", view.spacing), ("intensity_window", view.intensity_window),
+        ("orientation", view.orientation), ("modality", view.modality),
+        ("training_distribution", view.training_distribution)) if value is not None}
+    provenance = Provenance(source=str(view.weights.source or "unknown"), synthetic=view.synthetic,
+                            **{name: value for name, value in (
+                                ("tag", view.tag), ("license", view.license), ("dataset", view.dataset),
+                                ("description", view.description), ("origin", view.origin)) if value})
     return ModelConfig(
         input=InputCfg(in_chans=int(in_chans or 1), **inputs),
         provenance=provenance,
-        architecture=cfg.get("architecture") or None,
+        architecture=view.architecture,
         in_chans=in_chans,
         num_classes=num_classes,
-        class_names=tuple(names) if names else None,
-        tta_flip_axes=None if flips is None else tuple(int(a) for a in flips),
-        axis_order=cfg.get("axis_order") or None,
-        normalization=cfg.get("normalization"),
-        weights_file=cfg.get("file"),
-        metrics=dict(cfg.get("metrics") or {}),
-        paper_name=str(cfg.get("paper_name", "")),
-        paper_ids=str(cfg.get("paper_ids", "")),
+        class_names=view.class_names,
+        tta_flip_axes=None if view.tta_flip_axes is None else tuple(int(a) for a in view.tta_flip_axes),
+        axis_order=view.axis_order,
+        normalization=view.normalization,
+        weights_file=view.weights.file,
+        metrics=dict(view.metrics or {}),
+        paper_name=str(view.paper_name or ""),
+        paper_ids="" if view.paper_ids is None else str(view.paper_ids),
     )

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from rep3d.configs.keys import LABEL_NAME_KEYS
+from rep3d.configs.pretrained import WeightFileMetadata, with_values, without_keys
 from rep3d.errors import Rep3DError, Rep3DWeightsError
 from rep3d.layers import RepLKConv3d, is_deployed
 
@@ -75,8 +77,9 @@ def weights_form(state: Mapping[str, torch.Tensor], model: nn.Module, metadata: 
     tensors (mask generator, BatchNorm, small branch) mean train form; ``bias`` where the model's train form has a
     BatchNorm means deploy form.
     """
-    if metadata.get("rep3d_form") in ("train", "deploy"):
-        return metadata["rep3d_form"]
+    recorded = WeightFileMetadata.from_dict(metadata).form
+    if recorded is not None:
+        return recorded
     prefixes = _conv_prefixes(model)
     if _has_train_extras(state, prefixes):
         return "train"
@@ -190,10 +193,8 @@ def _adapt_head(state: dict[str, torch.Tensor], model: nn.Module, head: str, nam
         f"{name}: pretrained head has {source} classes, the model {target}; the output conv {head} was "
         "re-initialised (train it before use)", UserWarning, stacklevel=5,
     )
-    if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        model.pretrained_cfg.pop("class_names", None)
-        model.pretrained_cfg.pop("label_names", None)
-        model.pretrained_cfg["num_classes"] = target  # the cfg describes the model, not the checkpoint
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # the cfg describes the model, not the checkpoint
+        model.pretrained_cfg = with_values(without_keys(model.pretrained_cfg, LABEL_NAME_KEYS), num_classes=target)
     state.update({key: expected[key] for key in head_keys if key in expected})
     return state
 

@@ -210,6 +210,7 @@ class Rep3D(nn.Module):
         deploy: bool = False,
         norm_name: str = "instance",
         deep_supervision_heads: bool = False,
+        stem_kernel_size: int | None = None,
         **block_kwargs,
     ) -> None:
         super().__init__()
@@ -221,16 +222,18 @@ class Rep3D(nn.Module):
                      deep_supervision_heads=deep_supervision_heads, **block_kwargs)
         if small_kernel is not None:
             given["small_kernel"] = small_kernel
+        if stem_kernel_size is not None:
+            given["stem_kernel_size"] = stem_kernel_size
         if self.fixed_block is None:
             given["block"] = block
         check_model_args(type(self).__name__, given, block=self.fixed_block)
         self.in_chans = in_chans
         self.num_classes = num_classes
-        stem_kernel_size = block_kwargs.pop("stem_kernel_size", 7)
         block_cfg = BlockCfg.from_model_args(block, kernel_size, modulation=modulation, small_kernel=small_kernel,
                                              conv_backend=conv_backend, deploy=deploy, **block_kwargs)
         self.encoder = Rep3DEncoder(in_chans, widths, depths, drop_path_rate=drop_path_rate,
-                                    stem_kernel_size=stem_kernel_size, block_cfg=block_cfg)
+                                    stem_kernel_size=7 if stem_kernel_size is None else stem_kernel_size,
+                                    block_cfg=block_cfg)
         self.decoder = UnetrDecoder3d(in_chans, widths, hidden_size, num_classes, norm_name=norm_name,
                                       deep_supervision_heads=deep_supervision_heads)
         self.stride = self.encoder.stride
