@@ -18,7 +18,7 @@ a fresh process (so that peak RSS is that pipeline's alone), for every model:
 
 Differences that are part of the comparison (what each pipeline does by default): rep3d crops to the body's
 foreground box, runs the channels-last copy of the model and resamples probabilities (bilinear) back, MONAI
-segments the whole grid and resamples the label (nearest). Peak RSS is ``ru_maxrss`` of the worker process
+segments the whole grid and resamples the label (nearest). Peak RSS is the worker process's ``VmHWM``
 (Python, torch and the model included; the ``baseline`` column is the RSS before the scan is read).
 Results: ``benchmarks/results/full_scan.json`` (``--out``). The machine may be shared: compare within one run.
 """
@@ -42,7 +42,15 @@ PHASES = ("setup", "read", "resample", "infer", "stitch", "write")
 
 
 def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident memory so far, in MiB. Linux's ``VmHWM`` belongs to the process's own address
+    space; ``ru_maxrss`` survives ``fork`` + ``exec`` on Linux, so a worker started by a parent that once held the
+    whole scan in memory would report the parent's peak (it did: 4583 MiB before the worker had read anything)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; macOS: bytes (rough)
 
 
 def write_scan(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...], seed: int) -> None:
