@@ -76,7 +76,8 @@ def render_full_scan(data: dict) -> str:
         lines += ["", f"The phantom anatomy fills {' × '.join(f'{f:.0f}' for f in fov)} mm, up to {scale:.1f}× "
                   f"the {' × '.join(f'{d:.0f}' for d in FIELD_OF_VIEW_MM)} mm field of view the bundled phantom "
                   "weights were trained on: its organs are larger than any the model has seen, so the Dice column "
-                  "is not an accuracy figure here: it only shows whether the two pipelines score alike on the same unknown input."]
+                  "is not an accuracy figure here: it only shows whether the two pipelines score alike on the same "
+                  "unknown input."]
     return "\n".join(lines)
 
 
