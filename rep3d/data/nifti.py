@@ -157,9 +157,18 @@ def read_nifti_header(path: str | Path) -> Any:
     return nib.load(str(path)).header
 
 
-def read_nifti_array(path: str | Path) -> np.ndarray:
+def read_nifti_array(path: str | Path, dtype: Any = None) -> np.ndarray:
     """The voxel array of the file at ``path`` as stored (no scaling to float unless the header asks for it), in
-    the file's own voxel order."""
+    the file's own voxel order; ``dtype``: read straight into that type (nibabel scales into it)."""
     import nibabel as nib
 
-    return np.asarray(nib.load(str(path)).dataobj)
+    return np.asarray(nib.load(str(path)).dataobj, dtype=dtype)
+
+
+def read_nifti(path: str | Path, dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of the file at ``path``: :func:`read_nifti_array` and nibabel's affine (the header's best
+    one, unchecked: use :func:`header_affine` where the geometry must be trusted)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=dtype), img.affine

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rep3d.data.nifti import read_nifti, read_nifti_array
 from rep3d.errors import Rep3DDataError
 from rep3d.inference.io import InputError, InputWarning
 
@@ -189,16 +190,14 @@ def dataset_distribution(items: Sequence[Mapping[str, Any]], *, modality: str, w
                          source: str) -> dict[str, Any]:
     """:func:`summarise` of MSD items ``[{"image": path, "label": path}]`` read as files (input units and spacing,
     before any preprocessing): what ``rep3d train`` records for a new model."""
-    import nibabel as nib
 
     def one(item: Mapping[str, Any]) -> tuple[dict[str, float], tuple[float, float, float], float | None]:
-        img = nib.load(str(item["image"]))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data, affine = read_nifti(item["image"], dtype=np.float32)
         foreground = None
         if item.get("label"):
-            label = np.asarray(nib.load(str(item["label"])).dataobj)
+            label = read_nifti_array(item["label"])
             foreground = float((label > 0).mean())
-        return scan_statistics(torch.from_numpy(data), window), spacing_of(img.affine), foreground
+        return scan_statistics(torch.from_numpy(data), window), spacing_of(affine), foreground
 
     return summarise((one(item) for item in items), modality=modality, window=window, source=source)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rep3d.data.msd import check_label_values, load_msd_dataset
+from rep3d.data.nifti import read_nifti_array
 from rep3d.errors import Rep3DDataError
 from rep3d.inference.predictor import Predictor
 from rep3d.metrics import dice_per_class, mean_dice
@@ -36,9 +37,7 @@ def _label_array(label: Any, num_classes: int, where: str) -> np.ndarray:
     elif isinstance(label, np.ndarray):
         array = label
     else:
-        import nibabel as nib
-
-        array = np.asarray(nib.load(str(label)).dataobj)
+        array = read_nifti_array(label)
         where = str(label)
     check_label_values(array, num_classes, where)  # never truncate 0.5 to 0, never index past the classes
     return array.astype(np.int64)

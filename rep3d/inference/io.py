@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine
+from rep3d.data.nifti import NiftiReader, header_affine, header_with_affine, read_nifti_header
 from rep3d.errors import Rep3DDataError, Rep3DValueError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -190,10 +190,8 @@ def load_volume(data: Any, affine: Any, in_chans: int | None, default_affine: Ca
             _check_volume(image, str(path), in_chans)
             return image, None, source
         if is_nifti:
-            import nibabel as nib
-
             try:
-                header = nib.load(str(path)).header
+                header = read_nifti_header(path)
             except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
                 raise InputError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from err
             try:
@@ -279,9 +277,7 @@ def is_prediction(path: str | Path) -> bool:
     if is_ours(path):
         return True
     try:
-        import nibabel as nib
-
-        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
+        return bytes(read_nifti_header(path)["descrip"]).rstrip(b"\0") == PREDICTION_DESCRIPTION
     except Exception:  # noqa: BLE001 - unreadable: certainly not ours
         return False
 

@@ -24,24 +24,20 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from rep3d.layers.fft_conv import _wrap_kernel
-
-_ACTIVE = False
+from rep3d.layers.settings import engine_settings, get_engine_settings
 
 
 @contextlib.contextmanager
 def dft_as_matmul() -> Iterator[None]:
-    """Within the block the FFT engine computes its transforms as matrix products (:func:`matmul_dft_conv3d`)."""
-    global _ACTIVE
-    saved, _ACTIVE = _ACTIVE, True
-    try:
+    """Within the block the FFT engine computes its transforms as matrix products (:func:`matmul_dft_conv3d`):
+    ``engine_settings(fft_transforms="matmul")``."""
+    with engine_settings(fft_transforms="matmul"):
         yield
-    finally:
-        _ACTIVE = saved
 
 
 def dft_as_matmul_active() -> bool:
-    """Whether :func:`dft_as_matmul` is in force."""
-    return _ACTIVE
+    """Whether the engine settings in force ask for matrix-product transforms."""
+    return get_engine_settings().fft_transforms == "matmul"
 
 
 def _angles(rows: int, cols: int, length: int, transpose: bool) -> torch.Tensor:

@@ -24,6 +24,8 @@ from rep3d.errors import Rep3DTypeError, Rep3DValueError
 
 FFTLengths = Literal["5-smooth", "power-of-two"]
 FFT_LENGTHS: tuple[FFTLengths, ...] = ("5-smooth", "power-of-two")
+FFTTransforms = Literal["fft", "matmul"]
+FFT_TRANSFORMS: tuple[FFTTransforms, ...] = ("fft", "matmul")
 _DEFAULT_CHUNK_BYTES = MappingProxyType({"cpu": 16 * 2**20, "cuda": 512 * 2**20})
 
 
@@ -47,6 +49,9 @@ class EngineSettings:
             (the sizes PyTorch's FFT runs fastest) or ``"power-of-two"`` (what onnxruntime's ``DFT`` kernel runs
             without Bluestein's algorithm; :func:`rep3d.export.export_onnx` with ``fft_transforms="dft"``). Both
             are exact.
+        fft_transforms: how the FFT engine computes its transforms: ``"fft"`` (``torch.fft``) or ``"matmul"``
+            (the same exact convolution as matrix products, :func:`rep3d.layers.dft_matmul.matmul_dft_conv3d`:
+            what :func:`rep3d.export.export_onnx` writes, since onnxruntime runs MatMul far faster than ``DFT``).
     """
 
     chunk_bytes: Mapping[str, int] = field(default_factory=lambda: _DEFAULT_CHUNK_BYTES)
@@ -54,10 +59,13 @@ class EngineSettings:
     save_spectra_bytes: int = 64 * 2**20
     grad_w_slab_voxels: int = 2**14
     fft_lengths: FFTLengths = "5-smooth"
+    fft_transforms: FFTTransforms = "fft"
 
     def __post_init__(self) -> None:
         if self.fft_lengths not in FFT_LENGTHS:
             raise Rep3DValueError(f"fft_lengths must be one of {FFT_LENGTHS}, got {self.fft_lengths!r}")
+        if self.fft_transforms not in FFT_TRANSFORMS:
+            raise Rep3DValueError(f"fft_transforms must be one of {FFT_TRANSFORMS}, got {self.fft_transforms!r}")
         if self.save_spectra not in (None, True, False):
             raise Rep3DTypeError(f"save_spectra must be None, True or False, got {self.save_spectra!r}")
         for name in ("save_spectra_bytes", "grad_w_slab_voxels"):
@@ -96,6 +104,7 @@ def engine_settings(
     save_spectra_bytes: int | None = None,
     grad_w_slab_voxels: int | None = None,
     fft_lengths: FFTLengths | None = None,
+    fft_transforms: FFTTransforms | None = None,
 ) -> Iterator[EngineSettings]:
     """Change engine settings inside a ``with`` block; the previous ones come back on exit (also on error).
 
@@ -123,6 +132,8 @@ def engine_settings(
         changes["grad_w_slab_voxels"] = grad_w_slab_voxels
     if fft_lengths is not None:
         changes["fft_lengths"] = fft_lengths
+    if fft_transforms is not None:
+        changes["fft_transforms"] = fft_transforms
     new = dataclasses.replace(previous, **changes)
     _current = new
     try:
