@@ -1087,6 +1087,36 @@ def render_bundled_dice(ctx: Context) -> str:
             f"training: {metrics['val_mean_dice']:.3f} at step {train['best_step']} of {train['iterations']}.")
 
 
+def render_compile_step(ctx: Context) -> str:
+    """The performance page's torch.compile table (``benchmarks/compile_step.py``): eager vs compiled training step
+    in interleaved rounds, the compile time, and what a new input size costs."""
+    d = ctx.load("compile_step.json")
+    if d is None:
+        return ("Not measured yet (no `benchmarks/results/compile_step.json`): run the command below, then "
+                "`python benchmarks/report.py`.")
+    rows = [[f"{d['model']} {d['roi']}³ (batch {d['batch']})", f"{d['median_eager_s']:.3f}",
+             f"{d['median_compiled_s']:.3f}", f"{d['median_ratio']:.2f}×",
+             f"{min(r['ratio'] for r in d['rounds']):.2f}–{max(r['ratio'] for r in d['rounds']):.2f}",
+             f"{d['first_compiled_step_s']:.0f}", str(d["unique_graphs"][str(d["roi"])])]]
+    head = ["train step", "eager s (median)", "compiled s (median)", "compiled / eager (median of rounds)",
+            "range over rounds", "first compiled step s (compile)", "graphs"]
+    sizes = "; ".join(
+        f"{o['roi']}³: first step {o['first_step_s']:.0f} s, then {o['second_step_s']:.3f} s vs eager "
+        f"{o['eager_step_s']:.3f} s, {o['unique_graphs_after']} graphs compiled so far" for o in d["other_sizes"])
+    grew = any(o["unique_graphs_after"] > d["unique_graphs"][str(d["roi"])] for o in d["other_sizes"])
+    ratio = d["median_ratio"]
+    verdict = ("faster than eager" if ratio < 1 / 1.2 else "within 20 % of eager, not the 1.2× the issue targets"
+               if ratio < 1.2 else "slower than eager")
+    return (f"`torch.compile({d['model']}, fullgraph=True, dynamic={d['dynamic'].capitalize()})`, {d['threads']} "
+            f"CPU thread(s), torch {d['torch']}, {len(d['rounds'])} interleaved rounds in one process "
+            f"(`benchmarks/results/compile_step.json`):\n\n" + table(head, rows) + "\n\n"
+            f"Other sizes: {sizes}. The compiled step is {verdict}"
+            + (", and every new volume size compiles again (the graph count grows) despite `dynamic=True`."
+               if grew else ".")
+            + " Inductor generates no code for complex tensors (its warning says so), so the FFT engine's "
+            "transforms and spectral products run as they do in eager; what it can fuse is the rest of the step.")
+
+
 QUOTES: list[Quote] = [
     Quote("README.md", "model-advice", render_readme_advice),
     Quote("README.md", "bundled-weights", render_bundled_weights),
@@ -1102,6 +1132,7 @@ QUOTES: list[Quote] = [
           lambda ctx: _benchmark("performance_doc").render_full_scan(ctx.load("full_scan.json"))),
     Quote("docs/guides/real-scans.md", "real-scans",
           lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).rstrip("\n")),
+    Quote("docs/guides/performance.md", "compile", render_compile_step),
     Quote("docs/guides/performance.md", "real-ct",  # the real scans' timings beside the synthetic whole scan
           lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).split("\n\n")[1]),
     Quote("docs/guides/real-scans.md", "brain-mri",
