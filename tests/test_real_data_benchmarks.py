@@ -94,3 +94,18 @@ def test_brain_report_calls_a_model_ahead_only_when_the_paired_interval_excludes
     text = brain_mri.markdown_section(results)
     assert "rep3d_tiny ahead" in text and "no difference at this budget (n=3)" in text
     assert "not" in text and "benchmark" in text and "MIT" in text  # the caveats and licences travel with it
+
+
+def test_brain_report_says_when_the_training_volume_itself_scores_low(tmp_path, brain_mri):
+    write_runs(tmp_path, {"rep3d_tiny": [0.80, 0.81, 0.82]})
+    assert brain_mri.aggregate(tmp_path)["training_volume"] is None
+    run = json.loads((tmp_path / "rep3d_tiny_s0.json").read_text())
+    run["dice"][brain_mri.TRAINING_KEY] = {"grey_matter": 0.2, "white_matter": 0.9}
+    (tmp_path / brain_mri.DIAGNOSTIC).write_text(json.dumps(run))
+    results = brain_mri.aggregate(tmp_path)
+    assert results["training_volume"]["runs"][0]["dice"] == {"grey_matter": 0.2, "white_matter": 0.9}
+    text = brain_mri.markdown_section(results)
+    assert "grey_matter score(s) below 0.5" in text and "do not measure transfer" in text
+    run["dice"][brain_mri.TRAINING_KEY]["grey_matter"] = 0.95  # a well-fitted training volume: no such sentence
+    (tmp_path / brain_mri.DIAGNOSTIC).write_text(json.dumps(run))
+    assert "do not measure transfer" not in brain_mri.markdown_section(brain_mri.aggregate(tmp_path))
