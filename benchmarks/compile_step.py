@@ -70,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     import rep3d
 
     torch.manual_seed(0)
@@ -109,7 +110,7 @@ def main() -> None:
                 "torch.compile(fullgraph=True), interleaved rounds in one process; CPU float32, channels-last",
         "model": args.model, "roi": args.roi, "batch": args.batch, "classes": args.classes, "dynamic": args.dynamic,
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "load_average_before": os.getloadavg()[0],
+        "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
         "eager_warmup_s": eager_warmup, "first_compiled_step_s": first_compiled, "rounds": rounds,
         "median_eager_s": statistics.median(r["eager_s"] for r in rounds),
         "median_compiled_s": statistics.median(r["compiled_s"] for r in rounds),

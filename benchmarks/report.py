@@ -1105,13 +1105,15 @@ def render_compile_step(ctx: Context) -> str:
         f"{o['eager_step_s']:.3f} s, {o['unique_graphs_after']} graphs compiled so far" for o in d["other_sizes"])
     grew = any(o["unique_graphs_after"] > d["unique_graphs"][str(d["roi"])] for o in d["other_sizes"])
     ratio = d["median_ratio"]
-    verdict = ("faster than eager" if ratio < 1 / 1.2 else "within 20 % of eager, not the 1.2× the issue targets"
-               if ratio < 1.2 else "slower than eager")
+    load = " → ".join(f"{d[k]:.1f} at the {k.rsplit('_', 1)[1]}" for k in ("load_average_start", "load_average_end")
+                      if k in d)
     return (f"`torch.compile({d['model']}, fullgraph=True, dynamic={d['dynamic'].capitalize()})`, {d['threads']} "
-            f"CPU thread(s), torch {d['torch']}, {len(d['rounds'])} interleaved rounds in one process "
-            f"(`benchmarks/results/compile_step.json`):\n\n" + table(head, rows) + "\n\n"
-            f"Other sizes: {sizes}. The compiled step is {verdict}"
-            + (", and every new volume size compiles again (the graph count grows) despite `dynamic=True`."
+            f"CPU thread(s), torch {d['torch']}, {len(d['rounds'])} interleaved rounds in one process, 1-minute load "
+            f"average {load} (`benchmarks/results/compile_step.json`):\n\n"
+            + table(head, rows) + "\n\n"
+            f"At {d['roi']}³ the compiled step runs at {1 / ratio:.2f}× eager's speed (median of the per-round "
+            f"ratios). Other sizes: {sizes}"
+            + (": every new volume size compiles again (the graph count grows) despite `dynamic=True`."
                if grew else ".")
             + " Inductor generates no code for complex tensors (its warning says so), so the FFT engine's "
             "transforms and spectral products run as they do in eager; what it can fuse is the rest of the step.")

@@ -81,11 +81,13 @@ def test_the_compile_table_reports_the_median_ratio_and_a_recompile_per_size(tmp
     rounds = [{"eager_s": 1.0, "compiled_s": c, "ratio": c} for c in (0.9, 1.1, 1.0, 1.05, 0.95)]
     (tmp_path / "compile_step.json").write_text(json.dumps({
         "model": "rep3d_tiny", "roi": 32, "batch": 1, "dynamic": "true", "threads": 1, "torch": "2.x",
+        "load_average_start": 1.0, "load_average_end": 2.0,
         "rounds": rounds, "median_eager_s": 1.0, "median_compiled_s": 1.0, "median_ratio": 1.0,
         "first_compiled_step_s": 300.0, "unique_graphs": {"32": 3, "48": 5},
         "other_sizes": [{"roi": 48, "first_step_s": 250.0, "second_step_s": 2.0, "eager_step_s": 2.1,
                          "unique_graphs_after": 5}]}))
     text = report.render_compile_step(report.Context(tmp_path))
     assert "| rep3d_tiny 32³ (batch 1) | 1.000 | 1.000 | 1.00× | 0.90–1.10 | 300 | 3 |" in text
-    assert "within 20 % of eager" in text and "every new volume size compiles again" in text
+    assert "runs at 1.00× eager's speed" in text and "1.0 at the start → 2.0 at the end" in text
+    assert "every new volume size compiles again" in text
     assert "Not measured yet" in report.render_compile_step(report.Context(tmp_path / "empty"))
