@@ -2,6 +2,7 @@
 as a PNG in the run folder, and the real wall time in the model card."""
 
 import contextlib
+import csv
 import io
 import json
 import time
@@ -63,8 +64,12 @@ def test_train_writes_loss_and_dice_curves_into_the_run_folder(finished_run):
 def test_model_card_wall_time_is_the_whole_run(finished_run):
     run, _, seconds = finished_run
     training = json.loads((run / "config.json").read_text())["rep3d"]["metadata"]["training"]
-    # set-up, every step, validations and the test evaluation: all but the CLI's own start-up and the card writing
-    assert 0.8 * seconds <= training["wall_time_s"] <= seconds
+    # set-up, every step, validations and the test evaluation: at least every logged step's time (the card once
+    # recorded the time at the best validation), at most the whole command's. A fraction of the command's time
+    # was flaky: on a loaded 2-core machine the CLI's own start-up took over 20 % of this 8-step run.
+    with (run / "train_state" / "metrics.csv").open() as f:
+        steps = [float(row["seconds"]) for row in csv.DictReader(f) if row.get("seconds")]
+    assert len(steps) == 8 and sum(steps) <= training["wall_time_s"] <= seconds
     assert f"| wall time s | {training['wall_time_s']} |" in (run / "README.md").read_text()
 
 
