@@ -105,7 +105,9 @@ def test_brain_report_says_when_the_training_volume_itself_scores_low(tmp_path, 
     results = brain_mri.aggregate(tmp_path)
     assert results["training_volume"]["runs"][0]["dice"] == {"grey_matter": 0.2, "white_matter": 0.9}
     text = brain_mri.markdown_section(results)
-    assert "grey_matter score(s) below 0.5" in text and "do not measure transfer" in text
+    assert "Below 0.5 on the volume they were trained on: rep3d_tiny seed 0 grey_matter (0.200)" in text
+    assert "rep3d_tiny 0.550" in text
     run["dice"][brain_mri.TRAINING_KEY]["grey_matter"] = 0.95  # a well-fitted training volume: no such sentence
     (tmp_path / brain_mri.DIAGNOSTIC).write_text(json.dumps(run))
-    assert "do not measure transfer" not in brain_mri.markdown_section(brain_mri.aggregate(tmp_path))
+    text = brain_mri.markdown_section(brain_mri.aggregate(tmp_path))
+    assert "Below 0.5" not in text and "Every class scores at least 0.5 on the training volume" in text
