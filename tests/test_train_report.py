@@ -69,7 +69,9 @@ def test_model_card_wall_time_is_the_whole_run(finished_run):
     # was flaky: on a loaded 2-core machine the CLI's own start-up took over 20 % of this 8-step run.
     with (run / "train_state" / "metrics.csv").open() as f:
         steps = [float(row["seconds"]) for row in csv.DictReader(f) if row.get("seconds")]
-    assert len(steps) == 8 and sum(steps) <= training["wall_time_s"] <= seconds
+    # the steps' own clock and the run's differ by a few milliseconds: 10 % slack, far from the half of the steps
+    # that a card recording the time at an earlier best validation would show
+    assert len(steps) == 8 and 0.9 * sum(steps) <= training["wall_time_s"] <= seconds
     assert f"| wall time s | {training['wall_time_s']} |" in (run / "README.md").read_text()
 
 
