@@ -16,6 +16,7 @@ from rep3d.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
     from rep3d import data, hub, layers, metrics, models
+    from rep3d.allocator import keep_freed_memory
     from rep3d.builder import create_model, model_info
     from rep3d.hub import push_to_hub, save_pretrained
     from rep3d.inference import Predictor
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "create_model",
     "data",
+    "keep_freed_memory",
     "hub",
     "layers",
     "list_models",
@@ -52,6 +54,7 @@ _LAZY_NAMES = {
     "reparameterize_model": "rep3d.models",
     "load_official_checkpoint": "rep3d.official",
     "Predictor": "rep3d.inference",
+    "keep_freed_memory": "rep3d.allocator",
 }
 _LAZY_SUBPACKAGES = ("data", "hub", "layers", "metrics", "models")
 

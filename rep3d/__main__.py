@@ -1,5 +1,5 @@
 import sys
 
-from rep3d.cli import main
+from rep3d.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

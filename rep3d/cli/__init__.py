@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rep3d.errors import Rep3DError
 from rep3d.version import __version__
@@ -103,6 +104,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+KEEPS_FREED_MEMORY = ("predict", "evaluate", "train", "demo")
+"""Commands whose process serves large tensors from a heap it keeps (:func:`rep3d.allocator.keep_freed_memory`):
+they allocate hundreds of MiB per forward, and a fresh page-faulted block per activation took half the time of a
+deployed forward at 96³. ``REP3D_KEEP_FREED_MEMORY=0`` turns it off."""
+
+
+def keeps_freed_memory(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether the ``rep3d`` executable turns on :func:`rep3d.allocator.keep_freed_memory` for ``argv``."""
+    return command_in(list(argv)) in KEEPS_FREED_MEMORY and environ.get("REP3D_KEEP_FREED_MEMORY", "1") != "0"
+
+
+def console_main() -> int:
+    """The ``rep3d`` executable (and ``python -m rep3d``): :func:`main` in a process of its own, which the heavy
+    commands may tune (:data:`KEEPS_FREED_MEMORY`). Calling :func:`main` from Python leaves the process as it is."""
+    argv = sys.argv[1:]
+    if keeps_freed_memory(argv, os.environ):
+        from rep3d.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    return main(argv)
+
+
 def recorded_command(args: argparse.Namespace) -> str:
     """The command line that ran ``args`` (from the argv given to :func:`main`), as a shell-quoted string."""
     words = [w for w in getattr(args, "argv", []) if w != "--debug"]
@@ -110,4 +133,4 @@ def recorded_command(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

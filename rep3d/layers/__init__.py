@@ -13,7 +13,8 @@ from rep3d.layers.mask import (
     mask_health,
     mask_health_scalars,
 )
-from rep3d.layers.norm import InstanceNorm3dKeepFormat, LayerNorm3d
+from rep3d.layers.norm import InstanceNorm3dKeepFormat, LayerNorm3d, instance_norm_channels_last
+from rep3d.layers.onednn_conv import OneDNNConv3d
 from rep3d.layers.settings import EngineSettings, engine_settings, get_engine_settings
 from rep3d.layers.theory import csla_lr_field, mask_lr_field
 
@@ -26,6 +27,7 @@ __all__ = [
     "MaskCfg",
     "MaskGenerator",
     "ModulatedKernelParam",
+    "OneDNNConv3d",
     "RepLKConv3d",
     "choose_backend",
     "crop_kernel",
@@ -37,6 +39,7 @@ __all__ = [
     "fft_lengths",
     "fold_batchnorm",
     "get_engine_settings",
+    "instance_norm_channels_last",
     "is_deployed",
     "mask_health",
     "mask_health_scalars",

@@ -30,25 +30,57 @@ class LayerNorm3d(nn.LayerNorm):
             )
 
 
+EXACT_NORM_MIN_VOXELS = 64**3
+"""From this many voxels per channel on, :class:`InstanceNorm3dKeepFormat` takes the two-pass statistics (below it
+PyTorch's group norm is faster and its single-pass error stays near float32 rounding)."""
+
+
+def instance_norm_channels_last(x: torch.Tensor, eps: float = 1e-5, inplace: bool = False) -> torch.Tensor:
+    """Instance norm of a ``channels_last_3d`` volume with two-pass statistics: ``[B, C, D, H, W] -> same``.
+
+    ``(x - mean) / sqrt(var + eps)`` per sample and channel over ``D, H, W``, returned in ``channels_last_3d``. The
+    mean comes from a matrix product with a ones vector, the variance from the centred values' own Gram matrix, so
+    no ``E[x^2] - E[x]^2`` cancellation: on a 12-channel 96³ volume it is within 1e-5 of the float64 result, where
+    PyTorch's channels-last group norm (one pass over sums and sums of squares) is 4e-4 off. ``inplace``
+    overwrites ``x`` (which must then be ``channels_last_3d``-contiguous) instead of allocating the result: on a
+    CPU, a fresh 40 MB tensor costs as much as the arithmetic.
+    """
+    batch, channels = x.shape[:2]
+    rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view for channels-last input
+    n = rows.shape[1]
+    mean = torch.bmm(rows.new_full((batch, 1, n), 1.0 / n), rows)  # [B, 1, C]
+    centred = rows.sub_(mean) if inplace else rows - mean
+    var = torch.bmm(centred.transpose(1, 2), centred).diagonal(dim1=1, dim2=2).unsqueeze(1) / n
+    centred.mul_(torch.rsqrt(var + eps))
+    return centred.view(batch, *x.shape[2:], channels).permute(0, 4, 1, 2, 3)
+
+
 class InstanceNorm3dKeepFormat(nn.Module):
     """Instance normalisation without affine or running statistics that keeps the input's memory format.
 
     Computes what ``nn.InstanceNorm3d(C)`` (its defaults: ``affine=False``, ``track_running_stats=False``) computes,
     ``(x - mean) / sqrt(var + eps)`` per sample and channel over ``D, H, W``, ``[B, C, D, H, W] -> same``. PyTorch's
     instance norm reshapes to a batch norm over ``[1, B * C, ...]``, which copies a ``channels_last_3d`` input into
-    channels-first and hands the next convolution a tensor it must reorder again; this form is a group norm with
-    one group per channel, which keeps the layout. :func:`rep3d.models.optimize_for_inference`
-    swaps it in for the decoder's instance norms.
+    channels-first and hands the next convolution a tensor it must reorder again. This one keeps the layout: on
+    large float32 channels-last volumes (:data:`EXACT_NORM_MIN_VOXELS`) with :func:`instance_norm_channels_last`,
+    otherwise as a group norm with one group per channel. ``inplace=True`` overwrites the input on that first
+    path (only where the caller drops its input, such as a norm right after a convolution).
+    :func:`rep3d.models.optimize_for_inference` swaps it in for the decoder's instance norms.
     """
 
-    def __init__(self, eps: float = 1e-5) -> None:
+    def __init__(self, eps: float = 1e-5, inplace: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype == torch.float32 and x.ndim == 5 and x.shape[2:].numel() >= EXACT_NORM_MIN_VOXELS
+                and x.is_contiguous(memory_format=torch.channels_last_3d) and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(x.device.type) and not is_exporting(x)):
+            return instance_norm_channels_last(x, self.eps, inplace=self.inplace)
         # one group per channel is instance norm; PyTorch's group norm has a channels-last CPU kernel (and keeps
         # the format), where a plain var_mean over D, H, W with 12-48 channels innermost ran 2x slower
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}"
+        return f"eps={self.eps}" + (", inplace=True" if self.inplace else "")

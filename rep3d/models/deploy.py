@@ -4,10 +4,11 @@ import copy
 
 import timm.utils
 import torch
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rep3d.layers import InstanceNorm3dKeepFormat, RepLKConv3d, is_deployed
+from rep3d.layers import InstanceNorm3dKeepFormat, OneDNNConv3d, RepLKConv3d, is_deployed
 
 __all__ = ["count_macs", "is_deployed", "optimize_for_inference", "reparameterize_model"]
 
@@ -24,22 +25,36 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
-def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The same function, laid out for fast CPU inference: ``channels_last_3d`` weights and format-keeping norms.
+_NORM_AFTER_CONV = (UnetBasicBlock, UnetResBlock)
+"""MONAI blocks whose ``norm1``/``norm2``/``norm3`` each take a fresh convolution output that nothing else reads
+(``forward``: ``out = norm(conv(...))``, checked against MONAI 1.3-1.6), so the norm may overwrite it."""
 
-    Every ``nn.InstanceNorm3d`` without affine or running statistics (the decoder's) becomes an
-    :class:`~rep3d.layers.InstanceNorm3dKeepFormat`, and parameters move to ``torch.channels_last_3d``; feed it
-    ``x.to(memory_format=torch.channels_last_3d)``. oneDNN then runs the decoder's small-channel 3x3x3 convs
-    without reordering every activation, which is where the deployed forward spends its time
-    (``benchmarks/model_forward.py`` measures it). No parameter or buffer changes value, and the state dict keeps
-    its keys. Returns a copy unless ``inplace``. For inference only: training keeps the standard layout.
+
+def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The same function, laid out and dispatched for fast CPU inference.
+
+    Three changes, none to a parameter's value or a state-dict key:
+
+    * parameters move to ``torch.channels_last_3d`` (feed it ``x.to(memory_format=torch.channels_last_3d)``), so
+      oneDNN runs the decoder's small-channel 3x3x3 convs without reordering every activation;
+    * every ``nn.InstanceNorm3d`` without affine or running statistics (the decoder's) becomes an
+      :class:`~rep3d.layers.InstanceNorm3dKeepFormat`, which keeps that layout (and, inside MONAI's U-Net blocks,
+      normalises the convolution's output in place);
+    * every plain ``nn.Conv3d`` becomes a :class:`~rep3d.layers.OneDNNConv3d`, which takes oneDNN's kernel for
+      the shapes where PyTorch's heuristic falls back to a slow im2col path.
+
+    ``benchmarks/model_forward.py`` measures each step at equal output. Returns a copy unless ``inplace``. For
+    inference only: with gradients enabled every layer runs as before, but training keeps the standard layout.
     """
     model = model if inplace else copy.deepcopy(model)
 
     def swap(parent: nn.Module) -> None:
         for name, child in parent.named_children():
             if (isinstance(child, nn.InstanceNorm3d) and not child.affine and not child.track_running_stats):
-                setattr(parent, name, InstanceNorm3dKeepFormat(child.eps))
+                inplace = isinstance(parent, _NORM_AFTER_CONV) and name in ("norm1", "norm2", "norm3")
+                setattr(parent, name, InstanceNorm3dKeepFormat(child.eps, inplace=inplace))
+            elif type(child) is nn.Conv3d:
+                setattr(parent, name, OneDNNConv3d.from_conv(child))
             else:
                 swap(child)
 
