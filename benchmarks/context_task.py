@@ -12,8 +12,8 @@ scalings keep every label right.
 The study (``run``) trains every variant through ``rep3d.train`` (the code behind ``rep3d train``) on the same data
 and budget, in three stages, queued in this order:
 
-1. ``check``: the small-kernel baseline (3³) and the plain 21³ kernel at one learning rate, seed 0 -- does the task
-   discriminate (the 3³ model must fail where the 21³ model learns)?
+1. ``check``: the small-kernel baseline (3³) and the plain 21³ kernel at one learning rate, seed 0 (or every
+   ``--check-seeds``) -- does the task discriminate (the 3³ model must fail where the 21³ model learns)?
 2. ``sweep``: each variant at every ``--lrs`` value, seed 0; a variant's learning rate is the one with the best
    validation Dice (the validation split of the training cases, never the test cases). When the best is at an end
    of the range, the sweep goes on past that end by half-decade steps (at most :data:`EXTEND` per end).
@@ -287,7 +287,8 @@ still holds the comparison the issue is about with all its seeds."""
 def queue(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[tuple[str, float, int, str]]:
     """What is left to run, most informative first: the check, then variant by variant (:data:`PRIORITY`) its
     learning-rate sweep followed by its seeds at the chosen learning rate (known once its sweep is complete)."""
-    items: list[tuple[str, float, int, str]] = [(v, lr, 0, "check") for v, lr in CHECK if v in args.variants]
+    items: list[tuple[str, float, int, str]] = [(v, lr, seed, "check") for seed in args.check_seeds
+                                                for v, lr in CHECK if v in args.variants]
     for v in sorted(args.variants, key=lambda v: PRIORITY.index(v) if v in PRIORITY else len(PRIORITY)):
         items += [(v, lr, 0, "sweep") for lr in swept_lrs(results, v, args.lrs)]
         lr = chosen_lr(results, v, args.lrs)
@@ -383,6 +384,8 @@ def main() -> None:
             p.add_argument("--device", default="auto")
             p.add_argument("--stages", nargs="+", default=["check", "sweep", "seeds"],
                            choices=["check", "sweep", "seeds"])
+            p.add_argument("--check-seeds", type=int, nargs="+", default=[0],
+                           help="seeds of the check's pair (each seed runs both; more than one gives an interval)")
         else:
             p.add_argument("--json", required=True)
     args = parser.parse_args()

@@ -191,13 +191,26 @@ def dice_vs_truth(label_path: str, truth_path: Path) -> float:
     return mean_dice(dice_per_class(pred, truth, len(PHANTOM_CLASSES)))
 
 
+def _rep3d_allocator() -> str:
+    """The allocator the ``rep3d`` executable sets for ``predict`` (:func:`rep3d.cli.keeps_freed_memory`)."""
+    from rep3d.cli import keeps_freed_memory
+
+    return "keep" if keeps_freed_memory(["predict"], os.environ) else "default"
+
+
 def worker(args) -> int:
+    from rep3d.allocator import keep_freed_memory
+
+    allocator = _rep3d_allocator() if args.worker == "rep3d" else args.monai_allocator
+    if allocator == "keep" and not keep_freed_memory():
+        allocator = "default"  # not glibc: nothing to set
     import torch
 
     torch.set_num_threads(args.threads)
     scan = args.workdir / "scan.nii.gz"
     out = args.workdir / f"out_{args.worker}_{args.model}"
     result = (run_rep3d if args.worker == "rep3d" else run_monai)(scan, args.model, out, args)
+    result["allocator"] = allocator
     if args.model.endswith(".phantom"):
         result["dice_vs_phantom_truth"] = dice_vs_truth(result["label"], scan.with_name("label.nii.gz"))
     print("RESULT " + json.dumps(result))
@@ -218,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "full_scan.json")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --out for other (model, pipeline, precision) combinations")
+    parser.add_argument("--monai-allocator", default="default", choices=("default", "keep"),
+                        help="the MONAI pipeline's allocator: glibc's default (what a MONAI user gets) or "
+                             "rep3d.keep_freed_memory(); the rep3d pipeline does what the rep3d executable does")
     parser.add_argument("--worker", choices=("rep3d", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -239,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         if previous["meta"]["scan"]["shape"] != list(args.shape):
             raise SystemExit(f"--append: {args.out} holds a {previous['meta']['scan']['shape']} scan, not "
                              f"{list(args.shape)}")
-        redo = {(m, p, args.precision) for m in args.models for p in args.pipelines}
-        rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32")) not in redo]
+        allocator = {"rep3d": _rep3d_allocator(), "monai": args.monai_allocator}
+        redo = {(m, p, args.precision, allocator[p]) for m in args.models for p in args.pipelines}
+        rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32"),
+                                                r.get("allocator", "default")) not in redo]
     for model in args.models:
         for pipeline in args.pipelines:
             cmd = [sys.executable, __file__, "--worker", pipeline, "--model", model, "--workdir", str(args.workdir),
-                   "--threads", str(args.threads), "--overlap", str(args.overlap), "--precision", args.precision]
+                   "--threads", str(args.threads), "--overlap", str(args.overlap), "--precision", args.precision,
+                   "--monai-allocator", args.monai_allocator]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

@@ -3,21 +3,23 @@
     python benchmarks/model_forward.py --models rep3d_tiny rep3d_base --roi 96 --threads 2 --repeats 5
 
 Per model (deployed form, random weights, 16 classes, batch 1, CPU, no gradients), the variants take turns in
-each round (the machine may be shared: compare the ratios, measured in one process, not the seconds):
+each round (the machine may be shared: compare the ratios, measured in one run, not the seconds):
 
-* ``fp32``: the model as built (``channels-first``), PyTorch's defaults: what ``Predictor`` ran before;
+* ``fp32``: the model as built (``channels-first``), PyTorch's defaults;
 * ``fp32 channels_last``: weights and input in ``torch.channels_last_3d`` only;
-* ``fp32 optimized``: :func:`rep3d.models.optimize_for_inference` (channels_last_3d + format-keeping instance
-  norms): what ``Predictor`` runs on CPU now;
-* ``bf16``: the model as built under ``torch.autocast("cpu", torch.bfloat16)`` (``--precision bf16``);
-* ``bf16 optimized``: both.
+* ``fp32 optimized (before)``: channels_last_3d with the decoder's instance norms as channels-last group norms,
+  what ``Predictor`` ran on CPU before :class:`rep3d.layers.OneDNNConv3d` and the two-pass norm;
+* ``fp32 optimized``: :func:`rep3d.models.optimize_for_inference`, what ``Predictor`` runs on CPU now;
+* ``bf16``, ``bf16 optimized``: the same under ``torch.autocast("cpu", torch.bfloat16)`` (``--precision bf16``).
 
-Speed-ups: ratio of the medians, and the median over rounds of the ratio within a round (``paired``, robust to
-load that changes between rounds). Each variant's output is compared to ``fp32`` (max abs difference, relative to
-the logits' max abs): the fp32 variants must agree to float32 rounding. ``encoder`` times the encoder alone
-(fp32), which gives the decoder's share of the forward. ``--profile`` adds one torch.profiler run per model (fp32,
-as built): the self time per op type, and the time of the transposed convolutions. Results:
-``benchmarks/results/model_forward.json`` (``--out``; ``--append`` keeps the other models' rows).
+Each variant runs under two allocators, in two worker processes that take turns round by round (the setting is
+process-wide): ``default`` (glibc's, which maps and unmaps every block over 32 MiB) and ``keep``
+(:func:`rep3d.keep_freed_memory`, what the ``rep3d`` executable sets for predict/evaluate/train). Speed-ups are
+the median over rounds of ``fp32 (default allocator) / variant`` within the round. Each variant's output is
+compared to its worker's ``fp32`` (max abs difference relative to the logits' max abs): the fp32 variants must
+agree to float32 rounding. ``encoder`` times the encoder alone (fp32), which gives the decoder's share of the
+forward. ``--profile`` adds torch.profiler runs: ``fp32`` under the default allocator, ``fp32 optimized`` under
+``keep``. Results: ``benchmarks/results/model_forward.json`` (``--out``; ``--append`` keeps the other rows).
 """
 
 from __future__ import annotations
@@ -26,17 +28,22 @@ import argparse
 import contextlib
 import copy
 import json
+import multiprocessing
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import rep3d
+from rep3d.allocator import keep_freed_memory
 from rep3d.models import optimize_for_inference, reparameterize_model
 
-VARIANTS = ("fp32", "fp32 channels_last", "fp32 optimized", "bf16", "bf16 optimized")
+VARIANTS = ("fp32", "fp32 channels_last", "fp32 optimized (before)", "fp32 optimized", "bf16", "bf16 optimized")
+ALLOCATORS = ("default", "keep")
 
 
 def cpu_flags() -> list[str]:
@@ -49,9 +56,36 @@ def cpu_flags() -> list[str]:
                                                                       "avx512f", "avx512_vnni"))
 
 
+class _GroupNormPerChannel(torch.nn.Module):
+    """The previous recipe's decoder norm: instance norm as a one-group-per-channel group norm."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, x.shape[1], eps=self.eps)
+
+
+def previous_recipe(model: torch.nn.Module) -> torch.nn.Module:
+    """``optimize_for_inference`` as it was before oneDNN routing and the two-pass norm."""
+    model = copy.deepcopy(model)
+
+    def swap(parent: torch.nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.InstanceNorm3d) and not child.affine and not child.track_running_stats:
+                setattr(parent, name, _GroupNormPerChannel(child.eps))
+            else:
+                swap(child)
+
+    swap(model)
+    return model.to(memory_format=torch.channels_last_3d)
+
+
 def variants(model: torch.nn.Module, x: torch.Tensor) -> dict:
     """name -> zero-argument callable running one forward."""
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    before = previous_recipe(model)
     optimized = optimize_for_inference(model)
     x_cl = x.contiguous(memory_format=torch.channels_last_3d)
 
@@ -67,6 +101,7 @@ def variants(model: torch.nn.Module, x: torch.Tensor) -> dict:
     return {
         "fp32": run(model, x),
         "fp32 channels_last": run(channels_last, x_cl),
+        "fp32 optimized (before)": run(before, x_cl),
         "fp32 optimized": run(optimized, x_cl),
         "bf16": run(model, x, bf16),
         "bf16 optimized": run(optimized, x_cl, bf16),
@@ -87,38 +122,83 @@ def profile_ops(model: torch.nn.Module, x: torch.Tensor, top: int = 8) -> dict:
             "transposed_conv_share": round(transposed / total, 4)}
 
 
-def paired_speedups(times: dict[str, list[float]]) -> dict[str, float]:
-    """Median over rounds of ``fp32 / variant`` within the round: robust to load that drifts between rounds."""
-    return {k: statistics.median(a / b for a, b in zip(times["fp32"], times[k], strict=True)) for k in VARIANTS}
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(name: str, roi: int, repeats: int, profile: bool) -> dict:
+def _worker(conn, name: str, roi: int, threads: int, allocator: str) -> None:
+    """One allocator's process: builds the model and its variants, then runs a round per request."""
+    torch.set_num_threads(threads)
+    applied = keep_freed_memory() if allocator == "keep" else False
     torch.manual_seed(0)
     model = reparameterize_model(rep3d.create_model(name, num_classes=16).eval())
     x = torch.randn(1, 1, roi, roi, roi)
     runs = variants(model, x)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    errors = {}
     with torch.no_grad():
         reference = runs["fp32"]()
         scale = float(reference.abs().max())
-        for key, fn in runs.items():  # warm-up, and the output check
-            out = fn()
-            if key != "encoder":
-                errors[key] = float((out.float() - reference).abs().max()) / scale
-        for _ in range(repeats):
-            for key, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
-        ops = profile_ops(model, x) if profile else None
-    median = {k: statistics.median(v) for k, v in times.items()}
-    row = {"model": name, "roi": roi, "times_s": times, "median_s": median,
-           "speedup_vs_fp32": {k: median["fp32"] / median[k] for k in VARIANTS},
-           "speedup_paired_median": paired_speedups(times),
-           "max_abs_error_rel": errors, "decoder_share_fp32": 1.0 - median["encoder"] / median["fp32"]}
-    if ops:
-        row["profile_fp32"] = ops
+        errors = {key: float((fn().float() - reference).abs().max()) / scale
+                  for key, fn in runs.items() if key != "encoder"}  # also the warm-up
+        conn.send({"errors": errors, "allocator_applied": applied})
+        while True:
+            request = conn.recv()
+            if request == "round":
+                times = {}
+                for key, fn in runs.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[key] = time.perf_counter() - start
+                conn.send(times)
+            elif request == "profile":
+                key = "fp32" if allocator == "default" else "fp32 optimized"
+                inputs = x if key == "fp32" else x.contiguous(memory_format=torch.channels_last_3d)
+                module = model if key == "fp32" else optimize_for_inference(model)
+                module(inputs)
+                conn.send({"variant": key, **profile_ops(module, inputs)})
+            else:
+                conn.send({"peak_rss_mib": _peak_rss_mib()})
+                return
+
+
+def measure(name: str, roi: int, repeats: int, threads: int, profile: bool) -> dict:
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for allocator in ALLOCATORS:  # built one after the other: each worker's set-up runs alone
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(child, name, roi, threads, allocator))
+        process.start()
+        workers[allocator] = (parent, process, parent.recv())
+    times = {a: {k: [] for k in (*VARIANTS, "encoder")} for a in ALLOCATORS}
+    for round_index in range(repeats):
+        order = ALLOCATORS if round_index % 2 == 0 else ALLOCATORS[::-1]
+        for allocator in order:
+            conn = workers[allocator][0]
+            conn.send("round")
+            for key, seconds in conn.recv().items():
+                times[allocator][key].append(seconds)
+    profiles = {}
+    if profile:
+        for allocator, (conn, _, _) in workers.items():
+            conn.send("profile")
+            profiles[allocator] = conn.recv()
+    cells = {}
+    baseline = times["default"]["fp32"]
+    for allocator, (conn, process, ready) in workers.items():
+        conn.send("stop")
+        peak = conn.recv()["peak_rss_mib"]
+        process.join()
+        cells[allocator] = {
+            "allocator_applied": ready["allocator_applied"], "peak_rss_mib": peak,
+            "median_s": {k: statistics.median(v) for k, v in times[allocator].items()},
+            "speedup_paired_median": {k: statistics.median(b / t for b, t in zip(baseline, times[allocator][k],
+                                                                                 strict=True)) for k in VARIANTS},
+            "max_abs_error_rel": ready["errors"],
+        }
+    default = cells["default"]["median_s"]
+    row = {"model": name, "roi": roi, "times_s": times, "allocators": cells,
+           "decoder_share_fp32": 1.0 - default["encoder"] / default["fp32"]}
+    if profiles:
+        row["profiles"] = profiles
     return row
 
 
@@ -135,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = {"torch": torch.__version__, "threads": args.threads, "dtype": "float32 (bf16 rows: autocast)",
+            "allocators": {"default": "glibc defaults", "keep": "rep3d.keep_freed_memory()"},
             "batch": 1, "state": "deployed (reparameterize_model), random weights, eval, no_grad",
             "repeats": args.repeats, "cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
             "note": "2-core machine shared with other processes: compare ratios within a row"}
@@ -145,18 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in json.loads(args.out.read_text())["rows"]
                 if (r["model"], r["roi"]) not in {(m, args.roi) for m in args.models}]
     for name in args.models:
-        row = measure(name, args.roi, args.repeats, args.profile)
+        row = measure(name, args.roi, args.repeats, args.threads, args.profile)
         row["meta"] = meta
         rows.append(row)
         print(f"\n{name} at {args.roi}^3: decoder {row['decoder_share_fp32']:.0%} of the fp32 forward")
-        print(f"{'variant':<20} {'median s':>9} {'speed-up':>9} {'paired':>8} {'max |diff| / max |y|':>22}")
+        print(f"{'variant':<24} {'allocator':<9} {'median s':>9} {'paired':>8} {'max |diff| / max |y|':>22}")
         for key in VARIANTS:
-            print(f"{key:<20} {row['median_s'][key]:>9.3f} {row['speedup_vs_fp32'][key]:>8.2f}x "
-                  f"{row['speedup_paired_median'][key]:>7.2f}x {row['max_abs_error_rel'][key]:>22.2e}")
-        if "profile_fp32" in row:
-            print("profile (fp32, self time share): " + ", ".join(
-                f"{k} {v:.0%}" for k, v in row["profile_fp32"]["self_time_share"].items()))
-            print(f"transposed convolutions: {row['profile_fp32']['transposed_conv_share']:.1%}")
+            for allocator, cell in row["allocators"].items():
+                print(f"{key:<24} {allocator:<9} {cell['median_s'][key]:>9.3f} "
+                      f"{cell['speedup_paired_median'][key]:>7.2f}x {cell['max_abs_error_rel'][key]:>22.2e}")
+        print("peak RSS MiB: " + ", ".join(f"{a} {c['peak_rss_mib']:.0f}" for a, c in row["allocators"].items()))
+        for allocator, prof in row.get("profiles", {}).items():
+            print(f"profile ({prof['variant']}, {allocator} allocator, self time share): " + ", ".join(
+                f"{k} {v:.0%}" for k, v in prof["self_time_share"].items()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -15,27 +15,43 @@ PAGE = ROOT / "docs" / "guides" / "performance.md"
 
 def render_model_forward(data: dict) -> str:
     meta = data["meta"]
-    variants = ("fp32", "fp32 channels_last", "fp32 optimized", "bf16", "bf16 optimized")
+    variants = ("fp32", "fp32 channels_last", "fp32 optimized (before)", "fp32 optimized", "bf16", "bf16 optimized")
     lines = [f"torch {meta['torch']}, {meta['threads']} CPU threads, batch 1, {meta['state']}; "
              f"{meta['repeats']} interleaved rounds on a shared 2-core machine (CPU flags: "
-             f"{', '.join(meta['cpu_flags']) or 'unknown'}). Each cell: speed-up over `fp32` (median over rounds of "
-             "the ratio within a round) and, in brackets, the output difference max |y - y_fp32| / max |y_fp32|.",
+             f"{', '.join(meta['cpu_flags']) or 'unknown'}); each allocator in its own process, the two taking "
+             "turns round by round. Each cell: speed-up over `fp32` with the default allocator (median over rounds "
+             "of the ratio within a round) and, in brackets, the output difference max |y - y_fp32| / max |y_fp32|.",
              ""]
-    lines.append("| model | input | decoder share | " + " | ".join(f"`{v}`" for v in variants) + " |")
-    lines.append("|---|---|---|" + "---|" * len(variants))
+    lines.append("| model | input | allocator | " + " | ".join(f"`{v}`" for v in variants) + " | peak RSS MiB |")
+    lines.append("|---|---|---|" + "---|" * len(variants) + "---|")
     for row in data["rows"]:
-        speedup = row.get("speedup_paired_median", row["speedup_vs_fp32"])
-        cells = [f"{speedup[v]:.2f}× ({row['max_abs_error_rel'][v]:.0e})" for v in variants]
-        lines.append(f"| {row['model']} | {row['roi']}³ | {row['decoder_share_fp32']:.0%} | " + " | ".join(cells)
-                     + " |")
-    profiled = [r for r in data["rows"] if "profile_fp32" in r]
+        for allocator, cell in row["allocators"].items():
+            speedup, error = cell["speedup_paired_median"], cell["max_abs_error_rel"]
+            cells = [f"{speedup[v]:.2f}× ({error[v]:.0e})" for v in variants]
+            lines.append(f"| {row['model']} | {row['roi']}³ | `{allocator}` | " + " | ".join(cells)
+                         + f" | {cell['peak_rss_mib']:.0f} |")
+    lines.append("")
+    for row in data["rows"]:
+        before = row["allocators"]["default"]["speedup_paired_median"]["fp32 optimized (before)"]
+        now = row["allocators"]["keep"]["speedup_paired_median"]["fp32 optimized"]
+        bf16 = row["allocators"]["keep"]["speedup_paired_median"]["bf16 optimized"]
+        lines.append(f"- {row['model']} at {row['roi']}³ (decoder {row['decoder_share_fp32']:.0%} of the `fp32` "
+                     f"forward): what `rep3d predict` runs in fp32 now (`fp32 optimized`, `keep`) is {now:.2f}× the "
+                     f"model as built and {now / before:.2f}× what it ran before these changes (`fp32 optimized "
+                     f"(before)`, `default`: {before:.2f}×); with `--precision bf16`, {bf16:.2f}×."
+                     + (f" In bf16 the model as built ran faster than the channels-last copy that `Predictor` "
+                        f"uses ({row['allocators']['keep']['speedup_paired_median']['bf16']:.2f}×): an open item."
+                        if row["allocators"]["keep"]["speedup_paired_median"]["bf16"] > bf16 else ""))
+    profiled = [r for r in data["rows"] if "profiles" in r]
     if profiled:
-        lines += ["", "Where the `fp32` forward spends its time (torch.profiler, self time by op, top 4; transposed "
-                  "convolutions in total):", ""]
+        lines += ["", "Where the time goes (torch.profiler, self time by op, top 4; transposed convolutions in "
+                  "total):", ""]
         for row in profiled:
-            top = list(row["profile_fp32"]["self_time_share"].items())[:4]
-            lines.append(f"- {row['model']} at {row['roi']}³: " + ", ".join(f"`{k}` {v:.0%}" for k, v in top)
-                         + f"; transposed convolutions {row['profile_fp32']['transposed_conv_share']:.1%}.")
+            for allocator, prof in row["profiles"].items():
+                top = list(prof["self_time_share"].items())[:4]
+                lines.append(f"- {row['model']} at {row['roi']}³, `{prof['variant']}`, `{allocator}`: "
+                             + ", ".join(f"`{k}` {v:.0%}" for k, v in top)
+                             + f"; transposed convolutions {prof['transposed_conv_share']:.1%}.")
     return "\n".join(lines)
 
 
@@ -48,26 +64,31 @@ def render_full_scan(data: dict) -> str:
              f"{meta['threads']} CPU threads, overlap {meta['overlap']}, "
              f"{meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run each on a shared "
              "2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the model included).", ""]
-    lines.append("| model | pipeline | precision | windows | wall s | " + " | ".join(phases)
+    lines.append("| model | pipeline | precision | allocator | windows | wall s | " + " | ".join(phases)
                  + " | infer s / window | peak RSS MiB (before reading) | Dice vs phantom truth |")
-    lines.append("|---|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
+    lines.append("|---|---|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
     for row in data["rows"]:
         cells = [f"{row['phases_s'].get(p, 0.0):.1f}" for p in phases]
         per_window = row["phases_s"]["infer"] / max(row["windows"], 1)
         dice = f"{row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else "–"
-        lines.append(f"| {row['model']} | {row['pipeline']} | {row.get('precision', 'fp32')} | {row['windows']} | "
+        lines.append(f"| {row['model']} | {row['pipeline']} | {row.get('precision', 'fp32')} | "
+                     f"`{row.get('allocator', 'default')}` | {row['windows']} | "
                      f"{row['wall_s']:.0f} | "
                      + " | ".join(cells) + f" | {per_window:.2f} | {row['peak_rss_mib']:.0f} "
                      f"({row['baseline_rss_mib']:.0f}) | {dice} |")
-    rows = {(r["model"], r["pipeline"], r.get("precision", "fp32")): r for r in data["rows"]}
+    rows = {(r["model"], r["pipeline"], r.get("precision", "fp32"), r.get("allocator", "default")): r
+            for r in data["rows"]}
     for model in dict.fromkeys(r["model"] for r in data["rows"]):
-        ours, theirs = rows.get((model, "rep3d", "fp32")), rows.get((model, "monai", "fp32"))
-        if ours and theirs:
-            per = [r["phases_s"]["infer"] / max(r["windows"], 1) for r in (ours, theirs)]
-            lines += ["", f"{model}, fp32: `rep3d predict` took {ours['wall_s'] / theirs['wall_s']:.2f}× MONAI's "
-                      f"wall time ({ours['windows']} vs {theirs['windows']} windows; "
-                      f"{per[0] / per[1]:.2f}× its inference time per window) at "
-                      f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}× its peak memory."]
+        for ours_alloc, theirs_alloc in (("keep", "default"), ("default", "default"), ("keep", "keep")):
+            ours = rows.get((model, "rep3d", "fp32", ours_alloc))
+            theirs = rows.get((model, "monai", "fp32", theirs_alloc))
+            if ours and theirs:
+                per = [r["phases_s"]["infer"] / max(r["windows"], 1) for r in (ours, theirs)]
+                lines += ["", f"{model}, fp32, rep3d with the `{ours_alloc}` allocator against MONAI with "
+                          f"`{theirs_alloc}`: `rep3d predict` took {ours['wall_s'] / theirs['wall_s']:.2f}× MONAI's "
+                          f"wall time ({ours['windows']} vs {theirs['windows']} windows; "
+                          f"{per[0] / per[1]:.2f}× its inference time per window) at "
+                          f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}× its peak memory."]
     from rep3d.data import FIELD_OF_VIEW_MM  # the default phantom's, the one the bundled weights were trained on
 
     fov = [n * s for n, s in zip(scan["shape"], scan["spacing_mm"])]

@@ -2,9 +2,10 @@
 
 glibc's ``malloc`` serves every block over its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns it
 with ``munmap`` when the tensor dies. A 3-D network at full resolution allocates tens to hundreds of MiB per layer,
-so each forward pays a page fault per 4 KiB page of every activation, and the kernel zeroes each page first: on the
-2-core machine rep3d is developed on, that was half of a deployed ``rep3d_tiny`` forward at 96³ and most of a
-channels-last ``torch.cat`` (``benchmarks/model_forward.py`` measures it). :func:`keep_freed_memory` tells glibc
+so each forward pays a page fault per 4 KiB page of every activation, and the kernel zeroes each page first
+(``benchmarks/model_forward.py`` measures what that costs a deployed forward). Activations under 32 MiB (a
+``rep3d_tiny`` window of 64³) are mostly reused by glibc already; the difference is in larger windows and wider
+models. :func:`keep_freed_memory` tells glibc
 to serve large blocks from its heap and to keep freed heap memory for reuse, which is what jemalloc or tcmalloc
 (the allocators PyTorch's CPU tuning guide recommends preloading) do by default.
 

@@ -47,15 +47,16 @@ def test_onednn_conv_trains_like_conv3d():
 
 
 @pytest.mark.parametrize("inplace", [False, True])
-@pytest.mark.parametrize("shape", [(1, 12, 16, 16, 16), (3, 5, 8, 9, 10)])
-def test_channels_last_instance_norm_is_within_float32_rounding_of_float64(shape, inplace):
+@pytest.mark.parametrize("shape, mean, std", [((1, 12, 16, 16, 16), 2.0, 3.0), ((3, 5, 8, 9, 10), 2.0, 3.0),
+                                              ((1, 4, 24, 24, 24), 100.0, 1.0)])  # no E[x^2] - E[x]^2 cancellation
+def test_channels_last_instance_norm_is_within_float32_rounding_of_float64(shape, mean, std, inplace):
     torch.manual_seed(0)
-    x = (torch.randn(shape) * 3 + 2).contiguous(memory_format=CL)
+    x = (torch.randn(shape) * std + mean).contiguous(memory_format=CL)
     expected = F.instance_norm(x.double().contiguous(), eps=1e-5)
     original = x.clone()
     got = instance_norm_channels_last(x, eps=1e-5, inplace=inplace)
     assert got.is_contiguous(memory_format=CL)
-    assert (got.double() - expected).abs().max() < 1e-5
+    assert (got.double() - expected).abs().max() < 5e-5  # the group-norm form: 4e-4, and 0.085 at mean 100
     if inplace:
         assert got.data_ptr() == x.data_ptr()
     else:

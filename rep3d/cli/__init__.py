@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 KEEPS_FREED_MEMORY = ("predict", "evaluate", "train", "demo")
 """Commands whose process serves large tensors from a heap it keeps (:func:`rep3d.allocator.keep_freed_memory`):
-they allocate hundreds of MiB per forward, and a fresh page-faulted block per activation took half the time of a
-deployed forward at 96³. ``REP3D_KEEP_FREED_MEMORY=0`` turns it off."""
+they allocate hundreds of MiB per forward, and a fresh page-faulted block per activation is a large part of a
+deployed forward at 96³ (``benchmarks/model_forward.py``). ``REP3D_KEEP_FREED_MEMORY=0`` turns it off."""
 
 
 def keeps_freed_memory(argv: Sequence[str], environ: Mapping[str, str]) -> bool:

@@ -85,6 +85,10 @@ class Predictor:
     ``orientation`` -> ``"RAS"``; ``intensity_window`` -> by ``modality`` (:data:`FALLBACK_WINDOWS`), else ``None``
     (intensities used as they are); ``class_names`` -> ``None``. Pass ``None`` explicitly to switch a step off.
 
+    On a CPU, call :func:`rep3d.keep_freed_memory` once in your process (the ``rep3d`` executable does): with
+    glibc's default allocator every activation over 32 MiB page-faults in fresh memory, a large part of a 96³
+    forward (``benchmarks/model_forward.py``).
+
     Args:
         model: the network; moved to the device and put in eval mode.
         config: how the sliding window runs (:class:`InferenceCfg`: ``roi_size``, ``overlap``, ``blend``,
