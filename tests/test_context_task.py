@@ -47,7 +47,7 @@ def test_each_blob_is_labelled_by_its_own_marker_which_is_nearer_than_the_other(
 
 def test_the_learning_rate_is_chosen_on_validation_dice_and_its_seeds_follow_its_sweep():
     args = argparse.Namespace(variants=list(ct.VARIANTS), lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2],
-                              stages=["check", "sweep", "seeds"])
+                              stages=["check", "sweep", "seeds"], check_seeds=[0])
     runs = [{"variant": "vanilla", "seed": 0, "lr": 3e-4, "best_val": {"dice": 0.5}, "test_mean_dice": 0.1},
             {"variant": "vanilla", "seed": 0, "lr": 1e-3, "best_val": {"dice": 0.7}, "test_mean_dice": 0.1},
             {"variant": "vanilla", "seed": 0, "lr": 3e-3, "best_val": {"dice": 0.6}, "test_mean_dice": 0.9}]
@@ -70,7 +70,8 @@ def test_a_sweep_whose_best_rate_is_at_an_end_goes_on_past_that_end():
     assert ct.swept_lrs(runs, "vanilla", lrs) == [1e-3, 3e-3, 1e-2]
     assert ct.chosen_lr(runs, "vanilla", lrs) is None
     assert ("vanilla", 1e-2, 0, "sweep") in ct.queue(
-        argparse.Namespace(variants=["vanilla"], lrs=lrs, seeds=[0, 1], stages=["sweep", "seeds"]), runs)
+        argparse.Namespace(variants=["vanilla"], lrs=lrs, seeds=[0, 1], stages=["sweep", "seeds"], check_seeds=[0]),
+        runs)
     runs.append(run(1e-2, 0.55))  # now inside the range: 3e-3 wins
     assert ct.chosen_lr(runs, "vanilla", lrs) == 3e-3
     # a top end that keeps winning stops after EXTEND steps; a diverged extension ends the sweep below it
@@ -80,3 +81,9 @@ def test_a_sweep_whose_best_rate_is_at_an_end_goes_on_past_that_end():
     assert ct.chosen_lr([run(1e-3, .1), run(3e-3, .2), run(1e-2, 0.0, diverged="nan")], "vanilla", lrs) == 3e-3
     # the bottom end grows downwards the same way
     assert ct.swept_lrs([run(1e-3, .9), run(3e-3, .2)], "vanilla", lrs) == [3e-4, 1e-3, 3e-3]
+
+
+def test_the_check_runs_its_pair_for_every_check_seed_and_nothing_else_when_asked():
+    args = argparse.Namespace(variants=list(ct.VARIANTS), lrs=[3e-4, 1e-3], seeds=[0, 1], stages=["check"],
+                              check_seeds=[0, 1, 2])
+    assert ct.queue(args, []) == [(v, lr, seed, "check") for seed in (0, 1, 2) for v, lr in ct.CHECK]
