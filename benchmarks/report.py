@@ -561,15 +561,16 @@ def render_long_check(ctx: Context) -> str:
     ] + ([] if stat.n < 2 else [
         "", "The check passes at this budget: the 21³ kernel is ahead of the 3³ kernel on the task."
         if stat.separates and stat.diff.mean > 0 else
-        "The check fails at this budget: the 3³-kernel network is not behind. Its receptive field is not the limit "
+        f"The check does not pass at this budget: the 21³ kernel is not ahead of the 3³ kernel (n = {stat.n} "
+        "seeds; the interval of the difference includes zero). The 3³ network's receptive field is not the limit "
         "it was meant to be: the ERF of its trained logits (rep3d definition, mean over seeds) puts "
         f"{1 - far['small_k3']:.0%} of the gradient mass farther than 16 voxels from the output voxel (the 21³ "
         f"network: {1 - far['vanilla']:.0%}), and the markers sit "
         f"{'–'.join(f'{d:g}' for d in (data.get('dataset') or {}).get('marker_distance', ['?', '?']))} voxels away; "
         "in this U-Net the encoder downsamples to 1/16 and the decoder's 3³ convolutions work at every scale. What "
         "the short budget showed is at most a difference in how fast the context is learnt, not whether it can be. "
-        "The task therefore does not isolate the kernel size, and the variant comparisons below measure the "
-        "variants on a context task, not the "
+        "Unless more seeds separate the two, the task does not isolate the kernel size, and the variant comparisons "
+        "below measure the variants on a context task, not the "
         "need for a large kernel."]))
 
 
