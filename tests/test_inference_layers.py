@@ -37,6 +37,27 @@ def test_onednn_conv_computes_conv3d(shape, conv, layout):
     torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_bf16_without_onednn_support_takes_pytorchs_convolution(monkeypatch):
+    """On a CPU without AVX-512 (or AVX-NE-CONVERT) oneDNN refuses bfloat16 convolutions: the layer must not ask."""
+    import rep3d.layers.onednn_conv as module
+
+    monkeypatch.setattr(module, "onednn_supports", lambda dtype: dtype == torch.float32)
+    called = []
+    real = torch.ops.aten.mkldnn_convolution
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *a: called.append(a) or real(*a))
+    torch.manual_seed(0)
+    reference = nn.Conv3d(4, 6, 3, padding=1)
+    fast = OneDNNConv3d.from_conv(reference)
+    x = torch.randn(1, 4, 8, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = fast(x), reference(x)
+    assert not called and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=0)
+    with torch.no_grad():
+        fast(x)
+    assert called  # float32 still takes oneDNN's kernel
+
+
 def test_onednn_conv_trains_like_conv3d():
     torch.manual_seed(0)
     reference = nn.Conv3d(3, 4, 3, padding=1)

@@ -14,10 +14,13 @@ from rep3d.data.phantom import case_seed, make_phantom
 from rep3d.errors import Rep3DValueError
 from rep3d.inference import LabelledCase, Predictor, evaluate_cases
 from rep3d.layers import depthwise_conv3d, fft_conv
+from rep3d.layers.onednn_conv import onednn_supports
 from rep3d.models import optimize_for_inference, reparameterize_model
 from rep3d.presets import PHANTOM_CLASSES
 
 
+@pytest.mark.skipif(not onednn_supports(torch.bfloat16),
+                    reason="this CPU has no bfloat16 convolution kernels: Predictor refuses bf16 here (tested below)")
 def test_bf16_changes_the_phantom_test_dice_by_at_most_0_002(tmp_path):
     model = rep3d.create_model("rep3d_tiny.phantom", pretrained=True)
     cases = []
@@ -88,6 +91,24 @@ def test_precision_is_checked():
         Predictor(model, device="cpu", precision="fp16")
     with pytest.raises(Rep3DValueError, match="pass only one"):
         Predictor(model, device="cpu", amp=True, precision="bf16")
+
+
+def test_bf16_is_refused_on_a_cpu_without_bfloat16_kernels(monkeypatch, tmp_path, capsys):
+    """Emulated bfloat16 convolutions ran ~100x slower than float32 on an AVX2 CPU: a speed option must not do that."""
+    import rep3d.layers.onednn_conv as onednn_conv
+
+    monkeypatch.setattr(onednn_conv, "onednn_supports", lambda dtype: dtype == torch.float32)
+    model = rep3d.create_model("rep3d_tiny", num_classes=3)
+    for options in (dict(precision="bf16"), dict(amp=True)):
+        with pytest.raises(Rep3DValueError, match="no bfloat16 convolution kernels.*Use precision 'fp32'"):
+            Predictor(model, device="cpu", **options)
+    Predictor(model, device="cpu", precision="fp32")  # float32 is unaffected
+    phantom = make_phantom(case_seed(0, "test", 0), (48, 48, 40))
+    nib.save(nib.Nifti1Image(phantom.image, phantom.affine), tmp_path / "scan.nii.gz")
+    assert main(["predict", "rep3d_tiny.phantom", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out"),
+                 "--precision", "bf16"]) == 1
+    assert "no bfloat16 convolution kernels" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_predict_refuses_amp_with_bf16_before_building_the_model(tmp_path, capsys):

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     inference.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
     inference.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                           help="fp32 (default) or bf16 autocast (faster on CPUs with AVX-512 BF16 / AMX)")
+                           help="fp32 (default) or bf16 autocast (faster on CPUs with AVX-512 BF16 / AMX; refused on "
+                                "a CPU without bfloat16 kernels)")
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="also write per-case results as JSON (default: print only)")
     output.add_argument("--overwrite", action="store_true",

@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
         help="fp32 (default) or bf16: bfloat16 autocast on any device, faster on CPUs with AVX-512 BF16 / AMX "
-             "(FFT transforms and the softmax stay float32); not with --amp",
+             "(FFT transforms and the softmax stay float32); refused on a CPU without bfloat16 kernels (AVX2 only), "
+             "where it would run ~100x slower; not with --amp",
     )
     output = parser.add_argument_group("output")
     output.add_argument("-o", "--output", required=True, metavar="OUTDIR",

@@ -125,7 +125,7 @@ class Predictor:
         self.nonfinite = nonfinite_policy(inputs.nonfinite)
         self.crop_foreground = (self.intensity_window is not None and self.normalization is None
                                 if inputs.crop_foreground is AUTO else bool(inputs.crop_foreground))
-        self.precision = checked_precision(config.precision, self.amp)
+        self.precision = checked_precision(config.precision, self.amp, self.device)
         self.training_distribution = cfg.input.training_distribution or None
         self.modality = cfg.input.modality or None
         self.allow_out_of_distribution = bool(inputs.allow_out_of_distribution)

@@ -1,11 +1,13 @@
 """A dense 3-D convolution that always takes oneDNN's CPU kernel at inference."""
 
+from functools import cache
+
 import torch
 from torch import nn
 
 from rep3d.layers.checks import is_exporting
 
-__all__ = ["OneDNNConv3d", "uses_onednn"]
+__all__ = ["OneDNNConv3d", "onednn_supports", "uses_onednn"]
 
 
 def uses_onednn(conv: nn.Conv3d) -> bool:
@@ -16,6 +18,21 @@ def uses_onednn(conv: nn.Conv3d) -> bool:
     """
     return (conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and not _is_channel_broadcast(conv))
+
+
+@cache
+def onednn_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs convolutions in ``dtype`` on this CPU: float32 always; bfloat16 only with AVX-512
+    (BW/VL/DQ) or AVX-NE-CONVERT, without which ``mkldnn_convolution`` raises (PyTorch's own convolution then
+    takes another kernel)."""
+    if dtype == torch.float32:
+        return torch.backends.mkldnn.is_available()
+    if dtype == torch.bfloat16:
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def _is_channel_broadcast(conv: nn.Conv3d) -> bool:
@@ -58,14 +75,19 @@ class OneDNNConv3d(nn.Conv3d):
                 or is_exporting(x) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)
         weight, bias = self.weight, self.bias
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if dtype != weight.dtype and not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)  # let PyTorch raise its dtype-mismatch error
+        if _is_channel_broadcast(self):
+            if torch.is_autocast_enabled("cpu"):
+                x, weight = x.to(dtype), weight.to(dtype)
+                bias = None if bias is None else bias.to(dtype)
+            return _channel_broadcast(x, weight, bias)
+        if not onednn_supports(dtype):
+            return super().forward(x)
         if torch.is_autocast_enabled("cpu"):
             # the raw op is not on autocast's list: cast as autocast would for a convolution
-            dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        if x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype:
-            return super().forward(x)
-        if _is_channel_broadcast(self):
-            return _channel_broadcast(x, weight, bias)
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(self.padding), list(self.stride),
                                                  list(self.dilation), self.groups)
