@@ -1,6 +1,10 @@
 """A whole CT scan, as a hospital would run it: ``rep3d predict`` end to end vs MONAI's usual pipeline.
 
-    python benchmarks/full_scan.py --models rep3d_tiny.phantom --threads 2
+    python benchmarks/full_scan.py --models rep3d_tiny.phantom rep3d_base --threads 2
+
+A tagged name (``rep3d_tiny.phantom``) runs its published weights; a bare architecture (``rep3d_base``) runs a
+seeded random initialisation, the same file in both pipelines (``--checkpoint``): those rows measure time and memory,
+not accuracy.
 
 Writes once (``--workdir``, cached) a SYNTHETIC CT of ``--shape`` (default 512 x 512 x 300) voxels at ``--spacing``
 (default 0.8 x 0.8 x 2.5 mm), int16 HU, with rep3d's phantom anatomy scaled to fill the field of view. Then, each in
@@ -112,6 +116,8 @@ def run_rep3d(scan: Path, model: str, out: Path, args) -> dict:
     Prediction.save = timers.wrap("write", Prediction.save)
     argv = ["predict", model, str(scan), "-o", str(out), "--overwrite", "--quiet", "--device", "cpu",
             "--overlap", str(args.overlap), "--precision", args.precision]
+    if args.checkpoint:
+        argv += ["--checkpoint", str(args.checkpoint)]
     baseline = rss_mib()
     start = time.perf_counter()
     code = main(argv)
@@ -141,7 +147,8 @@ def run_monai(scan: Path, model_name: str, out: Path, args) -> dict:
     baseline = rss_mib()
     start = time.perf_counter()
     with timers.phase("setup"):
-        model = rep3d.create_model(model_name, pretrained=model_name.count(".") > 0).eval()
+        model = rep3d.create_model(model_name, pretrained=args.checkpoint is None,
+                                   checkpoint_path=args.checkpoint).eval()
     cfg = model.pretrained_cfg
     roi = tuple(cfg.get("roi_size") or (96, 96, 96))
     lo, hi = cfg.get("intensity_window") or (-125.0, 275.0)
@@ -198,6 +205,24 @@ def _rep3d_allocator() -> str:
     return "keep" if keeps_freed_memory(["predict"], os.environ) else "default"
 
 
+def random_weights(model_name: str, workdir: Path, seed: int) -> Path:
+    """A seeded random initialisation of ``model_name`` (a bare architecture: no weights are published for it),
+    written once as safetensors, so that both pipelines run the same weights through ``--checkpoint``. Its
+    segmentation means nothing; the rows measure time and memory only."""
+    import torch
+    from safetensors.torch import save_file
+
+    import rep3d
+
+    path = workdir / f"{model_name}_random_seed{seed}.safetensors"
+    if not path.exists():
+        torch.manual_seed(seed)
+        model = rep3d.create_model(model_name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def worker(args) -> int:
     from rep3d.allocator import keep_freed_memory
 
@@ -236,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                              "rep3d.keep_freed_memory(); the rep3d pipeline does what the rep3d executable does")
     parser.add_argument("--worker", choices=("rep3d", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -260,10 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32"),
                                                 r.get("allocator", "default")) not in redo]
     for model in args.models:
+        tagged = "." in model  # a tag (rep3d_tiny.phantom) names published weights; a bare architecture has none
+        checkpoint = None if tagged else random_weights(model, args.workdir, args.seed)
         for pipeline in args.pipelines:
             cmd = [sys.executable, __file__, "--worker", pipeline, "--model", model, "--workdir", str(args.workdir),
                    "--threads", str(args.threads), "--overlap", str(args.overlap), "--precision", args.precision,
                    "--monai-allocator", args.monai_allocator]
+            cmd += ["--checkpoint", str(checkpoint)] if checkpoint else []
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -271,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{pipeline} worker for {model} failed")
             row = {"model": model, "pipeline": pipeline, "precision": args.precision,
+                   "weights": "pretrained" if tagged else f"random (seed {args.seed})",
                    **json.loads(line[len("RESULT "):])}
             rows.append(row)
             phases = "  ".join(f"{p} {row['phases_s'].get(p, 0.0):7.1f}" for p in PHASES)
@@ -278,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model:<22} {pipeline:<6} {row['windows']:4d} windows  wall {row['wall_s']:7.1f} s  {phases}  "
                   "peak RSS "
                   f"{row['peak_rss_mib']:6.0f} MiB (baseline {row['baseline_rss_mib']:.0f}){dice}", flush=True)
-    meta = {"torch": torch.__version__, "threads": args.threads,
+    from model_forward import cpu_flags, cpu_model
+
+    meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
             "scan": {"shape": list(args.shape), "spacing_mm": list(args.spacing), "dtype": "int16 HU",
                      "synthetic": True}, "overlap": args.overlap, "blend": "gaussian", "sw_batch_size": 1,
             "device": "cpu", "note": "SYNTHETIC phantom scan; 2-core machine shared with other processes"}

@@ -52,8 +52,17 @@ def cpu_flags() -> list[str]:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         return []
-    return sorted(f for f in flags.split(":", 1)[1].split() if f in ("avx512_bf16", "amx_bf16", "amx_tile",
+    return sorted(f for f in flags.split(":", 1)[1].split() if f in ("avx2", "avx512_bf16", "amx_bf16", "amx_tile",
                                                                       "avx512f", "avx512_vnni"))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+        return line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 class _GroupNormPerChannel(torch.nn.Module):

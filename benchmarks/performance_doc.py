@@ -55,13 +55,21 @@ def render_model_forward(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_words(meta: dict) -> str:
+    """' of an AMD EPYC ... (CPU flags: avx2)' where the results file says which CPU ran it."""
+    if "cpu" not in meta:
+        return ""
+    flags = ", ".join(meta.get("cpu_flags") or []) or "none of avx2/avx512f/avx512_bf16/amx"
+    return f" of {meta['cpu']} (CPU flags: {flags})"
+
+
 def render_full_scan(data: dict) -> str:
     meta = data["meta"]
     scan = meta["scan"]
     phases = ("setup", "read", "resample", "infer", "stitch", "write")
     lines = [f"SYNTHETIC CT {' × '.join(map(str, scan['shape']))} voxels at "
              f"{' × '.join(f'{s:g}' for s in scan['spacing_mm'])} mm ({scan['dtype']}); torch {meta['torch']}, "
-             f"{meta['threads']} CPU threads, overlap {meta['overlap']}, "
+             f"{meta['threads']} CPU threads{_cpu_words(meta)}, overlap {meta['overlap']}, "
              f"{meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run each on a shared "
              "2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the model included).", ""]
     lines.append("| model | pipeline | precision | allocator | windows | wall s | " + " | ".join(phases)
@@ -71,7 +79,8 @@ def render_full_scan(data: dict) -> str:
         cells = [f"{row['phases_s'].get(p, 0.0):.1f}" for p in phases]
         per_window = row["phases_s"]["infer"] / max(row["windows"], 1)
         dice = f"{row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else "–"
-        lines.append(f"| {row['model']} | {row['pipeline']} | {row.get('precision', 'fp32')} | "
+        model = row["model"] + (" (random weights)" if row.get("weights", "").startswith("random") else "")
+        lines.append(f"| {model} | {row['pipeline']} | {row.get('precision', 'fp32')} | "
                      f"`{row.get('allocator', 'default')}` | {row['windows']} | "
                      f"{row['wall_s']:.0f} | "
                      + " | ".join(cells) + f" | {per_window:.2f} | {row['peak_rss_mib']:.0f} "
