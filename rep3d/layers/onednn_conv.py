@@ -78,16 +78,14 @@ class OneDNNConv3d(nn.Conv3d):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype != weight.dtype and not torch.is_autocast_enabled("cpu"):
             return super().forward(x)  # let PyTorch raise its dtype-mismatch error
-        if _is_channel_broadcast(self):
-            if torch.is_autocast_enabled("cpu"):
-                x, weight = x.to(dtype), weight.to(dtype)
-                bias = None if bias is None else bias.to(dtype)
-            return _channel_broadcast(x, weight, bias)
-        if not onednn_supports(dtype):
+        broadcast = _is_channel_broadcast(self)
+        if not broadcast and not onednn_supports(dtype):
             return super().forward(x)
         if torch.is_autocast_enabled("cpu"):
-            # the raw op is not on autocast's list: cast as autocast would for a convolution
+            # the raw ops are not on autocast's list: cast as autocast would for a convolution
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
+        if broadcast:
+            return _channel_broadcast(x, weight, bias)
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(self.padding), list(self.stride),
                                                  list(self.dilation), self.groups)
