@@ -83,12 +83,21 @@ def _run_and_kill(cmd: list[str], out: Path, sig: int, after_step: int) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_resume_after_kill_is_bit_identical_to_an_uninterrupted_run(phantom_data, tmp_path, sig):
-    iterations = 12
-    reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(phantom_data, reference, iterations), env=_env(), check=True, capture_output=True)
+RESUME_ITERATIONS = 12
 
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(phantom_data, tmp_path_factory) -> Path:
+    """One uninterrupted run, the reference for both signals (training is deterministic: the test relies on it)."""
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(_train_cmd(phantom_data, reference, RESUME_ITERATIONS), env=_env(), check=True,
+                   capture_output=True)
+    return reference
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_resume_after_kill_is_bit_identical_to_an_uninterrupted_run(phantom_data, uninterrupted_run, tmp_path, sig):
+    iterations, reference = RESUME_ITERATIONS, uninterrupted_run
     killed = tmp_path / "killed"
     code = _run_and_kill(_train_cmd(phantom_data, killed, iterations), killed, sig, after_step=3)
     interrupted_at = torch.load(killed / "train_state" / "last.pt", weights_only=True)["step"]

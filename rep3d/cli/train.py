@@ -150,8 +150,6 @@ def format_summary(summary: dict[str, Any], cfg: TrainConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rep3d.train.trainer import NonFiniteLossError, TrainingInterrupted, train
-
     overrides = resume_overrides(args) if args.resume else None
     cfg = config_from_args(args)
     for name in ("iterations", "val_every", "checkpoint_every", "workers", "crops_per_subject", "num_val"):
@@ -159,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < (0 if name in ("workers", "num_val") else 1):
             raise Rep3DValueError(f"--{name.replace('_', '-')} must be >= {0 if name in ('workers', 'num_val') else 1}"
                                   f", got {value}")
+    # The trainer pulls in MONAI (~10 s on a small CPU): a wrong argument is reported before that, in a second.
+    from rep3d.train.trainer import NonFiniteLossError, TrainingInterrupted, train
+
     try:
         summary = train(cfg, resume=args.resume, command=recorded_command(args), overrides=overrides)
     except TrainingInterrupted as exc:  # a checkpoint was written: the conventional SIGTERM status
