@@ -285,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         redo = {(m, p, args.precision, allocator[p]) for m in args.models for p in args.pipelines}
         rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32"),
                                                 r.get("allocator", "default")) not in redo]
+    from model_forward import cpu_flags, cpu_model
+
+    meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+            "scan": {"shape": list(args.shape), "spacing_mm": list(args.spacing), "dtype": "int16 HU",
+                     "synthetic": True}, "overlap": args.overlap, "blend": "gaussian", "sw_batch_size": 1,
+            "device": "cpu", "note": "SYNTHETIC phantom scan; 2-core machine shared with other processes"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         tagged = "." in model  # a tag (rep3d_tiny.phantom) names published weights; a bare architecture has none
         checkpoint = None if tagged else random_weights(model, args.workdir, args.seed)
@@ -303,19 +310,14 @@ def main(argv: list[str] | None = None) -> int:
                    "weights": "pretrained" if tagged else f"random (seed {args.seed})",
                    **json.loads(line[len("RESULT "):])}
             rows.append(row)
+            # after every row: a run stopped part-way (a whole scan takes an hour for rep3d_base) keeps its rows,
+            # and --append can then add the missing ones
+            args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
             phases = "  ".join(f"{p} {row['phases_s'].get(p, 0.0):7.1f}" for p in PHASES)
             dice = f"  Dice {row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else ""
             print(f"{model:<22} {pipeline:<6} {row['windows']:4d} windows  wall {row['wall_s']:7.1f} s  {phases}  "
                   "peak RSS "
                   f"{row['peak_rss_mib']:6.0f} MiB (baseline {row['baseline_rss_mib']:.0f}){dice}", flush=True)
-    from model_forward import cpu_flags, cpu_model
-
-    meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
-            "scan": {"shape": list(args.shape), "spacing_mm": list(args.spacing), "dtype": "int16 HU",
-                     "synthetic": True}, "overlap": args.overlap, "blend": "gaussian", "sw_batch_size": 1,
-            "device": "cpu", "note": "SYNTHETIC phantom scan; 2-core machine shared with other processes"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

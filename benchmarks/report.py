@@ -1213,6 +1213,8 @@ QUOTES: list[Quote] = [
           lambda ctx: _benchmark("performance_doc").render_model_forward(ctx.load("model_forward.json"))),
     Quote("docs/guides/performance.md", "full-scan",
           lambda ctx: _benchmark("performance_doc").render_full_scan(ctx.load("full_scan.json"))),
+    Quote("docs/guides/performance.md", "full-scan-base",  # rep3d_base, a later run on another CPU
+          lambda ctx: _benchmark("performance_doc").render_full_scan(ctx.load("full_scan_base.json"))),
     Quote("docs/guides/real-scans.md", "real-scans",
           lambda ctx: _benchmark("real_scans").markdown_section(ctx.load("real_scans.json")).rstrip("\n")),
     Quote("docs/guides/performance.md", "compile", render_compile_step),
