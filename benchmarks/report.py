@@ -574,6 +574,47 @@ def render_long_check(ctx: Context) -> str:
         "need for a large kernel."]))
 
 
+SWEEP_LRS = 4
+"""The fewest learning rates each variant's sweep runs (``context_task.py run --lrs``' default)."""
+
+
+def context_cost(data: dict[str, Any], long_data: dict[str, Any] | None) -> str:
+    """What finishing the study costs, from the runs measured so far: runs left in the plan, and core-hours at the
+    median measured seconds per step, at the current budget and at the long check's (where Dice plateaued)."""
+    plan, runs = data["plan"], data["runs"]
+    per_variant = SWEEP_LRS + len(plan["seeds"]) - 1  # the sweep at seed 0, then the other seeds at the chosen lr
+    planned = len(plan["variants"]) * per_variant
+    done = {(r["variant"], r["lr"], r["seed"]) for r in runs}  # the check's runs are sweep points too
+    left = 0
+    for v in plan["variants"]:
+        p = plan["per_variant"][v]
+        swept = sum((v, lr, 0) in done for lr in p["swept_lrs"])
+        left += max(SWEEP_LRS - swept, 0)
+        left += len(plan["seeds"]) - 1 - (p["n_seeds"] - 1 if p["chosen_lr"] and p["n_seeds"] else 0)
+    long_runs = [r for r in (long_data or {}).get("runs", []) if r.get("stage") == "check"]
+    sec = [r["seconds_per_step"] for r in runs + long_runs if r.get("seconds_per_step")]
+    if not sec:
+        return ""
+    s_step = float(np.median(sec))
+    measured = sorted({r["variant"] for r in runs + long_runs if r.get("seconds_per_step")})
+    steps = runs[0]["config"]["iterations"]
+    text = (f"**What finishing it costs.** The plan is {len(plan['variants'])} variants × ({SWEEP_LRS} learning "
+            f"rates at seed 0 + {len(plan['seeds']) - 1} more seeds at the chosen one) = {planned} runs, more where "
+            f"a sweep is extended past an end; {left} are not run. At the median {s_step:.2f} s per step of the runs "
+            f"measured ({', '.join(f'`{v}`' for v in measured)}; one thread per run, {len(sec)} runs), they take "
+            f"{left * steps * s_step / 3600:.1f} core-hours at the current {steps} steps")
+    if long_runs:
+        long_steps, every = long_runs[0]["config"]["iterations"], long_runs[0]["config"]["val_every"]
+        curves = _val_curves(by_variant(long_runs), sorted({r["variant"] for r in long_runs}))
+        last = max(abs(mean[-1] - mean[-3]) for _, mean in curves if len(mean) >= 3)
+        text += (f"; but at {steps} steps validation Dice is still rising (table below), while the check's mean "
+                 f"curves at {long_steps} steps changed by at most {last:.3f} over their last {2 * every} steps: at "
+                 f"that budget all {planned} runs take "
+                 f"{planned * long_steps * s_step / 3600:.1f} core-hours, "
+                 f"{planned * long_steps * s_step / 3600 / 2:.0f} hours of wall time on a 2-core CPU")
+    return text + ". Until they run, no variant is compared with another on this task beyond the check above."
+
+
 def render_context(ctx: Context) -> str:
     data = ctx.load("context_task.json")
     task = (data or {}).get("dataset") or {"size": 48, "marker_distance": [20, 28], "gap": 8, "marker_size": 5}
@@ -639,6 +680,9 @@ def render_context(ctx: Context) -> str:
     long_check = render_long_check(ctx)
     if long_check:
         lines += [long_check, ""]
+    cost = context_cost(data, ctx.load("context_task_long_check.json"))
+    if cost:
+        lines += [cost, ""]
     # stage 2: the sweep
     lrs = plan["lrs"]
     sweep = {(r["variant"], r["lr"]): r for r in runs if r["seed"] == 0}

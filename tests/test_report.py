@@ -91,3 +91,26 @@ def test_the_compile_table_reports_the_median_ratio_and_a_recompile_per_size(tmp
     assert "runs at 1.00× eager's speed" in text and "1.0 at the start → 2.0 at the end" in text
     assert "every new volume size compiles again" in text
     assert "Not measured yet" in report.render_compile_step(report.Context(tmp_path / "empty"))
+
+
+def test_the_context_study_cost_counts_the_runs_left_and_their_core_hours():
+    def run(variant, lr, seed, stage, iterations=100, sec=0.5, val=(0.5, 0.6, 0.7)):
+        return {"variant": variant, "lr": lr, "seed": seed, "stage": stage, "seconds_per_step": sec,
+                "config": {"iterations": iterations, "val_every": 10},
+                "val_mean_dice": [[10 * (i + 1), d] for i, d in enumerate(val)]}
+
+    plan = {"variants": ["a", "b"], "seeds": [0, 1, 2],
+            "per_variant": {"a": {"chosen_lr": 0.01, "swept_lrs": [1e-3, 3e-3, 1e-2, 3e-2], "n_seeds": 2},
+                            "b": {"chosen_lr": None, "swept_lrs": [3e-3], "n_seeds": 0}}}
+    # a: its 4-point sweep and seed 1 done -> 1 left (seed 2); b: one sweep point (the check) -> 3 + 2 seeds left
+    runs = [run("a", lr, 0, "sweep") for lr in (1e-3, 3e-3, 1e-2, 3e-2)] + [run("a", 0.01, 1, "seeds"),
+                                                                            run("b", 3e-3, 0, "check", sec=1.5)]
+    text = report.context_cost({"plan": plan, "runs": runs}, None)
+    # plan: 2 variants x (4 + 2) = 12 runs; 6 left x 100 steps x median 0.5 s = 300 s
+    assert "= 12 runs" in text and "6 are not run" in text and "median 0.50 s per step" in text
+    assert f"{6 * 100 * 0.5 / 3600:.1f} core-hours at the current 100 steps" in text
+    long = {"runs": [run("a", 0.01, s, "check", iterations=1000, val=(0.5, 0.70, 0.72, 0.71)) for s in (0, 1)]}
+    text = report.context_cost({"plan": plan, "runs": runs}, long)
+    # 12 runs x 1000 steps x median(0.5 x 6, 1.5, 0.5 x 2) = 0.5 s; the curves' last-20-step change is 0.01
+    assert "changed by at most 0.010 over their last 20 steps" in text
+    assert f"all 12 runs take {12 * 1000 * 0.5 / 3600:.1f} core-hours" in text
