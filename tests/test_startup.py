@@ -41,6 +41,14 @@ def test_help_and_version_load_no_heavy_subsystem():
         assert not loaded & set(HEAVY), (argv, loaded & set(HEAVY))
 
 
+def test_resume_of_a_folder_without_a_run_is_refused_before_monai_loads(tmp_path):
+    argv = ["train", "--out", str(tmp_path / "no_run"), "--resume"]
+    code = (f"from rep3d.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as e:\n"
+            "    assert e.code not in (0, None), e.code")
+    loaded = _modules_after(code)
+    assert "monai" not in loaded and "timm" not in loaded, loaded & set(HEAVY)
+
+
 def test_rep3d_help_and_import_rep3d_are_fast_next_to_python_and_torch():
     py = sys.executable
     median = _median_seconds({

@@ -157,7 +157,12 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < (0 if name in ("workers", "num_val") else 1):
             raise Rep3DValueError(f"--{name.replace('_', '-')} must be >= {0 if name in ('workers', 'num_val') else 1}"
                                   f", got {value}")
-    # The trainer pulls in MONAI (~10 s on a small CPU): a wrong argument is reported before that, in a second.
+    # The trainer pulls in MONAI (~10 s on a small CPU): a wrong argument, or --resume of a folder without a run, is
+    # reported before that.
+    if args.resume:
+        from rep3d.train.checkpoint import last_checkpoint_path, require_checkpoint
+
+        require_checkpoint(last_checkpoint_path(cfg.out))
     from rep3d.train.trainer import NonFiniteLossError, TrainingInterrupted, train
 
     try:

@@ -22,6 +22,22 @@ class CheckpointError(Rep3DError, RuntimeError):
     """A training checkpoint exists but cannot be read (damaged, or written by an incompatible version)."""
 
 
+def last_checkpoint_path(out: str | os.PathLike) -> Path:
+    """Where a run in ``out`` keeps its latest training state (``OUT/train_state/last.pt``)."""
+    return Path(out) / STATE_DIR / "last.pt"
+
+
+def require_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` if it is a file; otherwise a :class:`CheckpointError` that says there is nothing to resume.
+
+    ``rep3d train --resume`` calls it before importing the trainer, so a wrong ``--out`` is reported in a second."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training checkpoint at {path} (nothing to resume); start without --resume, or "
+                              "point --out at the folder of the run to continue")
+    return path
+
+
 class DiskFullError(Rep3DError, OSError):
     """A write failed because the disk is full; what was on disk before the write is kept."""
 
@@ -97,10 +113,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Load a training state saved by :func:`atomic_save` (tensors and plain containers only; no pickled code).
 
     Raises :class:`CheckpointError` when the file is missing, unreadable, or lacks one of :data:`STATE_KEYS`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no training checkpoint at {path} (nothing to resume); start without --resume, or "
-                              "point --out at the folder of the run to continue")
+    path = require_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

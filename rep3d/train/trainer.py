@@ -35,6 +35,7 @@ from rep3d.train.checkpoint import (
     atomic_save,
     check_run_folder,
     is_disk_full,
+    last_checkpoint_path,
     load_state,
     remove_stale_temp_files,
     rng_state,
@@ -77,7 +78,7 @@ class Trainer:
         self.ctx = DistContext.from_env()
         self.out = Path(cfg.out)
         self.state_dir = self.out / STATE_DIR
-        self.last_path = self.state_dir / "last.pt"
+        self.last_path = last_checkpoint_path(self.out)
         self.command = command
         self.t_created = time.perf_counter()  # wall times count set-up (data caching, model building) too
         if self.out.exists() and not self.out.is_dir():
