@@ -242,6 +242,12 @@ def worker(args) -> int:
     return 0
 
 
+def machine_of(meta: dict) -> dict:
+    """What ran a row: torch, threads, CPU model and flags (rows added with ``--append`` may come from another
+    machine, so each row carries its own)."""
+    return {k: meta[k] for k in ("torch", "threads", "cpu", "cpu_flags") if k in meta}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["rep3d_tiny.phantom"])
@@ -283,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{list(args.shape)}")
         allocator = {"rep3d": _rep3d_allocator(), "monai": args.monai_allocator}
         redo = {(m, p, args.precision, allocator[p]) for m in args.models for p in args.pipelines}
-        rows = [r for r in previous["rows"] if (r["model"], r["pipeline"], r.get("precision", "fp32"),
-                                                r.get("allocator", "default")) not in redo]
+        # rows kept from an earlier run keep the machine that ran them (meta describes only this run)
+        rows = [{**r, "machine": r.get("machine") or machine_of(previous["meta"])} for r in previous["rows"]
+                if (r["model"], r["pipeline"], r.get("precision", "fp32"), r.get("allocator", "default")) not in redo]
     from model_forward import cpu_flags, cpu_model
 
     meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
@@ -308,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{pipeline} worker for {model} failed")
             row = {"model": model, "pipeline": pipeline, "precision": args.precision,
                    "weights": "pretrained" if tagged else f"random (seed {args.seed})",
-                   **json.loads(line[len("RESULT "):])}
+                   **json.loads(line[len("RESULT "):]), "machine": machine_of(meta)}
             rows.append(row)
             # after every row: a run stopped part-way (a whole scan takes an hour for rep3d_base) keeps its rows,
             # and --append can then add the missing ones

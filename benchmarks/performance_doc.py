@@ -6,6 +6,7 @@ number on the page is typed by hand.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,25 +64,43 @@ def _cpu_words(meta: dict) -> str:
     return f" of {meta['cpu']} (CPU flags: {flags})"
 
 
+def _machine(row: dict, meta: dict) -> dict:
+    """The torch/threads/CPU that ran ``row``: its own record, else the file's (older files had one machine)."""
+    return row.get("machine") or {k: meta[k] for k in ("torch", "threads", "cpu", "cpu_flags") if k in meta}
+
+
 def render_full_scan(data: dict) -> str:
     meta = data["meta"]
     scan = meta["scan"]
     phases = ("setup", "read", "resample", "infer", "stitch", "write")
+    machines = [_machine(row, meta) for row in data["rows"]]
+    distinct = list({json.dumps(m, sort_keys=True): m for m in machines}.values())
+    if len(distinct) == 1:
+        where = f"torch {distinct[0]['torch']}, {distinct[0]['threads']} CPU threads{_cpu_words(distinct[0])}"
+    else:  # rows from runs on different machines: name each, and compare only rows from the same one
+        where = ("rows from " + str(len(distinct)) + " machines (the CPU column; "
+                 + "; ".join(f"{chr(ord('A') + i)}: torch {m['torch']}, {m['threads']} CPU threads{_cpu_words(m)}"
+                             for i, m in enumerate(distinct)) + ")")
     lines = [f"SYNTHETIC CT {' × '.join(map(str, scan['shape']))} voxels at "
-             f"{' × '.join(f'{s:g}' for s in scan['spacing_mm'])} mm ({scan['dtype']}); torch {meta['torch']}, "
-             f"{meta['threads']} CPU threads{_cpu_words(meta)}, overlap {meta['overlap']}, "
-             f"{meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run each on a shared "
-             "2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the model included).", ""]
-    lines.append("| model | pipeline | precision | allocator | windows | wall s | " + " | ".join(phases)
+             f"{' × '.join(f'{s:g}' for s in scan['spacing_mm'])} mm ({scan['dtype']}); {where}, overlap "
+             f"{meta['overlap']}, {meta['blend']} blending, sliding-window batch {meta['sw_batch_size']}; one run "
+             "each on a shared 2-core machine. Seconds per phase; peak RSS of the process (Python, torch and the "
+             "model included).", ""]
+    cpu_column = len(distinct) > 1
+    lines.append("| model | pipeline | precision | allocator | " + ("CPU | " if cpu_column else "")
+                 + "windows | wall s | " + " | ".join(phases)
                  + " | infer s / window | peak RSS MiB (before reading) | Dice vs phantom truth |")
-    lines.append("|---|---|---|---|---|---|" + "---|" * len(phases) + "---|---|---|")
-    for row in data["rows"]:
+    lines.append("|---|---|---|---|" + ("---|" if cpu_column else "") + "---|---|" + "---|" * len(phases)
+                 + "---|---|---|")
+    letter = {json.dumps(m, sort_keys=True): chr(ord("A") + i) for i, m in enumerate(distinct)}
+    for row, machine in zip(data["rows"], machines):
         cells = [f"{row['phases_s'].get(p, 0.0):.1f}" for p in phases]
         per_window = row["phases_s"]["infer"] / max(row["windows"], 1)
         dice = f"{row['dice_vs_phantom_truth']:.3f}" if "dice_vs_phantom_truth" in row else "–"
         model = row["model"] + (" (random weights)" if row.get("weights", "").startswith("random") else "")
+        cpu = f"{letter[json.dumps(machine, sort_keys=True)]} | " if cpu_column else ""
         lines.append(f"| {model} | {row['pipeline']} | {row.get('precision', 'fp32')} | "
-                     f"`{row.get('allocator', 'default')}` | {row['windows']} | "
+                     f"`{row.get('allocator', 'default')}` | {cpu}{row['windows']} | "
                      f"{row['wall_s']:.0f} | "
                      + " | ".join(cells) + f" | {per_window:.2f} | {row['peak_rss_mib']:.0f} "
                      f"({row['baseline_rss_mib']:.0f}) | {dice} |")
@@ -91,7 +110,10 @@ def render_full_scan(data: dict) -> str:
         for ours_alloc, theirs_alloc in (("keep", "default"), ("default", "default"), ("keep", "keep")):
             ours = rows.get((model, "rep3d", "fp32", ours_alloc))
             theirs = rows.get((model, "monai", "fp32", theirs_alloc))
-            if ours and theirs:
+            if ours and theirs and _machine(ours, meta) != _machine(theirs, meta):
+                lines += ["", f"{model}: the `rep3d` and `monai` rows ran on different machines, so they are not "
+                          "compared here."]
+            elif ours and theirs:
                 per = [r["phases_s"]["infer"] / max(r["windows"], 1) for r in (ours, theirs)]
                 lines += ["", f"{model}, fp32, rep3d with the `{ours_alloc}` allocator against MONAI with "
                           f"`{theirs_alloc}`: `rep3d predict` took {ours['wall_s'] / theirs['wall_s']:.2f}× MONAI's "

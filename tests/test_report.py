@@ -114,3 +114,23 @@ def test_the_context_study_cost_counts_the_runs_left_and_their_core_hours():
     # 12 runs x 1000 steps x median(0.5 x 6, 1.5, 0.5 x 2) = 0.5 s; the curves' last-20-step change is 0.01
     assert "changed by at most 0.010 over their last 20 steps" in text
     assert f"all 12 runs take {12 * 1000 * 0.5 / 3600:.1f} core-hours" in text
+
+
+def _scan_row(model: str, pipeline: str, wall: float, flags: list[str]) -> dict:
+    return {"model": model, "pipeline": pipeline, "precision": "fp32", "weights": "random (seed 0)",
+            "allocator": "keep" if pipeline == "rep3d" else "default", "wall_s": wall, "windows": 10,
+            "phases_s": {"infer": wall - 1.0}, "peak_rss_mib": 1000.0, "baseline_rss_mib": 500.0,
+            "machine": {"torch": "2.14.1", "threads": 2, "cpu": "Some CPU", "cpu_flags": flags}}
+
+
+def test_the_whole_scan_table_compares_only_rows_from_the_same_machine():
+    render = _load("performance_doc").render_full_scan
+    meta = {"scan": {"shape": [8, 8, 8], "spacing_mm": [1.0, 1.0, 1.0], "dtype": "int16 HU"}, "overlap": 0.5,
+            "blend": "gaussian", "sw_batch_size": 1, "torch": "2.14.1", "threads": 2}
+    same = render({"meta": meta, "rows": [_scan_row("m", "rep3d", 50.0, ["avx2"]),
+                                          _scan_row("m", "monai", 100.0, ["avx2"])]})
+    assert "took 0.50× MONAI's wall time" in same and "CPU |" not in same and "(CPU flags: avx2)" in same
+    mixed = render({"meta": meta, "rows": [_scan_row("m", "rep3d", 50.0, ["avx2"]),
+                                           _scan_row("m", "monai", 100.0, ["avx2", "avx512f"])]})
+    assert "MONAI's wall time" not in mixed and "ran on different machines" in mixed
+    assert "| CPU |" in mixed and "| A |" in mixed and "| B |" in mixed
