@@ -30,11 +30,6 @@ class LayerNorm3d(nn.LayerNorm):
             )
 
 
-EXACT_NORM_MIN_VOXELS = 64**3
-"""From this many voxels per channel on, :class:`InstanceNorm3dKeepFormat` takes the two-pass statistics (below it
-PyTorch's group norm is faster and its error stays within 1e-4 of float64)."""
-
-
 def _column_sums(rows: torch.Tensor) -> torch.Tensor:
     """``rows.sum(1, keepdim=True)`` for ``[B, N, C]`` with small ``C``, in two stages: PyTorch's reduction over a
     non-innermost dimension with 12-48 channels innermost vectorises poorly (10x slower at 12 channels)."""
@@ -73,11 +68,12 @@ class InstanceNorm3dKeepFormat(nn.Module):
     Computes what ``nn.InstanceNorm3d(C)`` (its defaults: ``affine=False``, ``track_running_stats=False``) computes,
     ``(x - mean) / sqrt(var + eps)`` per sample and channel over ``D, H, W``, ``[B, C, D, H, W] -> same``. PyTorch's
     instance norm reshapes to a batch norm over ``[1, B * C, ...]``, which copies a ``channels_last_3d`` input into
-    channels-first and hands the next convolution a tensor it must reorder again. This one keeps the layout: on
-    large float32 channels-last volumes (:data:`EXACT_NORM_MIN_VOXELS`) with :func:`instance_norm_channels_last`,
-    otherwise as a group norm with one group per channel. ``inplace=True`` overwrites the input on that first
-    path (only where the caller drops its input, such as a norm right after a convolution).
-    :func:`rep3d.models.optimize_for_inference` swaps it in for the decoder's instance norms.
+    channels-first and hands the next convolution a tensor it must reorder again. This one keeps the layout for
+    float32 channels-last inputs without gradients (what :class:`rep3d.Predictor` runs) with
+    :func:`instance_norm_channels_last`; ``inplace=True`` overwrites the input there (only where the caller drops its
+    input, such as a norm right after a convolution). With gradients, under export, or for other layouts it calls
+    ``F.instance_norm``, as the layer it replaced did. :func:`rep3d.models.optimize_for_inference` swaps it in for the
+    decoder's instance norms.
     """
 
     def __init__(self, eps: float = 1e-5, inplace: bool = False) -> None:
@@ -86,13 +82,19 @@ class InstanceNorm3dKeepFormat(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.float32 and x.ndim == 5 and x.shape[2:].numel() >= EXACT_NORM_MIN_VOXELS
-                and x.is_contiguous(memory_format=torch.channels_last_3d) and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled(x.device.type) and not is_exporting(x)):
-            return instance_norm_channels_last(x, self.eps, inplace=self.inplace)
-        # one group per channel is instance norm; PyTorch's group norm has a channels-last CPU kernel (and keeps
-        # the format), where a plain var_mean over D, H, W with 12-48 channels innermost ran 2x slower
-        return F.group_norm(x, x.shape[1], eps=self.eps)
+        if (x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not torch.is_grad_enabled()
+                and not is_exporting(x)):
+            if torch.is_autocast_enabled(x.device.type):
+                # bf16/fp16 activations: PyTorch's channels-last group norm (one group per channel) keeps the
+                # format. Its one-pass variance loses digits where a channel's mean is many standard deviations,
+                # but there the low-precision input has already lost more (bf16 keeps 8 bits of the mean).
+                return F.group_norm(x, x.shape[1], eps=self.eps)
+            if x.dtype == torch.float32:
+                # Not the group norm here: its one-pass E[x^2] - E[x]^2 was 4e-4 off float64 inside a trained
+                # decoder (channel means tens of standard deviations), enough to move an nnU-Net-trained model's
+                # probabilities by 1e-3. benchmarks/instance_norm.py measures both forms' error and time.
+                return instance_norm_channels_last(x, self.eps, inplace=self.inplace)
+        return F.instance_norm(x, eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}" + (", inplace=True" if self.inplace else "")
