@@ -44,10 +44,11 @@ def instance_norm_channels_last(x: torch.Tensor, eps: float = 1e-5, inplace: boo
     ``(x - mean) / sqrt(var + eps)`` per sample and channel over ``D, H, W``, returned in ``channels_last_3d``. The
     variance is taken of the centred values (no ``E[x^2] - E[x]^2`` cancellation): on 12- and 48-channel 96³
     volumes it is within 2e-5 of the float64 result, also where the mean is 100 standard deviations, where
-    PyTorch's channels-last group norm is 4e-4 off (and 0.8 at that mean). It costs more than the group norm at
-    48 channels (``benchmarks/model_forward.py`` measures the whole forward). ``inplace``
-    overwrites ``x`` (which must then be ``channels_last_3d``-contiguous) instead of allocating the result: on a
-    CPU, a fresh 40 MB tensor costs as much as the arithmetic.
+    PyTorch's channels-last group norm is 4e-4 off (and 0.8 at that mean). A call that allocates its result costs
+    more than the group norm from 24 channels up (``benchmarks/instance_norm.py`` times both per shape and in the
+    whole forward, where the decoder's norms run in place). ``inplace`` overwrites ``x`` (which must then be
+    ``channels_last_3d``-contiguous) instead of allocating the result: on a CPU, a fresh 40 MB tensor costs as much
+    as the arithmetic.
     """
     batch, channels = x.shape[:2]
     rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view for channels-last input
