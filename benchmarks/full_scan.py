@@ -242,12 +242,6 @@ def worker(args) -> int:
     return 0
 
 
-def machine_of(meta: dict) -> dict:
-    """What ran a row: torch, threads, CPU model and flags (rows added with ``--append`` may come from another
-    machine, so each row carries its own)."""
-    return {k: meta[k] for k in ("torch", "threads", "cpu", "cpu_flags") if k in meta}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["rep3d_tiny.phantom"])
@@ -281,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing the SYNTHETIC scan {tuple(args.shape)} at {tuple(args.spacing)} mm to {scan} ...")
         write_scan(scan, tuple(args.shape), tuple(args.spacing), args.seed)
         meta_file.write_text(json.dumps(wanted))
+    from performance_doc import machine_of
+
     rows = []
     if args.append and args.out.exists():
         previous = json.loads(args.out.read_text())

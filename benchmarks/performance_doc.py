@@ -64,9 +64,15 @@ def _cpu_words(meta: dict) -> str:
     return f" of {meta['cpu']} (CPU flags: {flags})"
 
 
+def machine_of(meta: dict) -> dict:
+    """What ran a row: torch, threads, CPU model and flags (rows added with ``full_scan.py --append`` may come
+    from another machine, so each row carries its own)."""
+    return {k: meta[k] for k in ("torch", "threads", "cpu", "cpu_flags") if k in meta}
+
+
 def _machine(row: dict, meta: dict) -> dict:
     """The torch/threads/CPU that ran ``row``: its own record, else the file's (older files had one machine)."""
-    return row.get("machine") or {k: meta[k] for k in ("torch", "threads", "cpu", "cpu_flags") if k in meta}
+    return row.get("machine") or machine_of(meta)
 
 
 def render_full_scan(data: dict) -> str:
